@@ -1,0 +1,206 @@
+"""The command line: argparse in front, the exception tree mapped to exit codes behind.
+
+Only this module prints errors or chooses exit codes; everything below raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from backfill import __version__
+from backfill.errors import EXIT_INTERRUPTED, BackfillError
+from backfill.report import render_table
+from backfill.settings import Settings, build_settings, load_config
+
+_VALIDATE_EXAMPLES = """\
+examples:
+  backfill validate mappings.csv
+  backfill validate export.parquet --anon-column device_id --identified-column user_id
+  backfill validate mappings.csv.gz --time-column merged_at --out runs/march
+  backfill validate mappings.csv --config configs/migration.toml
+
+Writes rejects.csv (every refused row, with its reason) and summary.json to --out
+(default runs/<input stem>/). Exit 0 when the file was read, whatever was rejected.
+"""
+
+_RUN_EXAMPLES = """\
+examples:
+  export MIXPANEL_SERVICE_ACCOUNT_USERNAME=... MIXPANEL_SERVICE_ACCOUNT_SECRET=...
+  export MIXPANEL_PROJECT_ID=1234567
+  backfill run mappings.csv --region eu
+  backfill run mappings.csv --config configs/migration.toml
+  backfill run mappings.csv            # again after a crash or Ctrl-C: resumes
+
+Credentials come from the environment only. Rerunning the same command resumes from the
+checkpoint in --out; a finished run sends nothing more. Exit codes: 0 finished, 2 bad usage or
+input (nothing sent), 3 aborted (credentials refused or retries exhausted; rerun to resume),
+130 interrupted (rerun to resume).
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, metavar="INPUT", help="CSV (.csv, .csv.gz) or Parquet file")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: runs/<input stem>/)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file; flags override it")
+    p.add_argument("--format", choices=["csv", "parquet"], help="default: from the extension")
+    p.add_argument("--anon-column", metavar="NAME", help="anon id column (default: anon_id)")
+    p.add_argument(
+        "--identified-column", metavar="NAME", help="identified id column (default: identified_id)"
+    )
+    p.add_argument(
+        "--time-column",
+        metavar="NAME",
+        help="event time column: epoch s, epoch ms or ISO 8601 (default: none)",
+    )
+    p.add_argument(
+        "--max-cluster-size",
+        type=int,
+        metavar="N",
+        help="ids per identity cluster, the identified id included (default: 500)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", help="events per request, at most 2000 (default)"
+    )
+    p.add_argument(
+        "--rate", type=float, metavar="EVENTS/S", help="events per second (default: 25000)"
+    )
+    p.add_argument("--no-progress", action="store_true", default=None, help="no progress display")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project-id", metavar="ID", help="default: $MIXPANEL_PROJECT_ID")
+    p.add_argument("--region", choices=["us", "eu", "in"], help="data residency (default: us)")
+    p.add_argument(
+        "--api-url", metavar="URL", help="overrides --region (https; http only to loopback)"
+    )
+    p.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default: 10)")
+    p.add_argument("--max-attempts", type=int, metavar="N", help="tries per batch (default: 8)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="per request (default: 30)")
+    p.add_argument(
+        "--event-time",
+        metavar="ISO8601|EPOCH",
+        help="time of every event without --time-column (default: the first run's start)",
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="discard the checkpoint in --out and start over"
+    )
+    p.add_argument("--dry-run", action="store_true", help="validate only: the same as `validate`")
+    p.add_argument(
+        "--retry-base-s",
+        type=float,
+        metavar="SECONDS",
+        help="first retry pause; doubles to 30x, jitter 0.5x-2.5x (default: 2, Mixpanel's)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="backfill",
+        description="Replay anon-to-identified ID mappings into Mixpanel as $identify events.",
+        epilog="Start with `backfill validate INPUT`: it sends nothing. See README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"backfill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+    v = sub.add_parser(
+        "validate",
+        help="dry run: read, validate, report every refused row; send nothing",
+        description="Read and validate INPUT, write rejects.csv and summary.json, send nothing.",
+        epilog=_VALIDATE_EXAMPLES,
+        formatter_class=fmt,
+    )
+    _common(v)
+    r = sub.add_parser(
+        "run",
+        help="validate, then send $identify events to Mixpanel (resumable)",
+        description="Validate INPUT, then send every valid pair to Mixpanel's /import.",
+        epilog=_RUN_EXAMPLES,
+        formatter_class=fmt,
+    )
+    _common(r)
+    _run_options(r)
+    return parser
+
+
+_FLAG_KEYS = (
+    "format",
+    "anon_column",
+    "identified_column",
+    "time_column",
+    "out",
+    "no_progress",
+    "max_cluster_size",
+    "batch_size",
+    "rate",
+    "project_id",
+    "region",
+    "api_url",
+    "concurrency",
+    "max_attempts",
+    "timeout",
+    "event_time",
+    "retry_base_s",
+)
+
+
+def settings_from_args(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    """Flags over the TOML config over defaults, checked once."""
+    flags = {k: getattr(args, k, None) for k in _FLAG_KEYS}
+    config = load_config(args.config)
+    return build_settings(
+        args.input, flags, config, env, restart=bool(getattr(args, "restart", False))
+    )
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from backfill.pipeline import validate_command
+
+    settings = settings_from_args(args, dict(os.environ))
+    summary = validate_command(settings)
+    _print_summary(summary, f"backfill validate {settings.input_path} (dry run: nothing sent)")
+    print(f"reports: {settings.out_dir / 'rejects.csv'}, {settings.out_dir / 'summary.json'}")
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], title: str) -> None:
+    print(render_table(summary, title=title))
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": _cmd_validate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command
+    if command == "run" and args.dry_run:
+        command = "validate"
+    try:
+        return _COMMANDS[command](args)
+    except BackfillError as e:
+        print(f"backfill: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("backfill: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # a bug: say so in one line; the traceback only on request
+        if os.environ.get("BACKFILL_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"backfill: internal error: {type(e).__name__}: {e} "
+            "(a bug: please report it; BACKFILL_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1

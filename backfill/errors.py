@@ -1,0 +1,106 @@
+"""The exception tree, arranged by what the caller does next.
+
+::
+
+    BackfillError                  anything the CLI turns into a one-line message
+    ├── UsageError                 exit 2: fix the command, the config, the input or the
+    │   │                          environment; nothing was sent
+    │   ├── InputError             the input file cannot be read as asked
+    │   ├── ConfigError            a flag, a TOML key or an environment variable is wrong
+    │   ├── CheckpointMismatch     --out holds a run of another input or other settings
+    │   └── RunLocked              another run is active on the same --out
+    ├── Aborted                    exit 3: the run stopped; the checkpoint is kept and the
+    │   │                          same command resumes
+    │   ├── AuthRefused            Mixpanel refused the credentials (401/403)
+    │   └── RetriesExhausted       a batch failed --max-attempts times
+    └── Interrupted                exit 130: SIGINT/SIGTERM, checkpoint written
+
+    SendError                      raised inside the sender, never reaches the CLI
+    ├── RetryableSendError         429, 5xx, timeout, dropped connection: back off, retry
+    └── PermanentSendError         the request will never succeed as it is (not retried)
+
+Row rejects are not exceptions: they are data, and go to ``rejects.csv``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+EXIT_INTERRUPTED = 130
+
+
+class BackfillError(Exception):
+    """Base of every error the CLI reports as one line; ``exit_code`` says how it exits."""
+
+    exit_code = 1
+
+
+class UsageError(BackfillError):
+    """Bad usage, config, input or credentials setup: nothing was sent."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(UsageError):
+    """The input file is missing, empty, unreadable or lacks a column."""
+
+
+class ConfigError(UsageError):
+    """A flag, config key or environment variable has a wrong or missing value."""
+
+
+class CheckpointMismatch(UsageError):
+    """The checkpoint in --out describes another input or other event settings."""
+
+
+class RunLocked(UsageError):
+    """Another backfill process holds the lock on the same --out folder."""
+
+
+class Aborted(BackfillError):
+    """The run stopped early; the checkpoint is kept so the same command resumes."""
+
+    exit_code = EXIT_ABORTED
+
+
+class AuthRefused(Aborted):
+    """Mixpanel answered 401 or 403: the credentials or the project id were refused."""
+
+
+class RetriesExhausted(Aborted):
+    """A batch still failed after --max-attempts tries."""
+
+
+class Interrupted(BackfillError):
+    """SIGINT or SIGTERM stopped the run after in-flight requests settled."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class SendError(Exception):
+    """A failed request, classified for the retry policy; ``cause`` names it in the summary."""
+
+    def __init__(self, message: str, *, cause: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.status = status
+
+
+class RetryableSendError(SendError):
+    """429, 5xx, a timeout or a dropped connection: worth another try after a pause."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: str,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, cause=cause, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentSendError(SendError):
+    """An answer that will not change if the same request is sent again."""

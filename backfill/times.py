@@ -1,0 +1,132 @@
+"""Event times: parse epoch seconds, epoch milliseconds or ISO 8601 into integer milliseconds.
+
+A number of 1e11 or more is milliseconds, anything smaller seconds: 1e11 seconds lies in the
+year 5138, and 1e11 milliseconds in 1973, so the only values read the "wrong" way round are
+millisecond times from 1971-1973. An ISO 8601 time without a zone is UTC. Valid times are at
+or after 1971-01-01T00:00:00Z and not after the moment the run started.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MIN_MS = 31_536_000_000  # 1971-01-01T00:00:00Z
+MS_THRESHOLD = 100_000_000_000
+_NUMBER = r"^[0-9]+(\.[0-9]+)?$"
+
+
+class TimeStatus(IntEnum):
+    """Why a time value is not usable; OK (0) when it is."""
+
+    OK = 0
+    MISSING = 1
+    UNPARSEABLE = 2
+    TOO_EARLY = 3
+    FUTURE = 4
+
+
+def now_ms() -> int:
+    """The current time in epoch milliseconds."""
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def to_epoch_ms(values: pa.Array, now: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+    """Epoch milliseconds for each value, and a TimeStatus per value (ms is 0 unless OK)."""
+    n = len(values)
+    ms = np.zeros(n, dtype=np.int64)
+    status = np.full(n, TimeStatus.UNPARSEABLE, dtype=np.uint8)
+    typ = values.type
+    if pa.types.is_dictionary(typ):
+        values = values.dictionary_decode()
+        typ = values.type
+    present = _bool(pc.is_valid(values))
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
+        stamp = pc.cast(values, pa.timestamp("ms", tz=getattr(typ, "tz", None)))
+        parsed = _int64(pc.cast(stamp, pa.int64()))
+        ms[present] = parsed[present]
+        status[present] = TimeStatus.OK
+    elif pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        numbers = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        finite = present & np.isfinite(numbers)
+        ms[finite] = _scale(numbers[finite])
+        status[finite] = TimeStatus.OK
+    else:
+        _parse_text(values, present, ms, status)
+    status[~present] = TimeStatus.MISSING
+    ok = status == TimeStatus.OK
+    status[ok & (ms < MIN_MS)] = TimeStatus.TOO_EARLY
+    status[ok & (ms > now)] = TimeStatus.FUTURE
+    ms[status != TimeStatus.OK] = 0
+    return ms, status
+
+
+def parse_one(text: str, now: int) -> tuple[int, TimeStatus]:
+    """Parse a single time (e.g. ``--event-time``) the same way as a column value."""
+    ms, status = to_epoch_ms(pa.array([text.strip() or None], pa.string()), now)
+    return int(ms[0]), TimeStatus(int(status[0]))
+
+
+def describe(status: TimeStatus, raw: str) -> str:
+    """The ``detail`` text of an ``invalid_time`` reject."""
+    if status is TimeStatus.MISSING:
+        return "time is empty"
+    if status is TimeStatus.UNPARSEABLE:
+        return f"unparseable time {raw!r} (use epoch seconds, epoch ms or ISO 8601)"
+    if status is TimeStatus.TOO_EARLY:
+        return f"time {raw!r} is before 1971-01-01"
+    return f"time {raw!r} is in the future"
+
+
+def iso_utc(ms: int) -> str:
+    """Epoch milliseconds as an ISO 8601 UTC string, for messages and summaries."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_text(
+    values: pa.Array,
+    present: npt.NDArray[np.bool_],
+    ms: npt.NDArray[np.int64],
+    status: npt.NDArray[np.uint8],
+) -> None:
+    if not pa.types.is_string(values.type):
+        values = pc.cast(values, pa.string())
+    numeric = _bool(pc.match_substring_regex(values, _NUMBER)) & present
+    if numeric.any():
+        with np.errstate(over="ignore", invalid="ignore"):
+            numbers = pc.cast(pc.filter(values, pa.array(numeric)), pa.float64()).to_numpy(
+                zero_copy_only=False
+            )
+        ms[numeric] = _scale(numbers)
+        status[numeric] = TimeStatus.OK
+    textual = present & ~numeric
+    if textual.any():
+        import pandas as pd  # only runs with ISO times; keeps start-up light otherwise
+
+        texts = pc.filter(values, pa.array(textual)).to_pandas()
+        stamps = pd.to_datetime(texts, format="ISO8601", utc=True, errors="coerce")
+        good = stamps.notna().to_numpy()
+        idx = np.flatnonzero(textual)
+        nanos = stamps[good].astype("datetime64[ns, UTC]").array.asi8
+        ms[idx[good]] = nanos // 1_000_000
+        status[idx[good]] = TimeStatus.OK
+
+
+def _scale(numbers: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    # Values past int64 range are far in the future anyway; clip before converting.
+    big = np.abs(numbers) >= MS_THRESHOLD
+    scaled = np.where(big, numbers, numbers * 1000.0)
+    return np.clip(np.floor(scaled), -(2.0**62), 2.0**62).astype(np.int64)
+
+
+def _bool(values: pa.Array) -> npt.NDArray[np.bool_]:
+    return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+def _int64(values: pa.Array) -> npt.NDArray[np.int64]:
+    return np.asarray(values.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)

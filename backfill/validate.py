@@ -1,0 +1,480 @@
+"""Judge every row: the per-row rules, then the whole-file rules, each row one verdict.
+
+Per-row rules (SPEC 1-5 and ``invalid_time``) are vectorised over a chunk with pyarrow
+compute. The whole-file rules (conflict, duplicate, cluster limit) need to see every row, so
+the first pass keeps only a fingerprint per row: one reason byte and two 64-bit hashes (anon
+id, identified id), about 17 bytes a row whatever the strings' length.
+
+Deciding from hashes alone would be wrong when two different strings share a hash, so the
+decisions take two steps. First they are made from the hashes, with numpy sorts. Then a
+verification pass re-reads the file and compares the real strings of just the rows whose
+verdict rested on two hashes being equal: rows in an anon-hash group of two or more, and rows
+of an identified-hash group big enough to reach the cluster limit. Each hash value keeps the
+first string seen with it; a different string with the same hash gets a fresh value never used
+by any other row. If any collision was found, the decisions are made again on the refined
+values, which are now exact. Hashes that differ prove strings differ, so nothing else needs a
+look. Memory is the fingerprint plus one string per repeated value, not the file's strings.
+
+The verdicts are independent of chunk size: every rule is a function of the row's own values
+or of whole-file groups taken in file order.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from backfill.read import Chunk, ChunkSource
+from backfill.reasons import REJECT_REASONS, Reason
+from backfill.times import TimeStatus, to_epoch_ms
+
+#: Values Mixpanel refuses as a distinct_id (compared case-insensitively), plus ``nan``.
+PLACEHOLDERS = frozenset(
+    {
+        "00000000-0000-0000-0000-000000000000",
+        "anon",
+        "anonymous",
+        "nil",
+        "none",
+        "null",
+        "n/a",
+        "na",
+        "undefined",
+        "unknown",
+        "<nil>",
+        "0",
+        "-1",
+        "true",
+        "false",
+        "[]",
+        "{}",
+        "nan",
+    }
+)
+MAX_ID_BYTES = 255
+DEFAULT_MAX_CLUSTER_SIZE = 500
+UUID4_PATTERN = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+)
+_UUID_SHAPE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+_PLACEHOLDER_ARRAY = pa.array(sorted(PLACEHOLDERS), pa.string())
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+Hasher = Callable[[pa.Array], U64]
+_T = TypeVar("_T", bound=np.generic)
+
+# --- hashing -------------------------------------------------------------------------------
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_PAD_BUDGET_BYTES = 8 << 20
+
+
+def _fmix(h: U64) -> U64:
+    h ^= h >> np.uint64(30)
+    h *= _M1
+    h ^= h >> np.uint64(27)
+    h *= _M2
+    h ^= h >> np.uint64(31)
+    return h
+
+
+def hash_strings(values: pa.Array, seed: int = 0) -> U64:
+    """A 64-bit hash of each string's UTF-8 bytes (nulls hash like empty strings).
+
+    Vectorised: the strings are laid into a zero-padded byte matrix and mixed eight bytes at a
+    time, with the length folded in so that trailing NUL bytes cannot alias. Little-endian on
+    every machine, so the same string always gets the same value.
+    """
+    if pa.types.is_large_string(values.type) or not pa.types.is_string(values.type):
+        values = pc.cast(values, pa.string())
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    buffers = values.buffers()
+    offsets = np.frombuffer(buffers[1], dtype="<i4")[values.offset : values.offset + n + 1]
+    data = (
+        np.frombuffer(buffers[2], dtype=np.uint8)
+        if buffers[2] is not None
+        else np.zeros(0, np.uint8)
+    )
+    lengths = np.diff(offsets).astype(np.int64)
+    out = np.empty(n, dtype=np.uint64)
+    width = max(int(lengths.max()), 1)
+    step = max(1, _PAD_BUDGET_BYTES // ((width + 7) // 8 * 8))
+    with np.errstate(over="ignore"):
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            out[lo:hi] = _hash_rows(data, offsets[lo : hi + 1], lengths[lo:hi], seed)
+    return out
+
+
+def _hash_rows(
+    data: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int32], lengths: I64, seed: int
+) -> U64:
+    n = len(lengths)
+    words = max(1, (int(lengths.max()) + 7) // 8)
+    matrix = np.zeros((n, words * 8), dtype=np.uint8)
+    start, end = int(offsets[0]), int(offsets[-1])
+    if end > start:
+        row_of_byte = np.repeat(np.arange(n), lengths)
+        col_of_byte = np.arange(end - start) - np.repeat(
+            offsets[:-1].astype(np.int64) - start, lengths
+        )
+        matrix[row_of_byte, col_of_byte] = data[start:end]
+    lanes = matrix.view("<u8")
+    h = np.full(n, np.uint64(seed) ^ _GOLDEN, dtype=np.uint64) ^ (lengths.astype(np.uint64) * _M2)
+    for j in range(words):
+        h = _fmix(h ^ lanes[:, j]) + _GOLDEN
+    return _fmix(h)
+
+
+# --- per-row rules -------------------------------------------------------------------------
+
+
+def row_reasons(chunk: Chunk, now_ms: int) -> npt.NDArray[np.uint8]:
+    """The first failing per-row rule of each row (SPEC 1-5, then invalid_time), or VALID."""
+    anon, ident = chunk.anon, chunk.identified
+    missing_anon = _mask(anon.is_null())
+    bad_anon = ~_mask(pc.match_substring_regex(anon, UUID4_PATTERN))
+    missing_ident = _mask(ident.is_null())
+    placeholder = _mask(pc.is_in(pc.utf8_lower(ident), value_set=_PLACEHOLDER_ARRAY))
+    too_long = _mask(pc.greater(pc.binary_length(ident), MAX_ID_BYTES))
+    self_merge = _mask(pc.equal(anon, ident))
+    reasons = np.zeros(len(chunk), dtype=np.uint8)
+    # Later rules first, so that each earlier rule overwrites: a row keeps its first failure.
+    if chunk.time is not None:
+        _, status = to_epoch_ms(chunk.time, now_ms)
+        reasons[status != TimeStatus.OK] = Reason.INVALID_TIME
+    reasons[self_merge] = Reason.SELF_MERGE
+    reasons[placeholder | too_long] = Reason.INVALID_IDENTIFIED_ID
+    reasons[missing_ident] = Reason.MISSING_IDENTIFIED_ID
+    reasons[bad_anon] = Reason.INVALID_ANON_ID
+    reasons[missing_anon] = Reason.MISSING_ANON_ID
+    return reasons
+
+
+def _mask(values: pa.Array) -> npt.NDArray[np.bool_]:
+    return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+# --- whole-file rules ----------------------------------------------------------------------
+
+
+@dataclass
+class _Decisions:
+    conflict: I64
+    conflict_first: I64
+    duplicate: I64
+    duplicate_first: I64
+    cluster: I64
+    #: Rows whose verdict rested on equal anon hashes / equal identified hashes.
+    check_anon: I64
+    check_ident: I64
+
+
+def _decide(passing: npt.NDArray[np.bool_], ha: U64, hu: U64, max_cluster_size: int) -> _Decisions:
+    """Rules 6-8 over all passing rows, judged by hash equality (indices are row - 1)."""
+    repeated = _values_with_count(np.sort(ha[passing]), 2)
+    grouped = _members(ha, passing, repeated)
+    order = np.argsort(ha[grouped], kind="stable")
+    idx = grouped[order]  # anon groups, file order within each
+    starts, sizes = _runs(ha[idx])
+    group_of = np.repeat(np.arange(len(starts)), sizes)
+    ident = hu[idx]
+    # A group conflicts when some identified hash differs from its first row's; the first such
+    # row is what the first row's own reject detail points at.
+    differs = ident != ident[starts][group_of]
+    positions = np.where(differs, np.arange(len(idx)), len(idx))
+    first_other = (
+        np.minimum.reduceat(positions, starts) if len(starts) else np.zeros(0, dtype=np.int64)
+    )
+    conflicted = first_other < len(idx)
+    first = idx[starts][group_of]
+    is_conflict = conflicted[group_of]
+    is_duplicate = ~is_conflict & (idx != first)
+    other = idx[np.minimum(first_other, len(idx) - 1)][group_of] if len(idx) else first
+    refs = np.where(idx == first, other, first)
+
+    survivors = passing.copy()
+    survivors[idx[is_conflict | is_duplicate]] = False
+
+    limit = max_cluster_size - 1  # the identified id itself is one of the cluster's ids
+    heavy = _values_with_count(np.sort(hu[passing]), max_cluster_size)
+    big = _members(hu, passing, heavy)
+    kept = big[survivors[big]]
+    order = np.argsort(hu[kept], kind="stable")
+    ranked = kept[order]
+    starts, sizes = _runs(hu[ranked])
+    rank = np.arange(len(ranked)) - np.repeat(starts, sizes)
+
+    dup_order = np.argsort(idx[is_duplicate])
+    conflict_order = np.argsort(idx[is_conflict])
+    return _Decisions(
+        conflict=idx[is_conflict][conflict_order],
+        conflict_first=refs[is_conflict][conflict_order],
+        duplicate=idx[is_duplicate][dup_order],
+        duplicate_first=first[is_duplicate][dup_order],
+        cluster=np.sort(ranked[rank >= limit]),
+        check_anon=grouped,
+        check_ident=big,
+    )
+
+
+def _runs(sorted_values: U64) -> tuple[I64, I64]:
+    """Start index and length of each run of equal values in a sorted array."""
+    n = len(sorted_values)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    change = np.empty(n, dtype=np.bool_)
+    change[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    return starts, np.diff(np.append(starts, n))
+
+
+def _values_with_count(sorted_values: U64, at_least: int) -> U64:
+    """The distinct values that occur at least ``at_least`` times, sorted."""
+    starts, sizes = _runs(sorted_values)
+    return sorted_values[starts[sizes >= at_least]]
+
+
+def _members(values: U64, mask: npt.NDArray[np.bool_], sorted_set: U64) -> I64:
+    """Ascending indices i with mask[i] and values[i] in sorted_set, in bounded memory."""
+    if len(sorted_set) == 0:
+        return np.zeros(0, dtype=np.int64)
+    found: list[I64] = []
+    step = 1 << 20
+    for lo in range(0, len(values), step):
+        part = values[lo : lo + step]
+        pos = np.searchsorted(sorted_set, part)
+        pos[pos == len(sorted_set)] = 0
+        hit = (sorted_set[pos] == part) & mask[lo : lo + step]
+        found.append(np.flatnonzero(hit) + lo)
+    return np.concatenate(found)
+
+
+# --- verification of hash equality ---------------------------------------------------------
+
+
+@dataclass
+class _Refiner:
+    """Gives each distinct string sharing a hash value its own value (the first keeps it)."""
+
+    hashes: U64
+    rng: random.Random = field(default_factory=lambda: random.Random(0x5EED))
+    first_seen: dict[int, str] = field(default_factory=dict)
+    fresh: dict[tuple[int, str], int] = field(default_factory=dict)
+    collisions: int = 0
+
+    def see(self, i: int, text: str) -> None:
+        key = int(self.hashes[i])
+        seen = self.first_seen.setdefault(key, text)
+        if seen == text:
+            return
+        value = self.fresh.get((key, text))
+        if value is None:
+            value = self._unused_value()
+            self.fresh[(key, text)] = value
+            self.collisions += 1
+        self.hashes[i] = value
+
+    def _unused_value(self) -> int:
+        taken = set(self.fresh.values())
+        while True:
+            value = self.rng.getrandbits(64)
+            if value not in taken and not np.any(self.hashes == np.uint64(value)):
+                return value
+
+
+def _verify(source: ChunkSource, decisions: _Decisions, ha: U64, hu: U64) -> int:
+    """Compare the real strings behind equal hashes; refine ``ha``/``hu`` in place.
+
+    Returns how many distinct colliding strings were found (0 almost always).
+    """
+    rows = np.union1d(decisions.check_anon, decisions.check_ident)
+    if len(rows) == 0:
+        return 0
+    anon_too = np.isin(rows, decisions.check_anon)
+    anons, idents = _Refiner(ha), _Refiner(hu)
+    for chunk in source():
+        lo, hi = np.searchsorted(rows, [chunk.first_row - 1, chunk.end_row - 1])
+        if lo == hi:
+            continue
+        local = pa.array(rows[lo:hi] - (chunk.first_row - 1))
+        a_values = chunk.anon.take(local).to_pylist()
+        u_values = chunk.identified.take(local).to_pylist()
+        for k, i in enumerate(rows[lo:hi].tolist()):
+            if anon_too[lo + k]:
+                anons.see(i, a_values[k])
+            idents.see(i, u_values[k])
+    return anons.collisions + idents.collisions
+
+
+# --- the verdict ---------------------------------------------------------------------------
+
+
+@dataclass
+class Verdicts:
+    """One reason byte per row (index row - 1), plus the row each repeat refers back to."""
+
+    reasons: npt.NDArray[np.uint8]
+    max_cluster_size: int
+    ref_rows: I64
+    ref_first: I64
+    collisions: int = 0
+
+    @property
+    def rows_read(self) -> int:
+        """How many rows the input has."""
+        return len(self.reasons)
+
+    @property
+    def rows_valid(self) -> int:
+        """How many rows passed every rule."""
+        return int(np.count_nonzero(self.reasons == Reason.VALID))
+
+    def counts(self) -> dict[str, int]:
+        """Rejected rows per reason code, every code present (zero when none)."""
+        tally = np.bincount(self.reasons, minlength=len(Reason))
+        return {r.code: int(tally[r]) for r in REJECT_REASONS if r is not Reason.API_REJECTED}
+
+    def first_rows(self, rows: I64) -> I64:
+        """The row a conflict or duplicate row refers to: the pair it repeats, or a row
+        with the same anon id and another identified id."""
+        pos = np.searchsorted(self.ref_rows, rows - 1)
+        pos[pos >= len(self.ref_rows)] = 0
+        return self.ref_first[pos] + 1
+
+
+def judge(
+    source: ChunkSource,
+    *,
+    now_ms: int,
+    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
+    hasher: Hasher = hash_strings,
+    on_rows: Callable[[int], None] | None = None,
+) -> Verdicts:
+    """Read the whole input once (twice if hashes repeat) and decide every row's verdict."""
+    if max_cluster_size < 2:
+        raise ValueError("max_cluster_size must be at least 2")
+    reason_parts: list[npt.NDArray[np.uint8]] = []
+    anon_parts: list[U64] = []
+    ident_parts: list[U64] = []
+    for chunk in source():
+        reasons = row_reasons(chunk, now_ms)
+        ok = reasons == Reason.VALID
+        ha = np.zeros(len(chunk), dtype=np.uint64)
+        hu = np.zeros(len(chunk), dtype=np.uint64)
+        if ok.any():
+            keep = pa.array(ok)
+            ha[ok] = hasher(chunk.anon.filter(keep))
+            hu[ok] = hasher(chunk.identified.filter(keep))
+        reason_parts.append(reasons)
+        anon_parts.append(ha)
+        ident_parts.append(hu)
+        if on_rows is not None:
+            on_rows(len(chunk))
+    reasons_all = _concat(reason_parts, np.uint8)
+    ha_all = _concat(anon_parts, np.uint64)
+    hu_all = _concat(ident_parts, np.uint64)
+    passing = reasons_all == Reason.VALID
+
+    decisions = _decide(passing, ha_all, hu_all, max_cluster_size)
+    collisions = _verify(source, decisions, ha_all, hu_all)
+    if collisions:
+        decisions = _decide(passing, ha_all, hu_all, max_cluster_size)
+    del ha_all, hu_all
+
+    reasons_all[decisions.conflict] = Reason.CONFLICTING_ANON_ID
+    reasons_all[decisions.duplicate] = Reason.DUPLICATE_PAIR
+    reasons_all[decisions.cluster] = Reason.CLUSTER_LIMIT
+    ref_rows = np.concatenate([decisions.conflict, decisions.duplicate])
+    ref_first = np.concatenate([decisions.conflict_first, decisions.duplicate_first])
+    order = np.argsort(ref_rows)
+    return Verdicts(
+        reasons=reasons_all,
+        max_cluster_size=max_cluster_size,
+        ref_rows=ref_rows[order],
+        ref_first=ref_first[order],
+        collisions=collisions,
+    )
+
+
+def _concat(parts: list[npt.NDArray[_T]], dtype: type[_T]) -> npt.NDArray[_T]:
+    # Clearing the list as soon as the whole exists keeps one copy of the index, not two.
+    out: npt.NDArray[_T] = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    parts.clear()
+    return out
+
+
+# --- details for the rejects report --------------------------------------------------------
+
+
+def describe(
+    reason: Reason,
+    anon: str | None,
+    ident: str | None,
+    *,
+    first_row: int = 0,
+    time_detail: str = "",
+    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
+) -> str:
+    """The human ``detail`` column of a rejected row."""
+    if reason is Reason.MISSING_ANON_ID:
+        return "anon id is empty"
+    if reason is Reason.INVALID_ANON_ID:
+        return _describe_anon(anon or "")
+    if reason is Reason.MISSING_IDENTIFIED_ID:
+        return "identified id is empty"
+    if reason is Reason.INVALID_IDENTIFIED_ID:
+        text = ident or ""
+        size = len(text.encode("utf-8"))
+        if size > MAX_ID_BYTES:
+            return f"identified id is {size} bytes long; Mixpanel allows {MAX_ID_BYTES}"
+        return f"identified id {text!r} is a placeholder Mixpanel refuses"
+    if reason is Reason.SELF_MERGE:
+        return "identified id equals anon id"
+    if reason is Reason.INVALID_TIME:
+        return time_detail
+    if reason is Reason.CONFLICTING_ANON_ID:
+        return f"anon id also maps to another identified id at row {first_row}"
+    if reason is Reason.DUPLICATE_PAIR:
+        return f"repeats the pair of row {first_row}"
+    if reason is Reason.CLUSTER_LIMIT:
+        return (
+            f"identified id already has {max_cluster_size - 1} anon ids "
+            f"(cluster limit {max_cluster_size} ids)"
+        )
+    return ""
+
+
+def _describe_anon(anon: str) -> str:
+    if not _UUID_SHAPE.match(anon):
+        return "not a UUID (want 8-4-4-4-12 hex digits)"
+    version = anon[14]
+    if version != "4":
+        if set(anon) <= {"0", "-"}:
+            return "nil UUID, not a UUID v4"
+        return f"UUID version {version}, not 4"
+    return f"UUID variant {anon[19]!r} is not 8, 9, a or b"
+
+
+def reason_counts(reasons: Iterable[Reason]) -> dict[str, int]:
+    """A zero-filled count per reject code, from a sequence of reasons."""
+    counts = {r.code: 0 for r in REJECT_REASONS}
+    for r in reasons:
+        counts[r.code] += 1
+    return counts
