@@ -1,27 +1,291 @@
-"""The lock on ``--out`` (placeholder: the checkpoint itself lands with issue 4)."""
+"""The checkpoint and the lock: what makes "run the same command again" the answer to every crash.
+
+What ``checkpoint.json`` records
+    * ``done``: the source rows whose sending is settled, as sorted, merged, inclusive row
+      intervals. Each batch carries a *span* of rows; the producer makes spans tile the file
+      (each starts right after the previous one ends, rejected rows included), and a span is
+      added only when its batch is settled: imported, or refused by Mixpanel and written to
+      ``rejects.csv``. Batches that finish out of order leave holes that close as the stragglers
+      land, so the list stays a handful of intervals. Rows, not batch numbers, are recorded, so
+      a different ``--batch-size`` on the rerun changes nothing.
+    * ``identity``: the input's fingerprint (size and SHA-256 of its bytes), the project id and
+      every setting that changes which events are sent or what they contain (columns, time
+      column, event time, cluster limit, a digest of the project token). Not the API URL, the
+      rate or the batch size: a rerun may reach Mixpanel another way, faster or slower.
+    * ``event_time_ms``: fixed by the first run (``--event-time``, else that run's start), so
+      every resend of a pair is the identical event and Mixpanel deduplicates it.
+    * Cumulative counts (imported, refused, requests, retries) that move with ``done``.
+
+How it is written
+    The state lives in memory; a background task writes it at most every
+    ``CHECKPOINT_INTERVAL_S`` (coalescing many batches into one write, so a fast run is not
+    slowed), and once more when the run ends for any reason. A write first fsyncs
+    ``rejects.csv`` (so a refusal counted in ``done`` is on disk), then writes a temp file,
+    fsyncs it, renames it over ``checkpoint.json`` and fsyncs the folder: a reader, or a rerun
+    after ``kill -9`` at any instant, sees the old checkpoint or the new one, never a torn one.
+
+Guarantees
+    * Never skips a pair: a row enters ``done`` only after its batch settled.
+    * Resends at most what was in flight or settled since the last write; resends are the
+      identical events (same ``$insert_id``, same time), which Mixpanel counts once.
+    * A changed input or event setting is refused (exit 2, naming ``--restart``) rather than
+      mixed into an old run; ``--restart`` discards the checkpoint and starts over.
+
+The lock
+    ``.lock`` holds an exclusive ``flock`` for the life of a command. The kernel drops it when
+    the process dies, however it dies, so a stale lock from a killed run is simply taken over.
+"""
 
 from __future__ import annotations
 
+import bisect
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from backfill.errors import RunLocked
+import numpy as np
+import numpy.typing as npt
+
+from backfill.errors import CheckpointMismatch, RunLocked
+from backfill.files import atomic_write_bytes, read_json
 
 LOCK_FILE = ".lock"
+CHECKPOINT_FILE = "checkpoint.json"
+CHECKPOINT_INTERVAL_S = 1.0
+FORMAT_VERSION = 1
+
+
+# --- done rows ---------------------------------------------------------------------------
+
+
+@dataclass
+class RowIntervals:
+    """A set of rows as sorted, disjoint, non-adjacent inclusive intervals."""
+
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+
+    def add(self, first: int, last: int) -> None:
+        """Add rows ``first`` to ``last`` (inclusive), merging with neighbours."""
+        if last < first:
+            return
+        i = bisect.bisect_left(self.ends, first - 1)
+        j = bisect.bisect_right(self.starts, last + 1)
+        if i < j:
+            first = min(first, self.starts[i])
+            last = max(last, self.ends[j - 1])
+        self.starts[i:j] = [first]
+        self.ends[i:j] = [last]
+
+    def contains(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Which of ``rows`` are in the set (vectorised)."""
+        if not self.starts:
+            return np.zeros(len(rows), dtype=np.bool_)
+        starts = np.asarray(self.starts, dtype=np.int64)
+        ends = np.asarray(self.ends, dtype=np.int64)
+        k = np.searchsorted(starts, rows, side="right") - 1
+        inside = k >= 0
+        return inside & (rows <= ends[np.maximum(k, 0)])
+
+    def covers(self, first: int, last: int) -> bool:
+        """Whether every row from ``first`` to ``last`` is in the set."""
+        k = bisect.bisect_right(self.starts, first) - 1
+        return k >= 0 and self.ends[k] >= last
+
+    def count(self) -> int:
+        """How many rows the set holds."""
+        return sum(e - s + 1 for s, e in zip(self.starts, self.ends, strict=True))
+
+    def to_json(self) -> list[list[int]]:
+        """``[[first, last], ...]``."""
+        return [[s, e] for s, e in zip(self.starts, self.ends, strict=True)]
+
+    @classmethod
+    def from_json(cls, data: Any) -> RowIntervals:
+        """Rebuild from ``to_json`` output, merging defensively."""
+        out = cls()
+        for first, last in data or []:
+            out.add(int(first), int(last))
+        return out
+
+
+# --- identity ------------------------------------------------------------------------------
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of the input's bytes: any edit, however small, changes it."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(4 << 20):
+            digest.update(block)
+            size += len(block)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def token_digest(token: str | None) -> str | None:
+    """A digest of the project token: enough to notice a change, never the token itself."""
+    return None if token is None else hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+# --- the checkpoint ------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """The resumable state of one run folder (see the module docstring)."""
+
+    path: Path
+    identity: dict[str, Any]
+    event_time_ms: int
+    done: RowIntervals = field(default_factory=RowIntervals)
+    events_imported: int = 0
+    events_refused: int = 0
+    requests: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    runs: int = 0
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    run_started_at: float = field(default_factory=time.time)
+    run_events: int = 0
+    events_total: int | None = None
+    rows_total: int | None = None
+    state: str = "running"
+
+    @classmethod
+    def open(
+        cls,
+        out_dir: Path,
+        identity: Mapping[str, Any],
+        *,
+        event_time_ms: int | None,
+        start_ms: int,
+        restart: bool,
+    ) -> Checkpoint:
+        """Resume the checkpoint in ``out_dir``, or start one; refuse one made for other input."""
+        path = out_dir / CHECKPOINT_FILE
+        try:
+            data = None if restart else read_json(path)
+        except (OSError, ValueError) as e:
+            raise CheckpointMismatch(
+                f"{path} is unreadable ({e}): pass --restart to start over"
+            ) from None
+        if data is None:
+            fixed = start_ms if event_time_ms is None else event_time_ms
+            ckpt = cls(path, dict(identity), fixed)
+        else:
+            ckpt = cls._load(path, data)
+            _check_identity(path, ckpt, identity, event_time_ms)
+        ckpt.runs += 1
+        ckpt.run_started_at = time.time()
+        ckpt.run_events = 0
+        ckpt.state = "running"
+        return ckpt
+
+    @classmethod
+    def _load(cls, path: Path, data: Any) -> Checkpoint:
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+            raise CheckpointMismatch(
+                f"{path} was written by another version of backfill: pass --restart to start over"
+            )
+        try:
+            return cls(
+                path=path,
+                identity=dict(data["identity"]),
+                event_time_ms=int(data["event_time_ms"]),
+                done=RowIntervals.from_json(data["done"]),
+                events_imported=int(data["events_imported"]),
+                events_refused=int(data["events_refused"]),
+                requests=int(data.get("requests", 0)),
+                retries={str(k): int(v) for k, v in data.get("retries", {}).items()},
+                runs=int(data.get("runs", 0)),
+                created_at=float(data.get("created_at", time.time())),
+                events_total=data.get("events_total"),
+                rows_total=data.get("rows_total"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointMismatch(
+                f"{path} is damaged ({type(e).__name__}: {e}): pass --restart to start over"
+            ) from None
+
+    def settle(self, first_row: int, last_row: int, imported: int, refused: int) -> None:
+        """Record a settled batch span (called only after its refusals are in rejects.csv)."""
+        self.done.add(first_row, last_row)
+        self.events_imported += imported
+        self.events_refused += refused
+        self.run_events += imported + refused
+
+    def to_json(self) -> dict[str, Any]:
+        """The checkpoint as written to disk."""
+        self.updated_at = time.time()
+        return {
+            "version": FORMAT_VERSION,
+            "state": self.state,
+            "identity": self.identity,
+            "event_time_ms": self.event_time_ms,
+            "done": self.done.to_json(),
+            "rows_total": self.rows_total,
+            "events_total": self.events_total,
+            "events_imported": self.events_imported,
+            "events_refused": self.events_refused,
+            "requests": self.requests,
+            "retries": self.retries,
+            "runs": self.runs,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "run_started_at": self.run_started_at,
+            "run_events": self.run_events,
+        }
+
+    def snapshot(self) -> bytes:
+        """The bytes to write, taken at one instant on the event loop."""
+        return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+
+    def write(self, data: bytes | None = None) -> None:
+        """Write atomically and durably (see the module docstring)."""
+        atomic_write_bytes(self.path, data if data is not None else self.snapshot())
+
+
+def _check_identity(
+    path: Path, ckpt: Checkpoint, identity: Mapping[str, Any], event_time_ms: int | None
+) -> None:
+    changed = [
+        k
+        for k in sorted(set(identity) | set(ckpt.identity))
+        if identity.get(k) != ckpt.identity.get(k)
+    ]
+    if event_time_ms is not None and event_time_ms != ckpt.event_time_ms:
+        changed.append("event_time")
+    if not changed:
+        return
+    what = ", ".join(_LABELS.get(k, k) for k in changed)
+    raise CheckpointMismatch(
+        f"{path.parent} holds a run of another {what}: pass --restart to discard its "
+        "checkpoint and start over (pairs already sent are deduplicated by Mixpanel), "
+        "or choose another --out"
+    )
+
+
+_LABELS = {
+    "input": "input file (its contents changed)",
+    "project_id": "project id",
+    "token": "MIXPANEL_PROJECT_TOKEN",
+}
+
+
+# --- the lock ------------------------------------------------------------------------------
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``--out/.lock`` for the life of a command.
-
-    The kernel drops a flock when its process dies, however it dies, so a lock left by a
-    killed run is simply taken over; the file only records who holds it, for messages.
-    """
+    """An exclusive ``flock`` on ``--out/.lock`` for the life of a command."""
 
     def __init__(self, out_dir: Path, *, command: str) -> None:
         self.path = out_dir / LOCK_FILE
@@ -64,7 +328,7 @@ class RunLock:
 
 
 def active_holder(out_dir: Path) -> dict[str, Any] | None:
-    """Who holds the lock on ``out_dir`` right now, or None if no run is active."""
+    """Who holds the lock on ``out_dir`` right now, or None if no command is active."""
     path = out_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDONLY)

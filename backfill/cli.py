@@ -16,7 +16,7 @@ from typing import Any
 from backfill import __version__
 from backfill.errors import EXIT_INTERRUPTED, BackfillError
 from backfill.report import render_table
-from backfill.settings import Settings, build_settings, load_config
+from backfill.settings import LEGACY_SECRET_SUNSET, Settings, build_settings, load_config
 
 _VALIDATE_EXAMPLES = """\
 examples:
@@ -169,12 +169,38 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from backfill.errors import Aborted, Interrupted
+    from backfill.pipeline import last_summary, run_command
+
+    env = dict(os.environ)
+    settings = settings_from_args(args, env)
+    if not env.get("MIXPANEL_SERVICE_ACCOUNT_USERNAME") and env.get("MIXPANEL_API_SECRET"):
+        print(
+            "backfill: warning: MIXPANEL_API_SECRET is Mixpanel's legacy project secret, "
+            f"accepted until {LEGACY_SECRET_SUNSET}: create a service account and set "
+            "MIXPANEL_SERVICE_ACCOUNT_USERNAME/SECRET instead",
+            file=sys.stderr,
+        )
+    title = f"backfill run {settings.input_path} -> {settings.import_url}"
+    try:
+        summary = run_command(settings, env)
+    except (Aborted, Interrupted):
+        if last_summary():
+            _print_summary(last_summary(), title + f" ({last_summary()['status']})")
+        raise
+    _print_summary(summary, title)
+    print(f"reports: {settings.out_dir / 'rejects.csv'}, {settings.out_dir / 'summary.json'}")
+    return 0
+
+
 def _print_summary(summary: dict[str, Any], title: str) -> None:
     print(render_table(summary, title=title))
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _cmd_validate,
+    "run": _cmd_run,
 }
 
 

@@ -7,10 +7,13 @@ pairs to the sender, never holding them all.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
+import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from backfill.checkpoint import (
+    CHECKPOINT_INTERVAL_S,
+    Checkpoint,
+    RowIntervals,
+    RunLock,
+    file_fingerprint,
+    token_digest,
+)
+from backfill.errors import Aborted, BackfillError, Interrupted
+from backfill.events import Batch, Encoder, Pairs
+from backfill.files import atomic_write_json
 from backfill.progress import Counters, Progress
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, open_chunks
 from backfill.reasons import Reason
 from backfill.report import SUMMARY_FILE, RejectRow, RejectsFile, zero_counts
-from backfill.settings import Settings
-from backfill.times import TimeStatus, now_ms, to_epoch_ms
+from backfill.send import SendConfig, Sender, SendStats, Settled
+from backfill.settings import Credentials, Settings, credentials_from_env
+from backfill.times import TimeStatus, iso_utc, now_ms, to_epoch_ms
 from backfill.times import describe as describe_time
 from backfill.validate import Verdicts, describe, judge
 
@@ -44,6 +59,7 @@ def validate_input(
     progress: Progress,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    keep_api_rejects: bool = True,
 ) -> Validated:
     """Judge every row and write ``rejects.csv`` (validation part, earlier refusals kept)."""
     source = open_chunks(settings.input_path, settings.format, settings.columns, chunk_rows)
@@ -60,7 +76,7 @@ def validate_input(
     counters.rows_total = verdicts.rows_read
     counters.phase = "writing rejects"
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    rejects = RejectsFile(settings.out_dir, keep_api_rejects=True)
+    rejects = RejectsFile(settings.out_dir, keep_api_rejects=keep_api_rejects)
     try:
         for chunk in source():
             rejects.write(reject_rows(chunk, verdicts, started))
@@ -135,9 +151,6 @@ def validate_command(
     settings: Settings, progress_stream: Any = None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> dict[str, Any]:
     """``backfill validate``: judge, write ``rejects.csv`` and ``summary.json``, send nothing."""
-    from backfill.checkpoint import RunLock
-    from backfill.files import atomic_write_json
-
     started = time.time()
     counters = Counters()
     progress = Progress(counters, stream=progress_stream, enabled=settings.progress)
@@ -164,3 +177,376 @@ def _iso(epoch_s: float) -> str:
 def out_files(out_dir: Path) -> list[Path]:
     """The report files a command leaves in ``out_dir``."""
     return [out_dir / "rejects.csv", out_dir / SUMMARY_FILE]
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+def event_identity(settings: Settings, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """What the checkpoint is tied to: the input, the project and every event setting."""
+    return {
+        "input": dict(fingerprint),
+        "project_id": settings.project_id,
+        "format": settings.format,
+        "anon_column": settings.columns.anon,
+        "identified_column": settings.columns.identified,
+        "time_column": settings.columns.time,
+        "max_cluster_size": settings.max_cluster_size,
+        "token": token_digest(settings.token),
+    }
+
+
+def produce_batches(
+    validated: Validated,
+    done: RowIntervals,
+    encoder: Encoder,
+    *,
+    event_time_ms: int,
+    time_column: bool,
+    counters: Counters,
+) -> Iterator[Batch]:
+    """Re-read the input and yield batches of the valid rows not yet done, spans tiling the file.
+
+    Runs in a worker thread, one ``next()`` at a time; the queue it feeds bounds how far ahead
+    of the senders it gets.
+    """
+    verdicts = validated.verdicts
+    rows_total = verdicts.rows_read
+
+    def pairs_of(chunk: Chunk) -> Pairs | None:
+        counters.rows_read = chunk.end_row - 1
+        rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
+        ok = verdicts.reasons[chunk.first_row - 1 : chunk.end_row - 1] == Reason.VALID
+        ok &= ~done.contains(rows)
+        if not ok.any():
+            return None
+        idx = np.flatnonzero(ok)
+        take = pa.array(idx)
+        if time_column:
+            assert chunk.time is not None
+            times = to_epoch_ms(chunk.time.take(take), validated.now_ms)[0]
+        else:
+            times = np.full(len(idx), event_time_ms, dtype=np.int64)
+        return Pairs(rows[idx], chunk.anon.take(take), chunk.identified.take(take), times)
+
+    def batches() -> Iterator[Batch]:
+        carry: list[Pairs] = []
+        carried = 0
+        size = encoder.batch_size
+        for chunk in validated.source():
+            pairs = pairs_of(chunk)
+            if pairs is None:
+                continue
+            carry.append(pairs)
+            carried += len(pairs)
+            if carried < size:
+                continue
+            whole = Pairs.concat(carry)
+            full = carried - carried % size
+            yield from encoder.batches(whole.slice(0, full))
+            carry = [whole.slice(full, carried)] if full < carried else []
+            carried -= full
+        if carried:
+            yield from encoder.batches(Pairs.concat(carry))
+
+    # Hold one batch back so that the last one's span can reach the end of the file.
+    start = 1
+    previous: Batch | None = None
+    for batch in batches():
+        if previous is not None:
+            yield replace(previous, span=(start, previous.last_row))
+            start = previous.last_row + 1
+        previous = batch
+    if previous is not None:
+        yield replace(previous, span=(start, rows_total))
+    elif rows_total:
+        # Nothing left to send: the whole file is settled.
+        done.add(1, rows_total)
+
+
+@dataclass
+class _RunState:
+    checkpoint: Checkpoint
+    rejects: RejectsFile
+    counters: Counters
+    progress: Progress
+    stats: SendStats
+    dirty: bool = False
+
+
+class _Stop:
+    """SIGINT/SIGTERM: the first asks for a graceful stop, the second for an immediate one."""
+
+    def __init__(self) -> None:
+        self.signals = 0
+        self.graceful = asyncio.Event()
+        self.hard = asyncio.Event()
+
+    def __call__(self) -> None:
+        self.signals += 1
+        (self.graceful if self.signals == 1 else self.hard).set()
+
+
+async def _send_all(
+    settings: Settings,
+    creds: Credentials,
+    validated: Validated,
+    state: _RunState,
+    *,
+    stop: _Stop,
+) -> None:
+    ckpt = state.checkpoint
+    encoder = Encoder(token=settings.token, batch_size=settings.batch_size)
+    config = SendConfig(
+        import_url=settings.import_url,
+        credentials=creds,
+        project_id=settings.project_id,
+        concurrency=settings.concurrency,
+        rate_per_s=settings.rate_per_s,
+        max_attempts=settings.max_attempts,
+        timeout_s=settings.timeout_s,
+        retry_base_s=settings.retry_base_s,
+        batch_size=settings.batch_size,
+    )
+    counters = state.counters
+
+    def on_settled(settled: Settled) -> None:
+        refused = [
+            (r.row, r.anon, r.identified, Reason.API_REJECTED.code, r.message)
+            for r in settled.refused
+        ]
+        state.rejects.add_api_rejects(refused)
+        first, last = settled.batch.span
+        ckpt.settle(first, last, settled.imported, len(settled.refused))
+        counters.events_imported = ckpt.events_imported
+        counters.rejected = int(np.count_nonzero(validated.verdicts.reasons)) + len(
+            state.rejects.api_rows
+        )
+        state.dirty = True
+        state.progress.tick()
+
+    def on_retry() -> None:
+        counters.retries += 1
+
+    sender = Sender(config, encoder, on_settled, stats=state.stats, on_retry=on_retry)
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.concurrency + 2)
+    batches = produce_batches(
+        validated,
+        ckpt.done,
+        encoder,
+        event_time_ms=ckpt.event_time_ms,
+        time_column=settings.columns.time is not None,
+        counters=counters,
+    )
+
+    async def feed() -> None:
+        while True:
+            batch = await asyncio.to_thread(next, batches, None)
+            if batch is None:
+                break
+            await queue.put(batch)
+            counters.events_sent += len(batch)
+        for _ in range(settings.concurrency):
+            await queue.put(None)
+
+    async def save_periodically() -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            await _save(state)
+            state.progress.tick()
+
+    async def pump() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(feed())
+            group.create_task(sender.run(queue))
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    work = asyncio.create_task(pump())
+    saver = asyncio.create_task(save_periodically())
+    try:
+        graceful = asyncio.create_task(stop.graceful.wait())
+        await asyncio.wait({work, graceful}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            # Stop taking batches; let the ones in flight settle, for a bounded time.
+            sender.stop()
+            _drain(queue, settings.concurrency)
+            hard = asyncio.create_task(stop.hard.wait())
+            grace = settings.timeout_s + 5.0
+            await asyncio.wait({work, hard}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            hard.cancel()
+            if not work.done():
+                work.cancel()
+        graceful.cancel()
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not stop.signals:
+                raise
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
+    finally:
+        saver.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        ckpt.requests += state.stats.requests
+        for cause, n in state.stats.retries.items():
+            ckpt.retries[cause] = ckpt.retries.get(cause, 0) + n
+        state.dirty = True
+        await _save(state)
+    if stop.signals:
+        raise Interrupted(
+            f"interrupted: {ckpt.events_imported:,} events imported so far; the checkpoint is "
+            "written: run the same command again to resume"
+        )
+
+
+def _drain(queue: asyncio.Queue[Batch | None], workers: int) -> None:
+    while not queue.empty():
+        queue.get_nowait()
+    for _ in range(workers):
+        queue.put_nowait(None)
+
+
+def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in eg.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if isinstance(exc, BackfillError):
+            return exc
+    return eg.exceptions[0]
+
+
+async def _save(state: _RunState) -> None:
+    if not state.dirty:
+        return
+    state.dirty = False
+    data = state.checkpoint.snapshot()
+    fd = state.rejects.fileno()
+
+    def write() -> None:
+        # Refusals first: a span in ``done`` must never outlive its rejects.csv lines.
+        if fd is not None:
+            os.fsync(fd)
+        state.checkpoint.write(data)
+
+    await asyncio.shield(asyncio.to_thread(write))
+
+
+def run_command(
+    settings: Settings,
+    env: Mapping[str, str],
+    *,
+    progress_stream: Any = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> dict[str, Any]:
+    """``backfill run``: validate, then send; resumable; returns the summary.
+
+    Raises Aborted (exit 3) or Interrupted (exit 130) after writing the checkpoint and a
+    summary with status ``aborted`` / ``interrupted``.
+    """
+    creds = credentials_from_env(env, settings.project_id)
+    started = time.time()
+    counters = Counters()
+    progress = Progress(counters, stream=progress_stream, enabled=settings.progress)
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(settings.out_dir, command="run"):
+        fingerprint = file_fingerprint(settings.input_path)
+        ckpt = Checkpoint.open(
+            settings.out_dir,
+            event_identity(settings, fingerprint),
+            event_time_ms=settings.event_time_ms,
+            start_ms=now_ms(),
+            restart=settings.restart,
+        )
+        try:
+            validated = validate_input(
+                settings,
+                counters,
+                progress,
+                chunk_rows=chunk_rows,
+                keep_api_rejects=not settings.restart,
+            )
+        except BaseException:
+            progress.close()
+            raise
+        ckpt.rows_total = validated.verdicts.rows_read
+        ckpt.events_total = validated.verdicts.rows_valid
+        if settings.restart:
+            ckpt.write()
+        stats = SendStats()
+        state = _RunState(ckpt, validated.rejects, counters, progress, stats)
+        counters.phase = "sending"
+        counters.rows_read = 0
+        counters.events_total = validated.verdicts.rows_valid
+        counters.events_imported = ckpt.events_imported
+        counters.send_started = time.monotonic()
+        status = "completed"
+        try:
+            asyncio.run(_send_all(settings, creds, validated, state, stop=_Stop()))
+        except Interrupted:
+            status = "interrupted"
+            raise
+        except Aborted:
+            status = "aborted"
+            raise
+        finally:
+            progress.close()
+            validated.rejects.close()
+            summary = _run_summary(settings, validated, state, started, status)
+            if status == "completed":
+                ckpt.state = "completed"
+                ckpt.write()
+            atomic_write_json(settings.out_dir / SUMMARY_FILE, summary)
+            _last_summary.clear()
+            _last_summary.update(summary)
+    return summary
+
+
+#: The summary of the last run_command, also when it raised (the CLI prints it then too).
+_last_summary: dict[str, Any] = {}
+
+
+def last_summary() -> dict[str, Any]:
+    """The summary written by the last ``run_command``, whatever its outcome."""
+    return dict(_last_summary)
+
+
+def _run_summary(
+    settings: Settings,
+    validated: Validated,
+    state: _RunState,
+    started: float,
+    status: str,
+) -> dict[str, Any]:
+    ckpt = state.checkpoint
+    summary = base_summary(settings, validated, started)
+    summary["rejected"][Reason.API_REJECTED.code] = validated.rejects.api_rejected
+    send_s = max(time.monotonic() - (state.counters.send_started or time.monotonic()), 1e-9)
+    summary.update(
+        {
+            "status": status,
+            "events_imported": ckpt.events_imported,
+            "events_total": validated.verdicts.rows_valid,
+            "events_settled": ckpt.events_imported + ckpt.events_refused,
+            "api_rejected": ckpt.events_refused,
+            "requests": ckpt.requests,
+            "retries": dict(ckpt.retries),
+            "splits": state.stats.splits,
+            "event_time": None if settings.columns.time else iso_utc(ckpt.event_time_ms),
+            "project_id": settings.project_id,
+            "api_url": settings.import_url,
+            "runs": ckpt.runs,
+            "this_run": {
+                "requests": state.stats.requests,
+                "retries": dict(state.stats.retries),
+                "events_imported": state.stats.events_imported,
+                "events_refused": state.stats.events_refused,
+                "send_s": round(send_s, 3),
+            },
+            "elapsed_s": round(time.time() - started, 3),
+            "events_per_s": round(state.stats.events_imported / send_s, 1),
+        }
+    )
+    return summary

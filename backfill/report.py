@@ -71,6 +71,10 @@ class RejectsFile:
             self._file.flush()
         return len(new)
 
+    def fileno(self) -> int | None:
+        """The open file's descriptor (for an fsync from another thread), if open."""
+        return None if self._file is None else self._file.fileno()
+
     def sync(self) -> None:
         """Make every appended refusal durable (called before each checkpoint write)."""
         if self._file is not None:
