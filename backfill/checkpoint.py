@@ -158,6 +158,7 @@ class Checkpoint:
     run_events: int = 0
     events_total: int | None = None
     rows_total: int | None = None
+    rejected: dict[str, int] = field(default_factory=dict)
     state: str = "running"
 
     @classmethod
@@ -210,6 +211,7 @@ class Checkpoint:
                 created_at=float(data.get("created_at", time.time())),
                 events_total=data.get("events_total"),
                 rows_total=data.get("rows_total"),
+                rejected={str(k): int(v) for k, v in data.get("rejected", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointMismatch(
@@ -234,6 +236,7 @@ class Checkpoint:
             "done": self.done.to_json(),
             "rows_total": self.rows_total,
             "events_total": self.events_total,
+            "rejected": self.rejected,
             "events_imported": self.events_imported,
             "events_refused": self.events_refused,
             "requests": self.requests,

@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(r)
     _run_options(r)
+    rh = sub.add_parser(
+        "rehearse",
+        help="the whole run against a local Mixpanel stand-in: no credentials, no network",
+        description="Start a local /import stand-in on a free loopback port, run the real "
+        "`run` code path against it with throwaway credentials, and print what it received.",
+        epilog=_REHEARSE_EXAMPLES,
+        formatter_class=fmt,
+    )
+    _common(rh)
+    rh.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default: 10)")
+    rh.add_argument("--max-attempts", type=int, metavar="N", help="tries per batch (default: 8)")
+    rh.add_argument("--timeout", type=float, metavar="SECONDS", help="per request (default: 30)")
+    rh.add_argument("--event-time", metavar="ISO8601|EPOCH", help="as for `run`")
+    rh.add_argument("--retry-base-s", type=float, metavar="SECONDS", help="as for `run`")
+    rh.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of requests the stand-in fails (503, 429, dropped), to watch retries",
+    )
+    sv = sub.add_parser(
+        "serve",
+        help="run the local Mixpanel /import stand-in (for rehearsals and tests)",
+        description="Serve a local stand-in for Mixpanel's /import?strict=1 until Ctrl-C.",
+        epilog=_SERVE_EXAMPLES,
+        formatter_class=fmt,
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    sv.add_argument("--port", type=int, default=8787, help="default: 8787 (0: any free port)")
+    sv.add_argument("--store", type=Path, metavar="FILE", help="append accepted events (NDJSON)")
+    sv.add_argument(
+        "--error-rate", type=float, default=0.0, metavar="P", help="share of requests failed"
+    )
+    sv.add_argument(
+        "--rate-limit", type=float, metavar="EVENTS/S", help="answer 429 above this rate"
+    )
+    sv.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="per request")
+    sv.add_argument("--seed", type=int, help="make the injected faults reproducible")
+    st = sub.add_parser(
+        "status",
+        help="progress of a run, from the files in --out (while it runs or after)",
+        description="Show a run's progress from its checkpoint.json and summary.json.",
+        epilog="examples:\n  backfill status --out runs/mappings\n  backfill status   "
+        "# every run under runs/\n  backfill status --out runs/mappings --json",
+        formatter_class=fmt,
+    )
+    st.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: all under runs/)")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
 
+
+_REHEARSE_EXAMPLES = """\
+examples:
+  backfill rehearse sample_data/mappings.csv --time-column merged_at
+  backfill rehearse mappings.csv --fault-rate 0.1 --retry-base-s 0.2
+
+Writes to runs/<input stem>-rehearsal/ (never a real run's folder): rejects.csv, summary.json,
+checkpoint.json, and received.ndjson (what the stand-in accepted). Starts afresh every time.
+"""
+
+_SERVE_EXAMPLES = """\
+examples:
+  backfill serve --port 8787 --store received.ndjson
+  backfill serve --error-rate 0.05 --rate-limit 30000 --latency 0.05
+
+Then, in another shell, with the credentials it prints:
+  backfill run mappings.csv --api-url http://127.0.0.1:8787
+"""
 
 _FLAG_KEYS = (
     "format",
@@ -194,6 +262,70 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rehearse(args: argparse.Namespace) -> int:
+    from backfill.errors import Aborted, ConfigError, Interrupted
+    from backfill.pipeline import last_summary
+    from backfill.rehearse import rehearsal_out_dir, rehearse_command, render_received
+
+    if not 0.0 <= args.fault_rate <= 1.0:
+        raise ConfigError(f"--fault-rate must be from 0 to 1, got {args.fault_rate}")
+    env = dict(os.environ)
+    settings = settings_from_args(args, env)
+    explicit = args.out is not None or "out" in load_config(args.config)
+    settings = replace(settings, out_dir=rehearsal_out_dir(settings, explicit))
+    title = f"backfill rehearse {settings.input_path} (local stand-in, nothing leaves this machine)"
+    try:
+        result = rehearse_command(settings, fault_rate=args.fault_rate)
+    except (Aborted, Interrupted):
+        if last_summary():
+            _print_summary(last_summary(), title + f" ({last_summary()['status']})")
+        raise
+    _print_summary(result.summary, title)
+    print(render_received(result.received, result.received_path))
+    print(f"reports: {settings.out_dir / 'rejects.csv'}, {settings.out_dir / 'summary.json'}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from backfill.errors import ConfigError
+    from backfill.standin import FaultRates, StandinConfig, serve
+
+    if not 0.0 <= args.error_rate <= 1.0:
+        raise ConfigError(f"--error-rate must be from 0 to 1, got {args.error_rate}")
+    if args.latency < 0:
+        raise ConfigError(f"--latency must be 0 or more, got {args.latency}")
+    share = args.error_rate / 3
+    faults = FaultRates(
+        p_503=share,
+        p_429=share,
+        p_drop=share,
+        p_slow=1.0 - args.error_rate if args.latency else 0.0,
+        slow_s=args.latency,
+        seed=args.seed,
+    )
+    config = StandinConfig(
+        faults=faults, rate_limit_events_per_s=args.rate_limit, store_path=args.store
+    )
+    try:
+        serve(config, host=args.host, port=args.port)
+    except OSError as e:
+        raise ConfigError(f"cannot serve: {e}") from None
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from backfill.status import find_run_dirs, read_status, render_status
+
+    statuses = [read_status(d) for d in find_run_dirs(args.out)]
+    if args.json:
+        print(json.dumps(statuses[0] if args.out else statuses, indent=2))
+    else:
+        print("\n\n".join(render_status(s) for s in statuses))
+    return 0
+
+
 def _print_summary(summary: dict[str, Any], title: str) -> None:
     print(render_table(summary, title=title))
 
@@ -201,6 +333,9 @@ def _print_summary(summary: dict[str, Any], title: str) -> None:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": _cmd_validate,
     "run": _cmd_run,
+    "status": _cmd_status,
+    "rehearse": _cmd_rehearse,
+    "serve": _cmd_serve,
 }
 
 

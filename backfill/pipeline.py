@@ -473,6 +473,7 @@ def run_command(
             raise
         ckpt.rows_total = validated.verdicts.rows_read
         ckpt.events_total = validated.verdicts.rows_valid
+        ckpt.rejected = validated.verdicts.counts()
         if settings.restart:
             ckpt.write()
         stats = SendStats()
