@@ -18,7 +18,6 @@ counts events with equal (event, time, distinct_id, $insert_id) once, which make
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -26,11 +25,14 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+from isal import igzip
 
-from backfill.validate import hash_strings
+from backfill.validate import hash_strings_seeds
 
 MAX_BATCH_BYTES = 2_000_000  # "2 MB" of uncompressed JSON, under 2 MiB as well
-GZIP_LEVEL = 1  # measured: level 1 costs about a third of level 6 for 5% more bytes
+# ISA-L's igzip at level 1: measured 0.54 µs per event against zlib level 1's 1.45 µs, and
+# smaller output (53 against 60 bytes per event); gzip was two thirds of the send path's CPU.
+GZIP_LEVEL = 1
 _INSERT_ID_SEEDS = (0x1D3A_7E5B, 0x62C9_0F41)
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -193,8 +195,8 @@ class Encoder:
 
 def gzip_bytes(data: bytes, level: int = GZIP_LEVEL) -> bytes:
     """``data`` in gzip format (``Content-Encoding: gzip``)."""
-    packer = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return packer.compress(data) + packer.flush()
+    packed: bytes = igzip.compress(data, level)
+    return packed
 
 
 def insert_ids(anon: pa.Array, identified: pa.Array) -> pa.Array:
@@ -202,8 +204,7 @@ def insert_ids(anon: pa.Array, identified: pa.Array) -> pa.Array:
     keys = pc.binary_join_element_wise(anon, identified, "\n")
     n = len(keys)
     digest = np.empty((n, 2), dtype=">u8")
-    digest[:, 0] = hash_strings(keys, _INSERT_ID_SEEDS[0])
-    digest[:, 1] = hash_strings(keys, _INSERT_ID_SEEDS[1])
+    digest[:, 0], digest[:, 1] = hash_strings_seeds(keys, _INSERT_ID_SEEDS)
     raw = digest.view(np.uint8).reshape(n, 16)
     text = np.empty((n, 32), dtype=np.uint8)
     text[:, 0::2] = _HEX[raw >> 4]

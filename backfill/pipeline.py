@@ -309,6 +309,7 @@ async def _send_all(
         batch_size=settings.batch_size,
     )
     counters = state.counters
+    validation_rejects = validated.verdicts.rows_read - validated.verdicts.rows_valid
 
     def on_settled(settled: Settled) -> None:
         refused = [
@@ -319,9 +320,7 @@ async def _send_all(
         first, last = settled.batch.span
         ckpt.settle(first, last, settled.imported, len(settled.refused))
         counters.events_imported = ckpt.events_imported
-        counters.rejected = int(np.count_nonzero(validated.verdicts.reasons)) + len(
-            state.rejects.api_rows
-        )
+        counters.rejected = validation_rejects + len(state.rejects.api_rows)
         state.dirty = True
         state.progress.tick()
 

@@ -28,7 +28,7 @@ from backfill.errors import InputError
 
 FORMATS = ("csv", "parquet")
 DEFAULT_CHUNK_ROWS = 65_536
-_CSV_BLOCK_BYTES = 4 << 20
+_CSV_BLOCK_BYTES = 1 << 20
 _SNIFF_BYTES = 64 << 10
 
 
@@ -202,7 +202,7 @@ def _csv_batches(path: Path, columns: Columns) -> Iterator[pa.RecordBatch]:
     names = columns.names()
     reader = pacsv.open_csv(
         str(path),
-        read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=True),
+        read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
         # A quoted id may hold a line break; supporting it keeps row numbers honest.
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(

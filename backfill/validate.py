@@ -79,7 +79,10 @@ _T = TypeVar("_T", bound=np.generic)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_PAD_BUDGET_BYTES = 8 << 20
+#: Masks keeping the first k bytes of a little-endian word, for k = 0..8.
+_TAIL_MASKS = np.array(
+    [0, *((1 << (8 * k)) - 1 for k in range(1, 8)), (1 << 64) - 1], dtype=np.uint64
+)
 
 
 def _fmix(h: U64) -> U64:
@@ -92,53 +95,41 @@ def _fmix(h: U64) -> U64:
 
 
 def hash_strings(values: pa.Array, seed: int = 0) -> U64:
-    """A 64-bit hash of each string's UTF-8 bytes (nulls hash like empty strings).
+    """A 64-bit hash of each string's UTF-8 bytes (nulls hash like empty strings)."""
+    return hash_strings_seeds(values, (seed,))[0]
 
-    Vectorised: the strings are laid into a zero-padded byte matrix and mixed eight bytes at a
-    time, with the length folded in so that trailing NUL bytes cannot alias. Little-endian on
-    every machine, so the same string always gets the same value.
+
+def hash_strings_seeds(values: pa.Array, seeds: tuple[int, ...]) -> list[U64]:
+    """One 64-bit hash per string and seed, sharing one pass over the bytes.
+
+    Vectorised over the Arrow buffers: word ``j`` of every string is gathered at once through
+    an unaligned 8-byte window view of the data, masked to the string's length, and mixed in,
+    with the length folded in first so that trailing NUL bytes cannot alias. Little-endian on
+    every machine, so the same string always gets the same value: ``$insert_id`` relies on it.
     """
-    if pa.types.is_large_string(values.type) or not pa.types.is_string(values.type):
+    if not pa.types.is_string(values.type):
         values = pc.cast(values, pa.string())
     n = len(values)
     if n == 0:
-        return np.zeros(0, dtype=np.uint64)
+        return [np.zeros(0, dtype=np.uint64) for _ in seeds]
     buffers = values.buffers()
     offsets = np.frombuffer(buffers[1], dtype="<i4")[values.offset : values.offset + n + 1]
-    data = (
-        np.frombuffer(buffers[2], dtype=np.uint8)
-        if buffers[2] is not None
-        else np.zeros(0, np.uint8)
-    )
-    lengths = np.diff(offsets).astype(np.int64)
-    out = np.empty(n, dtype=np.uint64)
-    width = max(int(lengths.max()), 1)
-    step = max(1, _PAD_BUDGET_BYTES // ((width + 7) // 8 * 8))
-    with np.errstate(over="ignore"):
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            out[lo:hi] = _hash_rows(data, offsets[lo : hi + 1], lengths[lo:hi], seed)
-    return out
-
-
-def _hash_rows(
-    data: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int32], lengths: I64, seed: int
-) -> U64:
-    n = len(lengths)
-    words = max(1, (int(lengths.max()) + 7) // 8)
-    matrix = np.zeros((n, words * 8), dtype=np.uint8)
     start, end = int(offsets[0]), int(offsets[-1])
+    padded = np.zeros(end - start + 8, dtype=np.uint8)
     if end > start:
-        row_of_byte = np.repeat(np.arange(n), lengths)
-        col_of_byte = np.arange(end - start) - np.repeat(
-            offsets[:-1].astype(np.int64) - start, lengths
-        )
-        matrix[row_of_byte, col_of_byte] = data[start:end]
-    lanes = matrix.view("<u8")
-    h = np.full(n, np.uint64(seed) ^ _GOLDEN, dtype=np.uint64) ^ (lengths.astype(np.uint64) * _M2)
-    for j in range(words):
-        h = _fmix(h ^ lanes[:, j]) + _GOLDEN
-    return _fmix(h)
+        padded[: end - start] = np.frombuffer(buffers[2], dtype=np.uint8)[start:end]
+    windows = np.ndarray((end - start + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    at = (offsets[:-1] - start).astype(np.int64)
+    lengths = np.diff(offsets).astype(np.int64)
+    longest = int(lengths.max())
+    folded = lengths.astype(np.uint64) * _M2
+    hashes = [np.full(n, np.uint64(seed) ^ _GOLDEN, dtype=np.uint64) ^ folded for seed in seeds]
+    with np.errstate(over="ignore"):
+        for j in range(0, max(longest, 1), 8):
+            tail = _TAIL_MASKS[np.clip(lengths - j, 0, 8)]
+            word = windows[np.minimum(at + j, end - start)] & tail
+            hashes = [_fmix(h ^ word) + _GOLDEN for h in hashes]
+        return [_fmix(h) for h in hashes]
 
 
 # --- per-row rules -------------------------------------------------------------------------
