@@ -69,12 +69,13 @@ def validate_input(
         counters.rows_read += n
         progress.tick()
 
-    counters.phase = "validating"
+    progress.phase("validating")
     verdicts = judge(
         source, now_ms=started, max_cluster_size=settings.max_cluster_size, on_rows=on_rows
     )
     counters.rows_total = verdicts.rows_read
-    counters.phase = "writing rejects"
+    counters.rejected = verdicts.rows_read - verdicts.rows_valid
+    progress.phase("writing rejects")
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     rejects = RejectsFile(settings.out_dir, keep_api_rejects=keep_api_rejects)
     try:
@@ -158,6 +159,7 @@ def validate_command(
     with RunLock(settings.out_dir, command="validate"):
         try:
             validated = validate_input(settings, counters, progress, chunk_rows=chunk_rows)
+            counters.phase = "validated"
         finally:
             progress.close()
         validated.rejects.close()
@@ -320,6 +322,9 @@ async def _send_all(
         first, last = settled.batch.span
         ckpt.settle(first, last, settled.imported, len(settled.refused))
         counters.events_imported = ckpt.events_imported
+        counters.events_imported_this_run = state.stats.events_imported
+        counters.rejected_sent = ckpt.events_refused
+        counters.events_sent = state.stats.events_sent
         counters.rejected = validation_rejects + len(state.rejects.api_rows)
         state.dirty = True
         state.progress.tick()
@@ -344,7 +349,6 @@ async def _send_all(
             if batch is None:
                 break
             await queue.put(batch)
-            counters.events_sent += len(batch)
         for _ in range(settings.concurrency):
             await queue.put(None)
 
@@ -352,6 +356,7 @@ async def _send_all(
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_S)
             await _save(state)
+            counters.events_sent = state.stats.events_sent
             state.progress.tick()
 
     async def pump() -> None:
@@ -477,11 +482,12 @@ def run_command(
             ckpt.write()
         stats = SendStats()
         state = _RunState(ckpt, validated.rejects, counters, progress, stats)
-        counters.phase = "sending"
         counters.rows_read = 0
         counters.events_total = validated.verdicts.rows_valid
         counters.events_imported = ckpt.events_imported
+        counters.rejected_sent = ckpt.events_refused
         counters.send_started = time.monotonic()
+        progress.phase("sending")
         status = "completed"
         try:
             asyncio.run(_send_all(settings, creds, validated, state, stop=_Stop()))
@@ -492,6 +498,7 @@ def run_command(
             status = "aborted"
             raise
         finally:
+            counters.phase = status
             progress.close()
             validated.rejects.close()
             summary = _run_summary(settings, validated, state, started, status)

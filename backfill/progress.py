@@ -6,6 +6,7 @@ draw, so the hot path pays a clock read per chunk or batch and nothing more.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ class Counters:
     events_total: int | None = None
     events_sent: int = 0
     events_imported: int = 0
+    events_imported_this_run: int = 0
     rejected: int = 0
+    rejected_sent: int = 0
     retries: int = 0
     started: float = field(default_factory=time.monotonic)
     send_started: float | None = None
@@ -44,11 +47,20 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.interactive = self.stream.isatty() if interactive is None else interactive
-        self.interval_s = (
-            interval_s if interval_s is not None else (0.2 if self.interactive else 5.0)
-        )
+        if interval_s is None:
+            # The environment knob exists for tests and for logs that want a denser trace.
+            configured = os.environ.get("BACKFILL_PROGRESS_INTERVAL_S")
+            interval_s = float(configured) if configured else (0.2 if self.interactive else 5.0)
+        self.interval_s = interval_s
         self._last = time.monotonic()
         self._drawn = False
+
+    def phase(self, name: str) -> None:
+        """Enter a new phase (validating, writing rejects, sending) and show it at once."""
+        self.counters.phase = name
+        if self.enabled:
+            self._last = time.monotonic()
+            self._draw()
 
     def tick(self) -> None:
         """Redraw if the interval has passed since the last drawing."""
@@ -60,9 +72,11 @@ class Progress:
             self._draw()
 
     def close(self) -> None:
-        """End the live line so that what follows starts on a fresh one."""
-        if self.enabled and self.interactive and self._drawn:
-            self.stream.write("\n")
+        """Draw the final state and end the live line, so what follows starts on a fresh one."""
+        if self.enabled and self._drawn:
+            self._draw()
+            if self.interactive:
+                self.stream.write("\n")
             self.stream.flush()
         self._drawn = False
 
@@ -70,31 +84,34 @@ class Progress:
         text = self.render()
         if self.interactive:
             self.stream.write("\r\x1b[2K" + text)
-            self._drawn = True
         else:
-            self.stream.write(text + "\n")
+            self.stream.write("backfill: " + text + "\n")
+        self._drawn = True
         self.stream.flush()
 
     def render(self) -> str:
         """The current state as one line."""
         c = self.counters
+        rows = f"rows {c.rows_read:,}" + (f"/{c.rows_total:,}" if c.rows_total else "")
+        if c.send_started is None:
+            return f"{c.phase}  {rows}  rejected {c.rejected:,}"
         parts = [c.phase]
-        if c.phase == "sending" and c.events_total:
-            done = c.events_imported + c.rejected
-            parts.append(_bar(done / c.events_total) if self.interactive else "")
-        parts.append(f"rows {c.rows_read:,}" + (f"/{c.rows_total:,}" if c.rows_total else ""))
-        parts.append(f"sent {c.events_sent:,}")
-        parts.append(f"imported {c.events_imported:,}")
-        parts.append(f"rejected {c.rejected:,}")
-        parts.append(f"retries {c.retries:,}")
-        if c.send_started is not None:
-            elapsed = max(time.monotonic() - c.send_started, 1e-9)
-            rate = c.events_imported / elapsed
-            parts.append(f"{rate:,.0f} ev/s")
-            if c.events_total and rate > 0:
-                left = max(c.events_total - c.events_imported, 0) / rate
-                parts.append(f"left {_duration(left)}")
-        return "  ".join(p for p in parts if p)
+        if self.interactive and c.events_total:
+            parts.append(_bar((c.events_imported + c.rejected_sent) / c.events_total))
+        parts += [
+            rows,
+            f"sent {c.events_sent:,}",
+            f"imported {c.events_imported:,}",
+            f"rejected {c.rejected:,}",
+            f"retries {c.retries:,}",
+        ]
+        elapsed = max(time.monotonic() - c.send_started, 1e-9)
+        rate = c.events_imported_this_run / elapsed
+        parts.append(f"{rate:,.0f} ev/s")
+        if c.events_total and rate > 0:
+            left = max(c.events_total - c.events_imported - c.rejected_sent, 0) / rate
+            parts.append(f"left {_duration(left)}")
+        return "  ".join(parts)
 
 
 def _bar(fraction: float, width: int = 20) -> str:

@@ -95,6 +95,7 @@ class SendStats:
     """Counters for the summary; retries are keyed by cause (429, 5xx, timeout, connection)."""
 
     requests: int = 0
+    events_sent: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     splits: int = 0
     events_imported: int = 0
@@ -238,6 +239,7 @@ class Sender:
     async def _post(self, session: aiohttp.ClientSession, batch: Batch) -> Settled:
         await self.limiter.acquire(len(batch))
         self.stats.requests += 1
+        self.stats.events_sent += len(batch)
         try:
             async with session.post(
                 self.config.import_url, params=self._params, data=batch.body, headers=self._headers
