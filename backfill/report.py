@@ -125,7 +125,12 @@ def render_table(summary: Mapping[str, Any], *, title: str) -> str:
     for code, count in rejected.items():
         if count:
             lines.append((f"  {code}", f"{count:,}", _share(count, read)))
+    sent = "requests" in summary
     for label, key, fmt in _EXTRA_ROWS:
+        if key == "estimated_send_s" and "rate_per_s" in summary:
+            label = f"time at {float(summary['rate_per_s']):,.0f} events/s"
+        if key == "events_imported" and not sent:
+            continue
         if key in summary and summary[key] is not None:
             lines.append((label, fmt(summary[key]), ""))
     width = max(len(a) for a, _, _ in lines)
