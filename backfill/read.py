@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def detect_format(path: Path, fmt: str | None) -> str:
             raise InputError(f"unknown --format {fmt!r}: use --format csv or --format parquet")
         return fmt
     name = path.name.lower()
-    if name.endswith((".csv", ".csv.gz", ".tsv.gz")):
+    if name.endswith((".csv", ".csv.gz")):
         return "csv"
     if name.endswith((".parquet", ".pq", ".parq")):
         return "parquet"
@@ -134,9 +135,7 @@ def _chunks(
                 part = batch.slice(start, chunk_rows)
                 anon = _clean_id(part.column(0))
                 identified = _clean_id(part.column(1))
-                time = part.column(2) if columns.time else None
-                if time is not None and pa.types.is_string(time.type):
-                    time = _blank_to_null(pc.utf8_trim_whitespace(time))
+                time = _clean_time(part.column(2)) if columns.time else None
                 yield Chunk(row, anon, identified, time)
                 row += part.num_rows
     if row == 1:
@@ -151,6 +150,16 @@ def _clean_id(values: pa.Array) -> pa.Array:
     if pa.types.is_large_string(values.type) or pa.types.is_string_view(values.type):
         values = pc.cast(values, pa.string())
     return _blank_to_null(pc.utf8_trim_whitespace(values))
+
+
+def _clean_time(values: pa.Array) -> pa.Array:
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if pa.types.is_large_string(values.type) or pa.types.is_string_view(values.type):
+        values = pc.cast(values, pa.string())
+    if pa.types.is_string(values.type):
+        return _blank_to_null(pc.utf8_trim_whitespace(values))
+    return values
 
 
 def _blank_to_null(values: pa.Array) -> pa.Array:
@@ -299,6 +308,8 @@ class _arrow_errors:
         elif "UTF8" in text or "UTF-8" in text:
             hint = "input is not valid UTF-8 text (re-export it as UTF-8)"
         elif "parse error" in text.lower():
+            # pyarrow counts the header as row 1; rows here count from the first record.
+            text = re.sub(r"Row #(\d+)", lambda m: f"row {int(m.group(1)) - 1}", text)
             hint = f"malformed CSV: {text} (fix that record or re-export the file)"
         else:
             hint = f"cannot read the input: {text} (re-export the file)"

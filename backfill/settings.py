@@ -188,6 +188,11 @@ def build_settings(
     event_time = get("event_time")
     event_time_ms = None if event_time is None else parse_event_time(str(event_time))
     project_id = get("project_id") or env.get("MIXPANEL_PROJECT_ID") or None
+    if project_id is not None and not str(project_id).strip().isdigit():
+        raise ConfigError(
+            f"project id {project_id!r} is not a number: use the numeric id shown in "
+            "Mixpanel's Project Settings (--project-id or MIXPANEL_PROJECT_ID)"
+        )
     out = get("out")
     return Settings(
         input_path=input_path,
@@ -259,7 +264,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def credentials_from_env(env: Mapping[str, str], project_id: str | None) -> Credentials:
-    """Service account (preferred) or legacy API secret, from the environment only."""
+    """Service account (preferred) or legacy API secret, from the environment only.
+
+    A service account needs the project id (it goes with every request); the legacy secret
+    names its project by itself, as SPEC allows.
+    """
     user = env.get("MIXPANEL_SERVICE_ACCOUNT_USERNAME", "").strip()
     secret = env.get("MIXPANEL_SERVICE_ACCOUNT_SECRET", "").strip()
     legacy = env.get("MIXPANEL_API_SECRET", "").strip()
@@ -279,7 +288,7 @@ def credentials_from_env(env: Mapping[str, str], project_id: str | None) -> Cred
             "MIXPANEL_SERVICE_ACCOUNT_SECRET and MIXPANEL_PROJECT_ID in the environment "
             "(or try it first with `backfill rehearse`)"
         )
-    if not project_id:
+    if not project_id and not creds.legacy:
         raise ConfigError(
             "no project id: set MIXPANEL_PROJECT_ID or pass --project-id "
             "(the checkpoint is tied to it, so a resumed run cannot reach another project)"

@@ -18,7 +18,10 @@ import pyarrow.compute as pc
 
 MIN_MS = 31_536_000_000  # 1971-01-01T00:00:00Z
 MS_THRESHOLD = 100_000_000_000
-_NUMBER = r"^[0-9]+(\.[0-9]+)?$"
+# At most 18 integer and 9 fraction digits: exact in int64 and decimal128(27, 9); a longer
+# number is no epoch time.
+_NUMBER = r"^-?[0-9]{1,18}(\.[0-9]{1,9})?$"
+_DECIMAL = pa.decimal128(27, 9)
 
 
 class TimeStatus(IntEnum):
@@ -47,14 +50,15 @@ def to_epoch_ms(values: pa.Array, now: int) -> tuple[npt.NDArray[np.int64], npt.
         typ = values.type
     present = _bool(pc.is_valid(values))
     if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
-        stamp = pc.cast(values, pa.timestamp("ms", tz=getattr(typ, "tz", None)))
+        # Sub-millisecond parts are dropped (safe=False), not refused.
+        stamp = pc.cast(values, pa.timestamp("ms", tz=getattr(typ, "tz", None)), safe=False)
         parsed = _int64(pc.cast(stamp, pa.int64()))
         ms[present] = parsed[present]
         status[present] = TimeStatus.OK
     elif pa.types.is_integer(typ) or pa.types.is_floating(typ):
-        numbers = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        numbers = pc.cast(values, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
         finite = present & np.isfinite(numbers)
-        ms[finite] = _scale(numbers[finite])
+        ms[finite] = _scale_float(numbers[finite])
         status[finite] = TimeStatus.OK
     else:
         _parse_text(values, present, ms, status)
@@ -98,30 +102,38 @@ def _parse_text(
         values = pc.cast(values, pa.string())
     numeric = _bool(pc.match_substring_regex(values, _NUMBER)) & present
     if numeric.any():
-        with np.errstate(over="ignore", invalid="ignore"):
-            numbers = pc.cast(pc.filter(values, pa.array(numeric)), pa.float64()).to_numpy(
-                zero_copy_only=False
-            )
-        ms[numeric] = _scale(numbers)
+        # Decimal, not float: "135038998.943" must give exactly 135038998943 ms.
+        exact = pc.cast(pc.filter(values, _arrow_mask(numeric)), _DECIMAL)
+        big = _bool(pc.greater_equal(pc.abs(exact), MS_THRESHOLD))
+        whole = pc.cast(exact, pa.int64(), safe=False).to_numpy(zero_copy_only=False)
+        milli = pc.cast(
+            pc.multiply(exact, pa.scalar(1000, pa.decimal128(4, 0))), pa.int64(), safe=False
+        ).to_numpy(zero_copy_only=False)
+        ms[numeric] = np.where(big, whole, milli)
         status[numeric] = TimeStatus.OK
     textual = present & ~numeric
     if textual.any():
         import pandas as pd  # only runs with ISO times; keeps start-up light otherwise
 
-        texts = pc.filter(values, pa.array(textual)).to_pandas()
+        texts = pc.filter(values, _arrow_mask(textual)).to_pandas()
         stamps = pd.to_datetime(texts, format="ISO8601", utc=True, errors="coerce")
         good = stamps.notna().to_numpy()
         idx = np.flatnonzero(textual)
-        nanos = stamps[good].astype("datetime64[ns, UTC]").array.asi8
-        ms[idx[good]] = nanos // 1_000_000
+        # Milliseconds hold any year pandas can parse; nanoseconds overflow past 2262.
+        ms[idx[good]] = stamps[good].dt.as_unit("ms").array.asi8
         status[idx[good]] = TimeStatus.OK
 
 
-def _scale(numbers: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    # Values past int64 range are far in the future anyway; clip before converting.
+def _scale_float(numbers: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    # Floats are inexact: round to the nearest millisecond, and clip what int64 cannot hold
+    # (such values are far in the future or past anyway).
     big = np.abs(numbers) >= MS_THRESHOLD
     scaled = np.where(big, numbers, numbers * 1000.0)
-    return np.clip(np.floor(scaled), -(2.0**62), 2.0**62).astype(np.int64)
+    return np.clip(np.rint(scaled), -(2.0**62), 2.0**62).astype(np.int64)
+
+
+def _arrow_mask(mask: npt.NDArray[np.bool_]) -> pa.Array:
+    return pa.array(mask, pa.bool_())
 
 
 def _bool(values: pa.Array) -> npt.NDArray[np.bool_]:

@@ -126,9 +126,12 @@ def hash_strings_seeds(values: pa.Array, seeds: tuple[int, ...]) -> list[U64]:
     hashes = [np.full(n, np.uint64(seed) ^ _GOLDEN, dtype=np.uint64) ^ folded for seed in seeds]
     with np.errstate(over="ignore"):
         for j in range(0, max(longest, 1), 8):
+            # Only strings that still have bytes at j take a round (every string takes the
+            # first): a string's hash must not depend on the strings hashed beside it.
+            active = (lengths > j) | (j == 0)
             tail = _TAIL_MASKS[np.clip(lengths - j, 0, 8)]
             word = windows[np.minimum(at + j, end - start)] & tail
-            hashes = [_fmix(h ^ word) + _GOLDEN for h in hashes]
+            hashes = [np.where(active, _fmix(h ^ word) + _GOLDEN, h) for h in hashes]
         return [_fmix(h) for h in hashes]
 
 
@@ -141,7 +144,9 @@ def row_reasons(chunk: Chunk, now_ms: int) -> npt.NDArray[np.uint8]:
     missing_anon = _mask(anon.is_null())
     bad_anon = ~_mask(pc.match_substring_regex(anon, UUID4_PATTERN))
     missing_ident = _mask(ident.is_null())
-    placeholder = _mask(pc.is_in(pc.utf8_lower(ident), value_set=_PLACEHOLDER_ARRAY))
+    # ASCII folding only: every placeholder is ASCII, and Unicode folding would turn e.g. a
+    # Turkish dotted capital I into "i".
+    placeholder = _mask(pc.is_in(pc.ascii_lower(ident), value_set=_PLACEHOLDER_ARRAY))
     too_long = _mask(pc.greater(pc.binary_length(ident), MAX_ID_BYTES))
     self_merge = _mask(pc.equal(anon, ident))
     reasons = np.zeros(len(chunk), dtype=np.uint8)
@@ -345,6 +350,8 @@ class Verdicts:
     def first_rows(self, rows: I64) -> I64:
         """The row a conflict or duplicate row refers to: the pair it repeats, or a row
         with the same anon id and another identified id."""
+        if len(self.ref_rows) == 0:
+            return np.zeros(len(rows), dtype=np.int64)
         pos = np.searchsorted(self.ref_rows, rows - 1)
         pos[pos >= len(self.ref_rows)] = 0
         return self.ref_first[pos] + 1

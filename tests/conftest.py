@@ -1,0 +1,106 @@
+"""Shared fixtures: input files written the way exports write them, and UUID v4 factories.
+
+The writers are plain functions handed out by session-scoped fixtures, so hypothesis tests can
+use them too (a session fixture holds no per-test state, which hypothesis would object to).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import random
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+DEFAULT_HEADER = ("anon_id", "identified_id")
+
+Row = Sequence[Any]
+WriteCsv = Callable[..., Path]
+WriteParquet = Callable[..., Path]
+NewUuid = Callable[[], str]
+
+
+def write_csv_file(
+    directory: Path,
+    rows: Sequence[Row],
+    header: Sequence[str] | None = DEFAULT_HEADER,
+    *,
+    name: str = "mappings.csv",
+    newline: str = "\n",
+    bom: bool = False,
+    encoding: str = "utf-8",
+) -> Path:
+    """Write ``rows`` under ``header`` as CSV (quoted where needed); ``.gz`` names are gzipped.
+
+    ``None`` values are written as empty fields. ``header=None`` writes no header line.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator=newline)
+    if header is not None:
+        writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    data = buffer.getvalue().encode(encoding)
+    if bom:
+        data = b"\xef\xbb\xbf" + data
+    if name.endswith(".gz"):
+        data = gzip.compress(data)
+    path = directory / name
+    path.write_bytes(data)
+    return path
+
+
+def write_parquet_file(
+    directory: Path,
+    columns: dict[str, Any],
+    *,
+    name: str = "mappings.parquet",
+    row_group_size: int | None = None,
+) -> Path:
+    """Write a Parquet file from ``{name: values}``; values may be lists or pyarrow arrays.
+
+    Plain lists become string columns (None stays null); pass a pyarrow array for any other
+    type (integers, dictionary-encoded strings, timestamps).
+    """
+    arrays = {
+        k: v if isinstance(v, pa.Array | pa.ChunkedArray) else pa.array(v, pa.string())
+        for k, v in columns.items()
+    }
+    path = directory / name
+    pq.write_table(pa.table(arrays), path, row_group_size=row_group_size)
+    return path
+
+
+def uuid4_factory(seed: int) -> NewUuid:
+    """A callable returning a fresh, reproducible lower-case UUID v4 string each call."""
+    rng = random.Random(seed)
+
+    def new() -> str:
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+    return new
+
+
+@pytest.fixture(scope="session")
+def write_csv() -> WriteCsv:
+    """``write_csv(tmp_path, rows, header=...)``: see ``write_csv_file``."""
+    return write_csv_file
+
+
+@pytest.fixture(scope="session")
+def write_parquet() -> WriteParquet:
+    """``write_parquet(tmp_path, {column: values})``: see ``write_parquet_file``."""
+    return write_parquet_file
+
+
+@pytest.fixture
+def new_uuid(request: pytest.FixtureRequest) -> NewUuid:
+    """A UUID v4 factory, seeded from the test's name so every run sees the same ids."""
+    return uuid4_factory(zlib.crc32(request.node.name.encode()))

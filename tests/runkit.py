@@ -1,0 +1,153 @@
+"""Helpers shared by the send-side tests (imported explicitly; not a conftest).
+
+* ``pairs`` / ``uuid4s``: build ``events.Pairs`` the way the pipeline hands them to the encoder.
+* ``decode``: a batch's gzip body back to its events, as Mixpanel would read it.
+* ``recording_standin``: the real stand-in application, served on 127.0.0.1 with one extra
+  ``on_response_prepare`` hook that records each request's query string (the stand-in's own
+  request log does not keep it, and the legacy-secret test must see that no ``project_id`` went).
+* ``run_cli``: ``python -m backfill ...`` as an asyncio subprocess, so that a stand-in served
+  by the test's own event loop keeps answering while the command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import random
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from aiohttp import web
+
+from backfill.events import Batch, Pairs
+from backfill.standin import Standin, StandinConfig, StandinState, make_app
+
+T_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z: inside Mixpanel's accepted range
+REPO = Path(__file__).resolve().parent.parent
+
+
+def uuid4s(n: int, seed: int) -> list[str]:
+    """``n`` distinct, reproducible lower-case UUID v4 strings."""
+    rng = random.Random(seed)
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)]
+
+
+def pairs(
+    anon: Sequence[str],
+    identified: Sequence[str],
+    *,
+    rows: Iterable[int] | None = None,
+    time_ms: int = T_MS,
+) -> Pairs:
+    """``Pairs`` for the given ids; rows default to 1..n, every time to ``time_ms``."""
+    n = len(anon)
+    row_array = np.arange(1, n + 1, dtype=np.int64) if rows is None else np.array(list(rows))
+    return Pairs(
+        row_array.astype(np.int64),
+        pa.array(list(anon), pa.string()),
+        pa.array(list(identified), pa.string()),
+        np.full(n, time_ms, dtype=np.int64),
+    )
+
+
+def body_json(batch: Batch) -> bytes:
+    """The uncompressed JSON body of a batch."""
+    return gzip.decompress(batch.body)
+
+
+def decode(batch: Batch) -> list[dict[str, Any]]:
+    """The events of a batch, parsed from its gzip body."""
+    events = json.loads(body_json(batch))
+    assert isinstance(events, list)
+    return events
+
+
+@dataclass
+class Recorded:
+    """A served stand-in plus the query string of every request it answered."""
+
+    standin: Standin
+    queries: list[dict[str, str]]
+
+    @property
+    def state(self) -> StandinState:
+        """The stand-in's state (request log, store, forms)."""
+        return self.standin.state
+
+
+@asynccontextmanager
+async def recording_standin(config: StandinConfig) -> AsyncIterator[Recorded]:
+    """The stand-in app on 127.0.0.1 (free port), recording each answered request's query."""
+    state = StandinState(config)
+    app = make_app(config, state)
+    queries: list[dict[str, str]] = []
+
+    async def record(request: web.Request, response: web.StreamResponse) -> None:
+        queries.append(dict(request.query))
+
+    app.on_response_prepare.append(record)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        standin = Standin(f"http://127.0.0.1:{port}", "127.0.0.1", port, state, config)
+        yield Recorded(standin, queries)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class CliResult:
+    """Exit code and decoded output of one ``python -m backfill`` run."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any MIXPANEL_* or BACKFILL_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIXPANEL_", "BACKFILL_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+async def run_cli(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: Path,
+    timeout_s: float = 120.0,
+) -> CliResult:
+    """``python -m backfill ARGS`` in ``cwd`` with exactly ``env``; the event loop keeps serving."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "backfill",
+        *args,
+        cwd=cwd,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())

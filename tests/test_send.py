@@ -1,0 +1,354 @@
+"""The sender against the real stand-in on 127.0.0.1: every answer path, retries that really wait.
+
+Timing assertions are lower bounds only (a busy machine can only make things slower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from dataclasses import replace
+
+import pytest
+from runkit import T_MS, pairs, uuid4s
+
+from backfill.errors import AuthRefused, RetriesExhausted
+from backfill.events import Batch, Encoder, Pairs, gzip_bytes
+from backfill.send import SendConfig, Sender, SendStats, Settled
+from backfill.settings import Credentials
+from backfill.standin import (
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SERVICE_ACCOUNT,
+    FaultRates,
+    Standin,
+    StandinConfig,
+    running_standin,
+)
+
+GOOD = Credentials(*DEFAULT_SERVICE_ACCOUNT)
+CAUSE = {
+    "429": "429",
+    "503": "5xx",
+    "500_after_import": "5xx",
+    "drop": "connection",
+    "drop_after_import": "connection",
+}
+
+
+def make_pairs(n: int, seed: int = 0, *, first_row: int = 1, step: int = 1) -> Pairs:
+    """``n`` valid pairs with rows first_row, first_row+step, ..."""
+    return pairs(
+        uuid4s(n, seed),
+        [f"user-{seed}-{i}" for i in range(n)],
+        rows=range(first_row, first_row + step * n, step),
+    )
+
+
+def encode(p: Pairs, batch_size: int) -> list[Batch]:
+    """``p`` cut into batches by the real encoder."""
+    return list(Encoder(token=None, batch_size=batch_size).batches(p))
+
+
+async def send(
+    standin: Standin,
+    batches: list[Batch],
+    *,
+    credentials: Credentials = GOOD,
+    encoder: Encoder | None = None,
+    **config: object,
+) -> tuple[list[Settled], SendStats]:
+    """Send ``batches`` with a Sender on the stand-in; what settled, and the stats."""
+    settings: dict[str, object] = {"concurrency": 4, "retry_base_s": 0.01, "max_attempts": 8}
+    settings.update(config)
+    cfg = SendConfig(
+        import_url=standin.import_url,
+        credentials=credentials,
+        project_id=DEFAULT_PROJECT_ID,
+        **settings,
+    )
+    settled: list[Settled] = []
+    stats = SendStats()
+    sender = Sender(
+        cfg,
+        encoder or Encoder(token=None, batch_size=cfg.batch_size),
+        settled.append,
+        stats=stats,
+        rng=random.Random(1),
+    )
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+    for b in batches:
+        queue.put_nowait(b)
+    for _ in range(cfg.concurrency):
+        queue.put_nowait(None)
+    await sender.run(queue)
+    return settled, stats
+
+
+def pair_set(batches: list[Batch]) -> set[tuple[str, str]]:
+    """The (anon, identified) pairs of some batches."""
+    out: set[tuple[str, str]] = set()
+    for b in batches:
+        out |= set(zip(b.pairs.anon.to_pylist(), b.pairs.identified.to_pylist(), strict=True))
+    return out
+
+
+def arrivals(standin: Standin) -> list[float]:
+    """Arrival times of every request, in arrival order."""
+    return [r.arrived_s for r in standin.state.requests]
+
+
+# --- 200 ---------------------------------------------------------------------------------------
+
+
+async def test_200_imports_every_event_once() -> None:
+    """Plain 200s: every batch is settled as imported, one request each, all pairs stored."""
+    batches = encode(make_pairs(250), 100)
+    async with running_standin() as standin:
+        settled, stats = await send(standin, batches)
+        state = standin.state
+    assert sorted(len(s.batch) for s in settled) == [50, 100, 100]
+    assert all(s.imported == len(s.batch) and not s.refused for s in settled)
+    assert stats.events_imported == 250
+    assert stats.events_refused == 0
+    assert stats.requests == 3
+    assert not stats.retries
+    assert state.statuses() == {200: 3}
+    assert state.identify_pairs() == pair_set(batches)
+    assert all(r.auth == f"service-account {DEFAULT_SERVICE_ACCOUNT[0]}" for r in state.requests)
+    assert not state.conflicting_keys()
+    assert {k.time for k in state.store} == {T_MS}
+
+
+async def test_workers_never_exceed_concurrency() -> None:
+    """At most ``concurrency`` requests are in flight at once."""
+    batches = encode(make_pairs(200), 10)
+    config = StandinConfig(faults=FaultRates(p_slow=1.0, slow_s=0.02))
+    async with running_standin(config) as standin:
+        await send(standin, batches, concurrency=3)
+        assert standin.state.requests_count == 20
+        assert standin.state.max_in_flight <= 3
+
+
+# --- 400 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["$insert_id", "insert_id"])
+async def test_400_failed_records_map_to_source_rows(key: str) -> None:
+    """400 + failed_records: refusals map to their source rows, the rest count, nothing resent."""
+    p = make_pairs(50, seed=3, first_row=101, step=3)  # rows 101, 104, ..., 248
+    refused_at = [0, 17, 49]
+    refused_ids = {p.identified[i].as_py() for i in refused_at}
+    config = StandinConfig(refuse_distinct_ids=frozenset(refused_ids), failed_records_key=key)
+    async with running_standin(config) as standin:
+        settled, stats = await send(standin, encode(p, 2000))
+        state = standin.state
+    assert len(settled) == 1
+    s = settled[0]
+    assert s.imported == 47
+    assert [r.row for r in s.refused] == [101 + 3 * i for i in refused_at]
+    for r, i in zip(s.refused, refused_at, strict=True):
+        assert (r.anon, r.identified) == (p.anon[i].as_py(), p.identified[i].as_py())
+        assert "refused" in r.message
+    assert stats.events_imported == 47
+    assert stats.events_refused == 3
+    assert state.requests_count == 1, "a 400 is never resent"
+    assert state.statuses() == {400: 1}
+    assert len(state.store) == 47
+    assert not {u for _, u in state.identify_pairs()} & refused_ids
+
+
+async def test_400_without_failed_records_refuses_the_whole_batch() -> None:
+    """A 400 without failed_records refuses every record of the batch with the server's message."""
+    good = encode(make_pairs(5, seed=4), 2000)[0]
+    bad = replace(good, body=gzip_bytes(b"[{not json"), json_bytes=10)
+    async with running_standin() as standin:
+        settled, stats = await send(standin, [bad])
+        state = standin.state
+    assert len(settled) == 1
+    s = settled[0]
+    assert s.imported == 0
+    assert [r.row for r in s.refused] == [1, 2, 3, 4, 5]
+    assert all("invalid JSON" in r.message for r in s.refused)
+    assert stats.events_refused == 5
+    assert stats.events_imported == 0
+    assert state.requests_count == 1
+    assert state.statuses() == {400: 1}
+    assert not state.store
+
+
+# --- 413 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", ["max_events", "max_bytes"])
+async def test_413_splits_until_every_event_arrives(limit: str) -> None:
+    """413 (too many events, or too many bytes) halves the batch until each part fits."""
+    p = make_pairs(100, seed=5)
+    batch = replace(encode(p, 2000)[0], span=(1, 100))
+    config = (
+        StandinConfig(max_events=30)
+        if limit == "max_events"
+        else StandinConfig(max_bytes=batch.json_bytes // 3)
+    )
+    async with running_standin(config) as standin:
+        settled, stats = await send(standin, [batch])
+        state = standin.state
+    assert state.identify_pairs() == pair_set([batch])
+    assert not state.conflicting_keys()
+    assert 413 in state.statuses()
+    assert stats.splits >= 2
+    assert sum(s.imported for s in settled) == 100 == stats.events_imported
+    assert all(not s.refused for s in settled)
+    ok = [r for r in state.requests if r.status == 200]
+    assert sum(r.events for r in ok) == 100
+    assert all(
+        r.events <= config.max_events and r.bytes_uncompressed <= config.max_bytes for r in ok
+    )
+    # The settled parts' spans tile the original span.
+    spans = sorted(s.batch.span for s in settled)
+    assert spans[0][0] == 1
+    assert spans[-1][1] == 100
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))
+
+
+async def test_413_on_a_single_event_refuses_that_record() -> None:
+    """An event too large even alone is refused (413) rather than split forever."""
+    p = pairs(uuid4s(2, 6), ["a", "b" * 200])
+    batch = encode(p, 2000)[0]
+    async with running_standin(StandinConfig(max_bytes=250)) as standin:
+        settled, stats = await send(standin, [batch])
+    refused = [r for s in settled for r in s.refused]
+    assert [(r.row, r.identified) for r in refused] == [(2, "b" * 200)]
+    assert "413" in refused[0].message
+    assert stats.events_imported == 1
+    assert standin.state.identify_pairs() == {(p.anon[0].as_py(), "a")}
+
+
+# --- retries -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["429", "503", "drop", "500_after_import", "drop_after_import"])
+async def test_retryable_fault_is_retried_as_the_identical_event(fault: str) -> None:
+    """429/503/drop/500-after-import are retried; the pairs arrive once, as identical events."""
+    batch = encode(make_pairs(20, seed=7), 2000)[0]
+    async with running_standin() as standin:
+        standin.state.script([fault])
+        settled, stats = await send(standin, [batch])
+        state = standin.state
+    first, second = state.requests
+    assert first.fault == fault
+    assert second.status == 200
+    assert first.insert_ids == second.insert_ids == batch.insert_ids.to_pylist()
+    assert first.bytes_uncompressed == second.bytes_uncompressed == batch.json_bytes
+    assert state.identify_pairs() == pair_set([batch])
+    assert len(state.store) == 20
+    assert all(len(forms) == 1 for forms in state.forms.values()), state.conflicting_keys()
+    assert dict(stats.retries) == {CAUSE[fault]: 1}
+    assert stats.events_imported == 20
+    assert len(settled) == 1
+
+
+async def test_timeout_is_retried_as_the_identical_event() -> None:
+    """A request slower than --timeout is retried (cause ``timeout``); the pair stays identical."""
+    batch = encode(make_pairs(5, seed=8), 2000)[0]
+    config = StandinConfig(faults=FaultRates(slow_s=0.6))
+    async with running_standin(config) as standin:
+        standin.state.script(["slow"])
+        settled, stats = await send(standin, [batch], timeout_s=0.2)
+        await asyncio.sleep(0.6)  # let the abandoned slow request finish server-side
+        state = standin.state
+    assert dict(stats.retries) == {"timeout": 1}
+    assert settled[0].imported == 5
+    assert state.identify_pairs() == pair_set([batch])
+    assert all(len(forms) == 1 for forms in state.forms.values())
+
+
+async def test_max_attempts_exhausted_raises_retries_exhausted() -> None:
+    """A batch failing max_attempts times aborts with RetriesExhausted, nothing settled."""
+    batch = encode(make_pairs(5, seed=9, first_row=7), 2000)[0]
+    async with running_standin() as standin:
+        standin.state.script(["503", "429", "503", "ok"])
+        settled: list[Settled] = []
+        with pytest.raises(RetriesExhausted, match="rows 7-11"):
+            settled, _ = await send(standin, [batch], max_attempts=3)
+        assert standin.state.requests_count == 3
+        assert standin.state.pending_script == ("ok",)
+    assert settled == []
+
+
+@pytest.mark.parametrize("mode", ["wrong_secret", "forbidden"])
+async def test_auth_refused_stops_after_one_request_per_worker(mode: str) -> None:
+    """401 (or 403) raises AuthRefused; at most one request per worker reaches the server."""
+    batches = encode(make_pairs(300, seed=10), 10)
+    wrong = Credentials(DEFAULT_SERVICE_ACCOUNT[0], "not-the-secret-4b1d")
+    config = StandinConfig(forbidden=mode == "forbidden")
+    credentials = wrong if mode == "wrong_secret" else GOOD
+    async with running_standin(config) as standin:
+        with pytest.raises(AuthRefused) as info:
+            await send(standin, batches, credentials=credentials, concurrency=3)
+        state = standin.state
+        assert 1 <= state.requests_count <= 3
+        assert set(state.statuses()) == {401 if mode == "wrong_secret" else 403}
+        assert not state.store
+    assert "refused the credentials" in str(info.value)
+    assert "not-the-secret-4b1d" not in str(info.value)
+
+
+# --- waiting -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["429", "503"])
+async def test_retry_after_is_honoured(fault: str) -> None:
+    """With Retry-After, the retry arrives at least that long after the refused request."""
+    retry_after = 0.4  # well above the backoff at base 0.01 s (at most 0.035 s)
+    batch = encode(make_pairs(3, seed=11), 2000)[0]
+    config = StandinConfig(faults=FaultRates(retry_after_s=retry_after))
+    async with running_standin(config) as standin:
+        standin.state.script([fault])
+        await send(standin, [batch], retry_base_s=0.01)
+        first, second = standin.state.requests
+    assert first.status == int(fault)
+    assert second.status == 200
+    assert second.arrived_s - first.arrived_s >= retry_after
+
+
+async def test_backoff_without_retry_after_waits_at_least_its_lower_bound() -> None:
+    """Without Retry-After, retry n waits at least base*2**(n-1) + 0.5*base (jitter floor)."""
+    base = 0.05
+    batch = encode(make_pairs(3, seed=12), 2000)[0]
+    async with running_standin() as standin:
+        standin.state.script(["503", "429", "drop", "500_after_import"])
+        _, stats = await send(standin, [batch], retry_base_s=base)
+        times = arrivals(standin)
+        assert [r.fault for r in standin.state.requests][:4] == [
+            "503",
+            "429",
+            "drop",
+            "500_after_import",
+        ]
+    assert len(times) == 5
+    for n, (a, b) in enumerate(itertools.pairwise(times), start=1):
+        assert b - a >= base * 2 ** (n - 1) + 0.5 * base, f"retry {n} came too soon"
+    assert dict(stats.retries) == {"5xx": 2, "429": 1, "connection": 1}
+
+
+def test_default_backoff_base_is_mixpanels_two_seconds() -> None:
+    """The default first pause is Mixpanel's 2 s (SPEC: from 2 s doubling to 60 s)."""
+    cfg = SendConfig(import_url="https://api.mixpanel.com/import", credentials=GOOD, project_id="1")
+    assert cfg.retry_base_s == 2.0
+    assert cfg.max_attempts == 8
+    assert cfg.concurrency == 10
+
+
+async def test_rate_limiter_holds_the_event_rate() -> None:
+    """At 2000 events/s, 20 batches of 100 cannot all arrive sooner than (events - bucket)/rate."""
+    rate, batch_size, n = 2000.0, 100, 2000
+    batches = encode(make_pairs(n, seed=13), batch_size)
+    async with running_standin() as standin:
+        t0 = time.monotonic()  # the stand-in's clock is time.monotonic too
+        await send(standin, batches, rate_per_s=rate, batch_size=batch_size, concurrency=10)
+        times = arrivals(standin)
+        assert standin.state.events_imported == n
+    bucket = max(batch_size, rate / 10)  # the sender's burst: a tenth of a second, >= one batch
+    assert max(times) - t0 >= (n - bucket) / rate - 1e-3
