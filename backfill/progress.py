@@ -56,9 +56,10 @@ class Progress:
         self._drawn = False
 
     def phase(self, name: str) -> None:
-        """Enter a new phase (validating, writing rejects, sending) and show it at once."""
+        """Enter a new phase (validating, writing rejects, sending); a live bar shows it at
+        once, a log waits for its next line rather than print one with nothing done yet."""
         self.counters.phase = name
-        if self.enabled:
+        if self.enabled and self.interactive:
             self._last = time.monotonic()
             self._draw()
 
