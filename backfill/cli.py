@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -239,7 +240,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from backfill.errors import Aborted, Interrupted
-    from backfill.pipeline import last_summary, run_command
+    from backfill.pipeline import run_command
 
     env = dict(os.environ)
     settings = settings_from_args(args, env)
@@ -253,9 +254,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     title = f"backfill run {settings.input_path} -> {settings.import_url}"
     try:
         summary = run_command(settings, env)
-    except (Aborted, Interrupted):
-        if last_summary():
-            _print_summary(last_summary(), title + f" ({last_summary()['status']})")
+    except (Aborted, Interrupted) as e:
+        if e.summary:
+            _print_summary(e.summary, title + f" ({e.summary['status']})")
         raise
     _print_summary(summary, title)
     print(f"reports: {settings.out_dir / 'rejects.csv'}, {settings.out_dir / 'summary.json'}")
@@ -264,7 +265,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_rehearse(args: argparse.Namespace) -> int:
     from backfill.errors import Aborted, ConfigError, Interrupted
-    from backfill.pipeline import last_summary
     from backfill.rehearse import rehearsal_out_dir, rehearse_command, render_received
 
     if not 0.0 <= args.fault_rate <= 1.0:
@@ -276,9 +276,9 @@ def _cmd_rehearse(args: argparse.Namespace) -> int:
     title = f"backfill rehearse {settings.input_path} (local stand-in, nothing leaves this machine)"
     try:
         result = rehearse_command(settings, fault_rate=args.fault_rate)
-    except (Aborted, Interrupted):
-        if last_summary():
-            _print_summary(last_summary(), title + f" ({last_summary()['status']})")
+    except (Aborted, Interrupted) as e:
+        if e.summary:
+            _print_summary(e.summary, title + f" ({e.summary['status']})")
         raise
     _print_summary(result.summary, title)
     print(render_received(result.received, result.received_path))
@@ -339,10 +339,16 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM outside the send loop (which handles it itself) stops like Ctrl-C: exit 130.
+    signal.signal(signal.SIGTERM, _terminate)
     command = args.command
     if command == "run" and args.dry_run:
         command = "validate"

@@ -24,6 +24,8 @@ Row rejects are not exceptions: they are data, and go to ``rejects.csv``.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
@@ -31,9 +33,14 @@ EXIT_INTERRUPTED = 130
 
 
 class BackfillError(Exception):
-    """Base of every error the CLI reports as one line; ``exit_code`` says how it exits."""
+    """Base of every error the CLI reports as one line; ``exit_code`` says how it exits.
+
+    ``summary`` is set when a run stopped after writing ``summary.json``, so the CLI can print
+    the same table a finished run prints.
+    """
 
     exit_code = 1
+    summary: dict[str, Any] | None = None
 
 
 class UsageError(BackfillError):

@@ -11,14 +11,15 @@ import asyncio
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from backfill.checkpoint import (
@@ -29,7 +30,7 @@ from backfill.checkpoint import (
     file_fingerprint,
     token_digest,
 )
-from backfill.errors import Aborted, BackfillError, Interrupted
+from backfill.errors import BackfillError, InputError, Interrupted
 from backfill.events import Batch, Encoder, Pairs
 from backfill.files import atomic_write_json
 from backfill.progress import Counters, Progress
@@ -85,13 +86,23 @@ def validate_input(
     except BaseException:
         rejects.close()
         raise
-    counters.rejected = int(np.count_nonzero(verdicts.reasons)) + rejects.api_rejected
+    counters.rejected = verdicts.rows_read - verdicts.rows_valid + rejects.api_rejected
     return Validated(source, verdicts, started, rejects)
+
+
+def chunk_reasons(chunk: Chunk, verdicts: Verdicts) -> npt.NDArray[np.uint8]:
+    """The verdicts of a chunk's rows, re-read after judging; a grown file is refused."""
+    if chunk.end_row - 1 > verdicts.rows_read:
+        raise InputError(
+            "the input file grew while backfill was reading it: let the export finish, "
+            "then run the same command again"
+        )
+    return verdicts.reasons[chunk.first_row - 1 : chunk.end_row - 1]
 
 
 def reject_rows(chunk: Chunk, verdicts: Verdicts, now: int) -> Iterator[RejectRow]:
     """The rejects.csv rows of one chunk, with a human detail each."""
-    reasons = verdicts.reasons[chunk.first_row - 1 : chunk.end_row - 1]
+    reasons = chunk_reasons(chunk, verdicts)
     bad = np.flatnonzero(reasons)
     if len(bad) == 0:
         return
@@ -176,11 +187,6 @@ def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds")
 
 
-def out_files(out_dir: Path) -> list[Path]:
-    """The report files a command leaves in ``out_dir``."""
-    return [out_dir / "rejects.csv", out_dir / SUMMARY_FILE]
-
-
 # --- run -----------------------------------------------------------------------------------
 
 
@@ -218,7 +224,7 @@ def produce_batches(
     def pairs_of(chunk: Chunk) -> Pairs | None:
         counters.rows_read = chunk.end_row - 1
         rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
-        ok = verdicts.reasons[chunk.first_row - 1 : chunk.end_row - 1] == Reason.VALID
+        ok = chunk_reasons(chunk, verdicts) == Reason.VALID
         ok &= ~done.contains(rows)
         if not ok.any():
             return None
@@ -488,14 +494,12 @@ def run_command(
         counters.rejected_sent = ckpt.events_refused
         counters.send_started = time.monotonic()
         progress.phase("sending")
-        status = "completed"
+        status = "aborted"  # whatever stops the run early, unless it says otherwise below
         try:
             asyncio.run(_send_all(settings, creds, validated, state, stop=_Stop()))
+            status = "completed"
         except Interrupted:
             status = "interrupted"
-            raise
-        except Aborted:
-            status = "aborted"
             raise
         finally:
             counters.phase = status
@@ -506,18 +510,10 @@ def run_command(
                 ckpt.state = "completed"
                 ckpt.write()
             atomic_write_json(settings.out_dir / SUMMARY_FILE, summary)
-            _last_summary.clear()
-            _last_summary.update(summary)
+            error = sys.exc_info()[1]
+            if isinstance(error, BackfillError):
+                error.summary = summary
     return summary
-
-
-#: The summary of the last run_command, also when it raised (the CLI prints it then too).
-_last_summary: dict[str, Any] = {}
-
-
-def last_summary() -> dict[str, Any]:
-    """The summary written by the last ``run_command``, whatever its outcome."""
-    return dict(_last_summary)
 
 
 def _run_summary(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -468,11 +468,3 @@ def _describe_anon(anon: str) -> str:
             return "nil UUID, not a UUID v4"
         return f"UUID version {version}, not 4"
     return f"UUID variant {anon[19]!r} is not 8, 9, a or b"
-
-
-def reason_counts(reasons: Iterable[Reason]) -> dict[str, int]:
-    """A zero-filled count per reject code, from a sequence of reasons."""
-    counts = {r.code: 0 for r in REJECT_REASONS}
-    for r in reasons:
-        counts[r.code] += 1
-    return counts
