@@ -85,6 +85,10 @@ class RowIntervals:
         self.starts[i:j] = [first]
         self.ends[i:j] = [last]
 
+    def copy(self) -> RowIntervals:
+        """An independent copy."""
+        return RowIntervals(list(self.starts), list(self.ends))
+
     def contains(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """Which of ``rows`` are in the set (vectorised)."""
         if not self.starts:
@@ -174,13 +178,24 @@ class Checkpoint:
         """Resume the checkpoint in ``out_dir``, or start one; refuse one made for other input."""
         path = out_dir / CHECKPOINT_FILE
         try:
-            data = None if restart else read_json(path)
+            data = read_json(path)
         except (OSError, ValueError) as e:
-            raise CheckpointMismatch(
-                f"{path} is unreadable ({e}): pass --restart to start over"
-            ) from None
-        if data is None:
-            fixed = start_ms if event_time_ms is None else event_time_ms
+            if not restart:
+                raise CheckpointMismatch(
+                    f"{path} is unreadable ({e}): pass --restart to start over"
+                ) from None
+            data = None
+        if restart or data is None:
+            # A restart keeps the old event time (unless --event-time says otherwise), so the
+            # pairs it sends again are the identical events and Mixpanel counts them once.
+            kept = data.get("event_time_ms") if isinstance(data, dict) else None
+            fixed = (
+                event_time_ms
+                if event_time_ms is not None
+                else kept
+                if isinstance(kept, int)
+                else start_ms
+            )
             ckpt = cls(path, dict(identity), fixed)
         else:
             ckpt = cls._load(path, data)
@@ -298,9 +313,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_flock(fd, fcntl.LOCK_EX):
             holder = _describe(_read_holder(fd))
             os.close(fd)
             raise RunLocked(
@@ -346,6 +359,19 @@ def active_holder(out_dir: Path) -> dict[str, Any] | None:
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
     return None
+
+
+def _try_flock(fd: int, kind: int, attempts: int = 5) -> bool:
+    # `status` holds a shared lock for an instant to ask whether a run is active; a few
+    # short retries keep such a glance from refusing a run that starts at that moment.
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < attempts:
+                time.sleep(0.05)
+    return False
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backfill import __version__
-from backfill.errors import EXIT_INTERRUPTED, BackfillError
+from backfill.errors import EXIT_INTERRUPTED, BackfillError, InputError
 from backfill.report import render_table
 from backfill.settings import LEGACY_SECRET_SUNSET, Settings, build_settings, load_config
 
@@ -318,7 +318,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from backfill.status import find_run_dirs, read_status, render_status
 
-    statuses = [read_status(d) for d in find_run_dirs(args.out)]
+    statuses = []
+    for folder in find_run_dirs(args.out):
+        try:
+            statuses.append(read_status(folder))
+        except InputError:
+            if args.out is not None:
+                raise  # the folder asked for; under runs/, a folder without a run is skipped
+    if not statuses:
+        raise InputError("no runs found under runs/: pass --out DIR (the folder a run wrote to)")
     if args.json:
         print(json.dumps(statuses[0] if args.out else statuses, indent=2))
     else:

@@ -267,9 +267,6 @@ def produce_batches(
         previous = batch
     if previous is not None:
         yield replace(previous, span=(start, rows_total))
-    elif rows_total:
-        # Nothing left to send: the whole file is settled.
-        done.add(1, rows_total)
 
 
 @dataclass
@@ -342,7 +339,9 @@ async def _send_all(
     queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=settings.concurrency + 2)
     batches = produce_batches(
         validated,
-        ckpt.done,
+        # A copy: the producer thread must not read what the event loop is changing. Rows
+        # settled during this run are never produced twice anyway.
+        ckpt.done.copy(),
         encoder,
         event_time_ms=ckpt.event_time_ms,
         time_column=settings.columns.time is not None,
@@ -365,9 +364,12 @@ async def _send_all(
             counters.events_sent = state.stats.events_sent
             state.progress.tick()
 
+    feeder: asyncio.Task[None] | None = None
+
     async def pump() -> None:
+        nonlocal feeder
         async with asyncio.TaskGroup() as group:
-            group.create_task(feed())
+            feeder = group.create_task(feed())
             group.create_task(sender.run(queue))
 
     loop = asyncio.get_running_loop()
@@ -381,6 +383,8 @@ async def _send_all(
         if not work.done():
             # Stop taking batches; let the ones in flight settle, for a bounded time.
             sender.stop()
+            if feeder is not None:
+                feeder.cancel()  # else it waits forever for room in a queue nobody empties
             _drain(queue, settings.concurrency)
             hard = asyncio.create_task(stop.hard.wait())
             grace = settings.timeout_s + 5.0
@@ -396,6 +400,11 @@ async def _send_all(
                 raise
         except BaseExceptionGroup as eg:
             raise _first_error(eg) from None
+        if not stop.signals and validated.verdicts.rows_read:
+            # Every batch was produced and settled, and spans tile the file: all of it is done
+            # (this also covers a rerun that had nothing left to send).
+            ckpt.done.add(1, validated.verdicts.rows_read)
+            state.dirty = True
     finally:
         saver.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -470,6 +479,8 @@ def run_command(
             start_ms=now_ms(),
             restart=settings.restart,
         )
+        # Written at once: the event time is fixed from now on, and `status` sees the run.
+        ckpt.write()
         try:
             validated = validate_input(
                 settings,
@@ -484,8 +495,7 @@ def run_command(
         ckpt.rows_total = validated.verdicts.rows_read
         ckpt.events_total = validated.verdicts.rows_valid
         ckpt.rejected = validated.verdicts.counts()
-        if settings.restart:
-            ckpt.write()
+        ckpt.write()
         stats = SendStats()
         state = _RunState(ckpt, validated.rejects, counters, progress, stats)
         counters.rows_read = 0

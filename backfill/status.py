@@ -1,8 +1,8 @@
 """``backfill status``: a run's progress, read from the files in ``--out``, while it runs or after.
 
 Reads only: the lock (is a command active?), ``checkpoint.json`` (live progress, written
-every second or so by a run) and ``summary.json`` (the last command's outcome). Never takes the
-lock, so it is safe to call at any time.
+every second or so by a run) and ``summary.json`` (the last command's outcome). To ask whether
+a command is active it holds a shared lock for an instant; a starting run retries past that.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backfill.checkpoint import CHECKPOINT_FILE, active_holder
+from backfill.checkpoint import CHECKPOINT_FILE, LOCK_FILE, active_holder
 from backfill.errors import InputError
 from backfill.files import read_json
 from backfill.reasons import Reason
@@ -31,7 +31,7 @@ def find_run_dirs(out: Path | None) -> list[Path]:
         found = sorted(
             d
             for d in RUNS_ROOT.iterdir()
-            if (d / CHECKPOINT_FILE).exists() or (d / SUMMARY_FILE).exists()
+            if any((d / f).exists() for f in (CHECKPOINT_FILE, SUMMARY_FILE, LOCK_FILE))
         )
         if found:
             return found
@@ -95,6 +95,8 @@ def read_status(out_dir: Path, *, now: float | None = None) -> dict[str, Any]:
                 "finished": False,
             }
         )
+    elif holder is not None:
+        status.update({"pairs_settled": 0, "events_imported": 0, "rejected": {}})
     else:
         raise InputError(f"{out_dir} holds no checkpoint.json or summary.json: is it a run folder?")
     return status
