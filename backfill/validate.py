@@ -21,11 +21,11 @@ or of whole-file groups taken in file order.
 
 from __future__ import annotations
 
+import bisect
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -72,7 +72,6 @@ _PLACEHOLDER_ARRAY = pa.array(sorted(PLACEHOLDERS), pa.string())
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 Hasher = Callable[[pa.Array], U64]
-_T = TypeVar("_T", bound=np.generic)
 
 # --- hashing -------------------------------------------------------------------------------
 
@@ -169,6 +168,78 @@ def _mask(values: pa.Array) -> npt.NDArray[np.bool_]:
 # --- whole-file rules ----------------------------------------------------------------------
 
 
+class _Column:
+    """A 64-bit hash per row, kept as the per-chunk arrays the first pass made.
+
+    Joining them into one array would hold the index twice for a moment (the allocator keeps
+    the freed parts), and the index is most of the memory a big file needs.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[U64] = []
+        self._starts: list[int] = [0]
+
+    def append(self, part: U64) -> None:
+        self.parts.append(part)
+        self._starts.append(self._starts[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _spans(self) -> Iterator[tuple[int, int, U64]]:
+        for k, part in enumerate(self.parts):
+            yield self._starts[k], self._starts[k + 1], part
+
+    def masked(self, mask: npt.NDArray[np.bool_]) -> U64:
+        """The values where ``mask`` holds, in row order (one new array, filled part by part)."""
+        out = np.empty(int(np.count_nonzero(mask)), dtype=np.uint64)
+        at = 0
+        for lo, hi, part in self._spans():
+            piece = part[mask[lo:hi]]
+            out[at : at + len(piece)] = piece
+            at += len(piece)
+        return out
+
+    def take(self, rows: I64) -> U64:
+        """The values at ``rows`` (any order)."""
+        out = np.empty(len(rows), dtype=np.uint64)
+        if len(rows) == 0:
+            return out
+        part_of = np.searchsorted(np.asarray(self._starts), rows, side="right") - 1
+        order = np.argsort(part_of, kind="stable")
+        bounds = np.searchsorted(part_of[order], np.arange(len(self.parts) + 1))
+        for k in range(len(self.parts)):
+            sel = order[bounds[k] : bounds[k + 1]]
+            if len(sel):
+                out[sel] = self.parts[k][rows[sel] - self._starts[k]]
+        return out
+
+    def members(self, mask: npt.NDArray[np.bool_], sorted_set: U64) -> I64:
+        """Ascending rows where ``mask`` holds and the value is in ``sorted_set``."""
+        if len(sorted_set) == 0:
+            return np.zeros(0, dtype=np.int64)
+        found: list[I64] = []
+        for lo, hi, part in self._spans():
+            pos = np.searchsorted(sorted_set, part)
+            pos[pos == len(sorted_set)] = 0
+            hit = (sorted_set[pos] == part) & mask[lo:hi]
+            found.append(np.flatnonzero(hit) + lo)
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def __getitem__(self, row: int) -> int:
+        k = bisect.bisect_right(self._starts, row) - 1
+        return int(self.parts[k][row - self._starts[k]])
+
+    def __setitem__(self, row: int, value: int) -> None:
+        k = bisect.bisect_right(self._starts, row) - 1
+        self.parts[k][row - self._starts[k]] = value
+
+    def contains(self, value: int) -> bool:
+        """Whether any row holds ``value``."""
+        probe = np.uint64(value)
+        return any(bool(np.any(part == probe)) for part in self.parts)
+
+
 @dataclass
 class _Decisions:
     conflict: I64
@@ -181,15 +252,18 @@ class _Decisions:
     check_ident: I64
 
 
-def _decide(passing: npt.NDArray[np.bool_], ha: U64, hu: U64, max_cluster_size: int) -> _Decisions:
+def _decide(
+    passing: npt.NDArray[np.bool_], ha: _Column, hu: _Column, max_cluster_size: int
+) -> _Decisions:
     """Rules 6-8 over all passing rows, judged by hash equality (indices are row - 1)."""
-    repeated = _values_with_count(np.sort(ha[passing]), 2)
-    grouped = _members(ha, passing, repeated)
-    order = np.argsort(ha[grouped], kind="stable")
+    repeated = _repeated_values(ha, passing, 2)
+    grouped = ha.members(passing, repeated)
+    grouped_hashes = ha.take(grouped)
+    order = np.argsort(grouped_hashes, kind="stable")
     idx = grouped[order]  # anon groups, file order within each
-    starts, sizes = _runs(ha[idx])
+    starts, sizes = _runs(grouped_hashes[order])
     group_of = np.repeat(np.arange(len(starts)), sizes)
-    ident = hu[idx]
+    ident = hu.take(idx)
     # A group conflicts when some identified hash differs from its first row's; the first such
     # row is what the first row's own reject detail points at.
     differs = ident != ident[starts][group_of]
@@ -208,12 +282,13 @@ def _decide(passing: npt.NDArray[np.bool_], ha: U64, hu: U64, max_cluster_size: 
     survivors[idx[is_conflict | is_duplicate]] = False
 
     limit = max_cluster_size - 1  # the identified id itself is one of the cluster's ids
-    heavy = _values_with_count(np.sort(hu[passing]), max_cluster_size)
-    big = _members(hu, passing, heavy)
+    heavy = _repeated_values(hu, passing, max_cluster_size)
+    big = hu.members(passing, heavy)
     kept = big[survivors[big]]
-    order = np.argsort(hu[kept], kind="stable")
+    kept_hashes = hu.take(kept)
+    order = np.argsort(kept_hashes, kind="stable")
     ranked = kept[order]
-    starts, sizes = _runs(hu[ranked])
+    starts, sizes = _runs(kept_hashes[order])
     rank = np.arange(len(ranked)) - np.repeat(starts, sizes)
 
     dup_order = np.argsort(idx[is_duplicate])
@@ -241,25 +316,21 @@ def _runs(sorted_values: U64) -> tuple[I64, I64]:
     return starts, np.diff(np.append(starts, n))
 
 
-def _values_with_count(sorted_values: U64, at_least: int) -> U64:
-    """The distinct values that occur at least ``at_least`` times, sorted."""
-    starts, sizes = _runs(sorted_values)
-    return sorted_values[starts[sizes >= at_least]]
+def _repeated_values(values: _Column, mask: npt.NDArray[np.bool_], at_least: int) -> U64:
+    """The distinct values among ``values[mask]`` occurring at least ``at_least`` times, sorted.
 
-
-def _members(values: U64, mask: npt.NDArray[np.bool_], sorted_set: U64) -> I64:
-    """Ascending indices i with mask[i] and values[i] in sorted_set, in bounded memory."""
-    if len(sorted_set) == 0:
-        return np.zeros(0, dtype=np.int64)
-    found: list[I64] = []
-    step = 1 << 20
-    for lo in range(0, len(values), step):
-        part = values[lo : lo + step]
-        pos = np.searchsorted(sorted_set, part)
-        pos[pos == len(sorted_set)] = 0
-        hit = (sorted_set[pos] == part) & mask[lo : lo + step]
-        found.append(np.flatnonzero(hit) + lo)
-    return np.concatenate(found)
+    Memory matters here (this runs over every row): one masked copy sorted in place, and a
+    boolean per row; a run of ``k`` or more equal values is where ``v[i] == v[i + k - 1]``.
+    """
+    ordered = values.masked(mask)
+    ordered.sort()
+    n = len(ordered)
+    if n < at_least:
+        return np.zeros(0, dtype=np.uint64)
+    span = at_least - 1
+    hits = ordered[: n - span][ordered[span:] == ordered[: n - span]]
+    del ordered
+    return np.unique(hits)
 
 
 # --- verification of hash equality ---------------------------------------------------------
@@ -269,14 +340,14 @@ def _members(values: U64, mask: npt.NDArray[np.bool_], sorted_set: U64) -> I64:
 class _Refiner:
     """Gives each distinct string sharing a hash value its own value (the first keeps it)."""
 
-    hashes: U64
+    hashes: _Column
     rng: random.Random = field(default_factory=lambda: random.Random(0x5EED))
     first_seen: dict[int, str] = field(default_factory=dict)
     fresh: dict[tuple[int, str], int] = field(default_factory=dict)
     collisions: int = 0
 
     def see(self, i: int, text: str) -> None:
-        key = int(self.hashes[i])
+        key = self.hashes[i]
         seen = self.first_seen.setdefault(key, text)
         if seen == text:
             return
@@ -291,11 +362,11 @@ class _Refiner:
         taken = set(self.fresh.values())
         while True:
             value = self.rng.getrandbits(64)
-            if value not in taken and not np.any(self.hashes == np.uint64(value)):
+            if value not in taken and not self.hashes.contains(value):
                 return value
 
 
-def _verify(source: ChunkSource, decisions: _Decisions, ha: U64, hu: U64) -> int:
+def _verify(source: ChunkSource, decisions: _Decisions, ha: _Column, hu: _Column) -> int:
     """Compare the real strings behind equal hashes; refine ``ha``/``hu`` in place.
 
     Returns how many distinct colliding strings were found (0 almost always).
@@ -369,8 +440,7 @@ def judge(
     if max_cluster_size < 2:
         raise ValueError("max_cluster_size must be at least 2")
     reason_parts: list[npt.NDArray[np.uint8]] = []
-    anon_parts: list[U64] = []
-    ident_parts: list[U64] = []
+    anon_hashes, ident_hashes = _Column(), _Column()
     for chunk in source():
         reasons = row_reasons(chunk, now_ms)
         ok = reasons == Reason.VALID
@@ -381,20 +451,19 @@ def judge(
             ha[ok] = hasher(chunk.anon.filter(keep))
             hu[ok] = hasher(chunk.identified.filter(keep))
         reason_parts.append(reasons)
-        anon_parts.append(ha)
-        ident_parts.append(hu)
+        anon_hashes.append(ha)
+        ident_hashes.append(hu)
         if on_rows is not None:
             on_rows(len(chunk))
-    reasons_all = _concat(reason_parts, np.uint8)
-    ha_all = _concat(anon_parts, np.uint64)
-    hu_all = _concat(ident_parts, np.uint64)
+    reasons_all = np.concatenate(reason_parts) if reason_parts else np.zeros(0, np.uint8)
+    del reason_parts
     passing = reasons_all == Reason.VALID
 
-    decisions = _decide(passing, ha_all, hu_all, max_cluster_size)
-    collisions = _verify(source, decisions, ha_all, hu_all)
+    decisions = _decide(passing, anon_hashes, ident_hashes, max_cluster_size)
+    collisions = _verify(source, decisions, anon_hashes, ident_hashes)
     if collisions:
-        decisions = _decide(passing, ha_all, hu_all, max_cluster_size)
-    del ha_all, hu_all
+        decisions = _decide(passing, anon_hashes, ident_hashes, max_cluster_size)
+    del anon_hashes, ident_hashes
 
     reasons_all[decisions.conflict] = Reason.CONFLICTING_ANON_ID
     reasons_all[decisions.duplicate] = Reason.DUPLICATE_PAIR
@@ -409,13 +478,6 @@ def judge(
         ref_first=ref_first[order],
         collisions=collisions,
     )
-
-
-def _concat(parts: list[npt.NDArray[_T]], dtype: type[_T]) -> npt.NDArray[_T]:
-    # Clearing the list as soon as the whole exists keeps one copy of the index, not two.
-    out: npt.NDArray[_T] = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    parts.clear()
-    return out
 
 
 # --- details for the rejects report --------------------------------------------------------
