@@ -17,8 +17,9 @@ from typing import Any
 
 from backfill import __version__
 from backfill.errors import EXIT_INTERRUPTED, BackfillError, InputError
+from backfill.mixpanel import LEGACY_SECRET_SUNSET
 from backfill.report import render_table
-from backfill.settings import LEGACY_SECRET_SUNSET, Settings, build_settings, load_config
+from backfill.settings import Settings, build_settings, load_config
 
 _VALIDATE_EXAMPLES = """\
 examples:
@@ -75,12 +76,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", default=None, help="no progress display")
 
 
-def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--project-id", metavar="ID", help="default: $MIXPANEL_PROJECT_ID")
-    p.add_argument("--region", choices=["us", "eu", "in"], help="data residency (default: us)")
-    p.add_argument(
-        "--api-url", metavar="URL", help="overrides --region (https; http only to loopback)"
-    )
+def _send_options(p: argparse.ArgumentParser) -> None:
+    """How to send: shared by `run` and `rehearse`."""
     p.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default: 10)")
     p.add_argument("--max-attempts", type=int, metavar="N", help="tries per batch (default: 8)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="per request (default: 30)")
@@ -90,15 +87,24 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="time of every event without --time-column (default: the first run's start)",
     )
     p.add_argument(
-        "--restart", action="store_true", help="discard the checkpoint in --out and start over"
-    )
-    p.add_argument("--dry-run", action="store_true", help="validate only: the same as `validate`")
-    p.add_argument(
         "--retry-base-s",
         type=float,
         metavar="SECONDS",
         help="first retry pause; doubles to 30x, jitter 0.5x-2.5x (default: 2, Mixpanel's)",
     )
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project-id", metavar="ID", help="default: $MIXPANEL_PROJECT_ID")
+    p.add_argument("--region", choices=["us", "eu", "in"], help="data residency (default: us)")
+    p.add_argument(
+        "--api-url", metavar="URL", help="overrides --region (https; http only to loopback)"
+    )
+    _send_options(p)
+    p.add_argument(
+        "--restart", action="store_true", help="discard the checkpoint in --out and start over"
+    )
+    p.add_argument("--dry-run", action="store_true", help="validate only: the same as `validate`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,11 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _common(rh)
-    rh.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default: 10)")
-    rh.add_argument("--max-attempts", type=int, metavar="N", help="tries per batch (default: 8)")
-    rh.add_argument("--timeout", type=float, metavar="SECONDS", help="per request (default: 30)")
-    rh.add_argument("--event-time", metavar="ISO8601|EPOCH", help="as for `run`")
-    rh.add_argument("--retry-base-s", type=float, metavar="SECONDS", help="as for `run`")
+    _send_options(rh)
     rh.add_argument(
         "--fault-rate",
         type=float,

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from backfill.report import duration
+
 
 @dataclass
 class Counters:
@@ -111,7 +113,7 @@ class Progress:
         parts.append(f"{rate:,.0f} ev/s")
         if c.events_total and rate > 0:
             left = max(c.events_total - c.events_imported - c.rejected_sent, 0) / rate
-            parts.append(f"left {_duration(left)}")
+            parts.append(f"left {duration(left)}")
         return "  ".join(parts)
 
 
@@ -119,12 +121,3 @@ def _bar(fraction: float, width: int = 20) -> str:
     fraction = min(max(fraction, 0.0), 1.0)
     full = int(fraction * width)
     return "[" + "#" * full + "." * (width - full) + f"] {fraction * 100:3.0f}%"
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -143,8 +143,9 @@ def _share(part: Any, whole: int) -> str:
     return f"{100.0 * float(part) / whole:5.1f}%" if whole else ""
 
 
-def _seconds(value: Any) -> str:
-    s = float(value)
+def duration(seconds: float) -> str:
+    """A duration for people: "under 1 s", "42 s", "17 min", "3.5 h"."""
+    s = float(seconds)
     if s < 1:
         return "under 1 s"
     if s < 90:
@@ -152,6 +153,10 @@ def _seconds(value: Any) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+def _seconds(value: Any) -> str:
+    return duration(float(value))
 
 
 def _int(value: Any) -> str:

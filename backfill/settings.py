@@ -16,17 +16,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from backfill.errors import ConfigError
+from backfill.mixpanel import MAX_EVENTS_PER_REQUEST, REGIONS
 from backfill.read import Columns, detect_format
 from backfill.times import TimeStatus, now_ms, parse_one
 from backfill.validate import DEFAULT_MAX_CLUSTER_SIZE
-
-REGIONS = {
-    "us": "https://api.mixpanel.com",
-    "eu": "https://api-eu.mixpanel.com",
-    "in": "https://api-in.mixpanel.com",
-}
-MAX_EVENTS_PER_REQUEST = 2000
-LEGACY_SECRET_SUNSET = "2027-03-03"
 
 #: Every key a config file may hold: its type and default. Names follow the long options.
 OPTIONS: dict[str, tuple[type, Any]] = {

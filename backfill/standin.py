@@ -73,6 +73,17 @@ from typing import Any, Final, Literal, NamedTuple, NoReturn, TextIO, cast, get_
 
 from aiohttp import web
 
+from backfill.mixpanel import (
+    INSERT_ID_PATTERN,
+    MAX_EVENTS_PER_REQUEST,
+    MAX_ID_BYTES,
+    MAX_REQUEST_BYTES,
+    MIN_TIME_MS,
+    MS_THRESHOLD,
+    PLACEHOLDER_DISTINCT_IDS,
+    UUID4_PATTERN,
+)
+
 __all__ = [
     "DEFAULT_PROJECT_ID",
     "DEFAULT_SERVICE_ACCOUNT",
@@ -97,39 +108,17 @@ DEFAULT_SERVICE_ACCOUNT: Final = ("backfill-rehearsal", "rehearsal-only-not-a-mi
 DEFAULT_PROJECT_ID: Final = "1"
 
 #: Placeholder distinct_ids Mixpanel refuses (SPEC), compared case-insensitively after strip.
-REFUSED_DISTINCT_IDS: Final = frozenset(
-    {
-        "00000000-0000-0000-0000-000000000000",
-        "anon",
-        "anonymous",
-        "nil",
-        "none",
-        "null",
-        "n/a",
-        "na",
-        "undefined",
-        "unknown",
-        "<nil>",
-        "0",
-        "-1",
-        "true",
-        "false",
-        "[]",
-        "{}",
-    }
-)
+REFUSED_DISTINCT_IDS: Final = PLACEHOLDER_DISTINCT_IDS
 
 Fault = Literal["ok", "503", "429", "drop", "slow", "500_after_import", "drop_after_import"]
 #: Names accepted by ``StandinState.script``; ``ok`` uses up a script slot with no fault.
 FAULT_NAMES: Final[tuple[Fault, ...]] = get_args(Fault)
 
-_MIN_TIME_MS: Final = 31_536_000_000  # 1971-01-01T00:00:00Z
-_MS_THRESHOLD: Final = 100_000_000_000  # below: seconds; at or above: milliseconds
-_MAX_DISTINCT_ID_BYTES: Final = 255
-_INSERT_ID_RE: Final = re.compile(r"[A-Za-z0-9-]{1,36}")
-_UUID4_RE: Final = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
-)
+_MIN_TIME_MS: Final = MIN_TIME_MS
+_MS_THRESHOLD: Final = MS_THRESHOLD  # below: seconds; at or above: milliseconds
+_MAX_DISTINCT_ID_BYTES: Final = MAX_ID_BYTES
+_INSERT_ID_RE: Final = re.compile(INSERT_ID_PATTERN)
+_UUID4_RE: Final = re.compile(UUID4_PATTERN)
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _READ_CHUNK: Final = 64 * 1024
 _RATE_LIMIT_MESSAGE: Final = (
@@ -205,8 +194,8 @@ class StandinConfig:
     )
     project_id: str = DEFAULT_PROJECT_ID
     api_secrets: frozenset[str] = frozenset()
-    max_events: int = 2000
-    max_bytes: int = 2 * 1024 * 1024
+    max_events: int = MAX_EVENTS_PER_REQUEST
+    max_bytes: int = MAX_REQUEST_BYTES
     refuse_distinct_ids: frozenset[str] = frozenset()
     failed_records_key: Literal["$insert_id", "insert_id"] = "$insert_id"
     faults: FaultRates = FaultRates()

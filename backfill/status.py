@@ -16,7 +16,7 @@ from backfill.checkpoint import CHECKPOINT_FILE, LOCK_FILE, active_holder
 from backfill.errors import InputError
 from backfill.files import read_json
 from backfill.reasons import Reason
-from backfill.report import SUMMARY_FILE
+from backfill.report import SUMMARY_FILE, duration
 
 RUNS_ROOT = Path("runs")
 
@@ -132,18 +132,9 @@ def render_status(status: dict[str, Any]) -> str:
     if status.get("events_per_s"):
         lines.append(f"  speed            {status['events_per_s']:,.0f} events/s")
     if status.get("seconds_left") is not None:
-        lines.append(f"  time left        about {_duration(status['seconds_left'])}")
+        lines.append(f"  time left        {duration(status['seconds_left'])}")
     return "\n".join(lines)
 
 
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds")
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 90:
-        return f"{s} s"
-    if s < 5400:
-        return f"{s // 60} min"
-    return f"{s / 3600:.1f} h"

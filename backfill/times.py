@@ -16,8 +16,9 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-MIN_MS = 31_536_000_000  # 1971-01-01T00:00:00Z
-MS_THRESHOLD = 100_000_000_000
+from backfill.mixpanel import MIN_TIME_MS, MS_THRESHOLD
+
+MIN_MS = MIN_TIME_MS
 # At most 18 integer and 9 fraction digits: exact in int64 and decimal128(27, 9); a longer
 # number is no epoch time.
 _NUMBER = r"^-?[0-9]{1,18}(\.[0-9]{1,9})?$"

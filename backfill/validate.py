@@ -32,38 +32,19 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from backfill.mixpanel import (
+    MAX_CLUSTER_SIZE,
+    MAX_ID_BYTES,
+    PLACEHOLDER_DISTINCT_IDS,
+    UUID4_PATTERN,
+)
 from backfill.read import Chunk, ChunkSource
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.times import TimeStatus, to_epoch_ms
 
-#: Values Mixpanel refuses as a distinct_id (compared case-insensitively), plus ``nan``.
-PLACEHOLDERS = frozenset(
-    {
-        "00000000-0000-0000-0000-000000000000",
-        "anon",
-        "anonymous",
-        "nil",
-        "none",
-        "null",
-        "n/a",
-        "na",
-        "undefined",
-        "unknown",
-        "<nil>",
-        "0",
-        "-1",
-        "true",
-        "false",
-        "[]",
-        "{}",
-        "nan",
-    }
-)
-MAX_ID_BYTES = 255
-DEFAULT_MAX_CLUSTER_SIZE = 500
-UUID4_PATTERN = (
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
-)
+#: Values refused as an identified id (compared case-insensitively): Mixpanel's, and ``nan``.
+PLACEHOLDERS = PLACEHOLDER_DISTINCT_IDS | {"nan"}
+DEFAULT_MAX_CLUSTER_SIZE = MAX_CLUSTER_SIZE
 _UUID_SHAPE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )

@@ -151,7 +151,7 @@ def test_render_shows_bar_rate_and_time_left() -> None:
     line = Progress(counters, stream=io.StringIO(), interactive=True).render()
     assert "[##########..........]  50%" in line
     assert re.search(r"\b5\d ev/s", line)
-    assert re.search(r"left (9|10)s", line)
+    assert re.search(r"left (9|10) s", line)
 
 
 def test_validating_line_counts_rows_and_rejects() -> None:

@@ -1,0 +1,61 @@
+"""Mixpanel's facts this tool relies on (SPEC, "Facts about Mixpanel"), in one place.
+
+Constants only, and no imports beyond the standard library, so that the validator, the
+sender and the local stand-in all judge by the same rules without depending on each other.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Base URL of ``/import`` per data-residency region.
+REGIONS: Final = {
+    "us": "https://api.mixpanel.com",
+    "eu": "https://api-eu.mixpanel.com",
+    "in": "https://api-in.mixpanel.com",
+}
+#: The legacy project secret (Basic username, empty password) works until this day.
+LEGACY_SECRET_SUNSET: Final = "2027-03-03"
+
+#: At most this many events per ``/import`` request.
+MAX_EVENTS_PER_REQUEST: Final = 2000
+#: The request size limit Mixpanel's 413 message states (uncompressed JSON).
+MAX_REQUEST_BYTES: Final = 2 * 1024 * 1024
+
+#: distinct_id values Mixpanel refuses, compared case-insensitively (after trimming).
+PLACEHOLDER_DISTINCT_IDS: Final = frozenset(
+    {
+        "00000000-0000-0000-0000-000000000000",
+        "anon",
+        "anonymous",
+        "nil",
+        "none",
+        "null",
+        "n/a",
+        "na",
+        "undefined",
+        "unknown",
+        "<nil>",
+        "0",
+        "-1",
+        "true",
+        "false",
+        "[]",
+        "{}",
+    }
+)
+#: An id longer than this many UTF-8 bytes is refused.
+MAX_ID_BYTES: Final = 255
+#: ``$identify`` merges only an anon id that is a UUID v4 (8-4-4-4-12 hex, version 4,
+#: variant 8/9/a/b, either case).
+UUID4_PATTERN: Final = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+)
+#: ``$insert_id``: at most 36 characters of ``[A-Za-z0-9-]``.
+INSERT_ID_PATTERN: Final = r"^[A-Za-z0-9-]{1,36}$"
+#: ``time`` must be at or after 1971-01-01T00:00:00Z (epoch milliseconds).
+MIN_TIME_MS: Final = 31_536_000_000
+#: A ``time`` of at least this is milliseconds, below it seconds.
+MS_THRESHOLD: Final = 100_000_000_000
+#: Ids in one identity cluster (Original ID Merge), the identified id included.
+MAX_CLUSTER_SIZE: Final = 500
