@@ -296,6 +296,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--error-rate must be from 0 to 1, got {args.error_rate}")
     if args.latency < 0:
         raise ConfigError(f"--latency must be 0 or more, got {args.latency}")
+    if args.rate_limit is not None and not args.rate_limit > 0:
+        raise ConfigError(f"--rate-limit must be above 0 events/s, got {args.rate_limit}")
     share = args.error_rate / 3
     faults = FaultRates(
         p_503=share,

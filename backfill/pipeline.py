@@ -23,6 +23,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from backfill.checkpoint import (
+    CHECKPOINT_FILE,
     CHECKPOINT_INTERVAL_S,
     Checkpoint,
     RowIntervals,
@@ -32,7 +33,7 @@ from backfill.checkpoint import (
 )
 from backfill.errors import BackfillError, InputError, Interrupted
 from backfill.events import Batch, Encoder, Pairs
-from backfill.files import atomic_write_json
+from backfill.files import atomic_write_json, read_json
 from backfill.progress import Counters, Progress
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, open_chunks
 from backfill.reasons import Reason
@@ -175,6 +176,13 @@ def validate_command(
             progress.close()
         validated.rejects.close()
         summary = base_summary(settings, validated, started)
+        try:
+            earlier = read_json(settings.out_dir / CHECKPOINT_FILE)
+        except ValueError:
+            earlier = None
+        if isinstance(earlier, dict):
+            # A dry run in a folder where a run already sent pairs must not report zero.
+            summary["events_imported"] = int(earlier.get("events_imported", 0))
         valid = summary["rows_valid"]
         summary["batches_planned"] = math.ceil(valid / settings.batch_size)
         summary["rate_per_s"] = settings.rate_per_s
