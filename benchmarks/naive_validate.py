@@ -5,7 +5,8 @@
 Loads the whole file into a DataFrame, applies SPEC rules 1-8 with ordinary pandas idioms and
 writes ``DIR/rejects.csv`` (``row,anon_id,identified_id,reason,detail``; the detail is a fixed
 text per reason, not the row it refers to). Prints one JSON line: rows read, rows valid and the
-count of each reason. Standard library and pandas only; not part of ``backfill``.
+count of each reason. Standard library, pandas, and the rules' constants from
+``backfill.mixpanel``; not part of ``backfill``.
 """
 
 from __future__ import annotations
@@ -18,27 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-UUID4 = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
-PLACEHOLDERS = [
-    "00000000-0000-0000-0000-000000000000",
-    "anon",
-    "anonymous",
-    "nil",
-    "none",
-    "null",
-    "n/a",
-    "na",
-    "undefined",
-    "unknown",
-    "<nil>",
-    "0",
-    "-1",
-    "true",
-    "false",
-    "[]",
-    "{}",
-    "nan",
-]
+from backfill.mixpanel import PLACEHOLDER_DISTINCT_IDS, UUID4_PATTERN
+
+# The rules' constants come from the project (a module of plain constants); the logic below
+# is written independently, the obvious way.
+UUID4 = UUID4_PATTERN.strip("^$")
+PLACEHOLDERS = sorted(PLACEHOLDER_DISTINCT_IDS | {"nan"})
 DETAILS = {
     "missing_anon_id": "anon id is empty",
     "invalid_anon_id": "not a UUID v4",
