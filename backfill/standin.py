@@ -23,7 +23,7 @@ What it does not imitate
       2 MB), ``strict=0``, ``/track`` and profiles. Mixpanel rewrites a future ``time`` to the
       present; this refuses it (beyond ``max_future_s``), as the project's contract does.
     * Persistence: the store lives in memory (about 1-2 KB per unique event); ``store_path`` only
-      appends an NDJSON copy of what was accepted, for a person to read.
+      appends an NDJSON copy of each unique event accepted, for a person to read.
 
 Order in which a request to ``/import`` is answered (the first that applies wins):
 
@@ -185,8 +185,8 @@ class StandinConfig:
     ``refuse_distinct_ids`` (exact strings) are refused per record, to simulate refusals only
     Mixpanel makes. ``failed_records_key`` is ``"$insert_id"`` or ``"insert_id"`` (Mixpanel
     uses both). ``max_future_s`` is how far ahead of this machine's clock a ``time`` may be.
-    ``store_path``, if set, receives one NDJSON line per accepted record (appended, never
-    truncated).
+    ``store_path``, if set, receives one NDJSON line per unique accepted record, deduplicated
+    as Mixpanel counts them (appended, never truncated).
     """
 
     service_accounts: Mapping[str, str] = field(
@@ -798,6 +798,7 @@ def make_app(config: StandinConfig, state: StandinState | None = None) -> web.Ap
         now_ms = int(time.time() * 1000)
         failed: list[dict[str, Any]] = []
         accepted: list[dict[str, Any]] = []
+        unique: list[dict[str, Any]] = []
         for index, event in enumerate(events):
             problem = _check_event(event, now_ms, max_future_ms, state.refuse_distinct_ids)
             if problem is not None:
@@ -814,6 +815,8 @@ def make_app(config: StandinConfig, state: StandinState | None = None) -> web.Ap
             key = EventKey(event["event"], props["time"], props["distinct_id"], props["$insert_id"])
             if key in state.store:
                 state.duplicates += 1
+            else:
+                unique.append(event)
             state.store[key] = event
             form = _canonical(event)
             forms = state.forms.setdefault(key, [])
@@ -824,11 +827,11 @@ def make_app(config: StandinConfig, state: StandinState | None = None) -> web.Ap
         state.events_rejected += len(failed)
         record.imported = len(accepted)
         record.failed = len(failed)
-        if config.store_path is not None and accepted:
+        if config.store_path is not None and unique:
+            # One line per event as Mixpanel would count it: a resent duplicate adds nothing.
             with config.store_path.open("a", encoding="utf-8") as out:
                 out.writelines(
-                    json.dumps(e, separators=(",", ":"), ensure_ascii=False) + "\n"
-                    for e in accepted
+                    json.dumps(e, separators=(",", ":"), ensure_ascii=False) + "\n" for e in unique
                 )
         return failed
 

@@ -742,14 +742,14 @@ class TestStoreFile:
     async def test_accepted_events_are_appended_as_ndjson(
         self, session: aiohttp.ClientSession, tmp_path: Path
     ) -> None:
-        """Every accepted arrival, duplicates included, is one NDJSON line; refusals are not."""
+        """Each unique accepted event is one NDJSON line; a duplicate or a refusal adds none."""
         store = tmp_path / "imported.ndjson"
         async with running_standin(StandinConfig(store_path=store)) as standin:
             await post(session, standin, [identify(0), identify(1, time=5)])
             assert [json.loads(line) for line in store.read_text().splitlines()] == [identify(0)]
             await post(session, standin, [identify(0), identify(2)])
         lines = [json.loads(line) for line in store.read_text().splitlines()]
-        assert lines == [identify(0), identify(0), identify(2)]
+        assert lines == [identify(0), identify(2)]
 
 
 class TestSummary:
