@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -381,7 +382,8 @@ async def _send_all(
             group.create_task(sender.run(queue))
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in before:
         loop.add_signal_handler(sig, stop)
     work = asyncio.create_task(pump())
     saver = asyncio.create_task(save_periodically())
@@ -415,13 +417,16 @@ async def _send_all(
             state.dirty = True
     finally:
         saver.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         ckpt.requests += state.stats.requests
         for cause, n in state.stats.retries.items():
             ckpt.retries[cause] = ckpt.retries.get(cause, 0) + n
         state.dirty = True
         await _save(state)
+        # Only now: a further Ctrl-C must not cut the last checkpoint write short. Then the
+        # handlers from before come back (asyncio would leave SIGTERM at its default: death).
+        for sig, handler in before.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
     if stop.signals:
         raise Interrupted(
             f"interrupted: {ckpt.events_imported:,} events imported so far; the checkpoint is "
@@ -516,22 +521,37 @@ def run_command(
         try:
             asyncio.run(_send_all(settings, creds, validated, state, stop=_Stop()))
             status = "completed"
-        except Interrupted:
+        except (Interrupted, KeyboardInterrupt):
             status = "interrupted"
             raise
         finally:
-            counters.phase = status
-            progress.close()
-            validated.rejects.close()
-            summary = _run_summary(settings, validated, state, started, status)
-            if status == "completed":
-                ckpt.state = "completed"
-                ckpt.write()
-            atomic_write_json(settings.out_dir / SUMMARY_FILE, summary)
+            with _signals_deferred():
+                counters.phase = status
+                progress.close()
+                validated.rejects.close()
+                summary = _run_summary(settings, validated, state, started, status)
+                if status == "completed":
+                    ckpt.state = "completed"
+                    ckpt.write()
+                atomic_write_json(settings.out_dir / SUMMARY_FILE, summary)
             error = sys.exc_info()[1]
             if isinstance(error, BackfillError):
                 error.summary = summary
     return summary
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM off for the few milliseconds of the final writes."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in held}
+    for sig in held:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_summary(

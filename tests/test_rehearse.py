@@ -72,9 +72,11 @@ async def test_rehearsal_with_faults_retries_and_completes(tmp_path: Path) -> No
         "--time-column",
         "merged_at",
         "--fault-rate",
-        "0.5",
+        "0.3",
         "--retry-base-s",
         "0.01",
+        "--max-attempts",
+        "25",  # 0.3**25: no batch can run out of tries by bad luck
         "--batch-size",
         "20",
         cwd=tmp_path,
