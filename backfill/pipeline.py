@@ -426,7 +426,8 @@ async def _send_all(
         # handlers from before come back (asyncio would leave SIGTERM at its default: death).
         for sig, handler in before.items():
             loop.remove_signal_handler(sig)
-            signal.signal(sig, handler)
+            if handler is not None:
+                signal.signal(sig, handler)
     if stop.signals:
         raise Interrupted(
             f"interrupted: {ckpt.events_imported:,} events imported so far; the checkpoint is "
