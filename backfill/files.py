@@ -47,3 +47,16 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+
+
+def read_json_dict(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None if it is missing, unreadable or not an object.
+
+    For readers that only report (status, a dry run's summary): a damaged file is theirs to
+    skip, not to fail on; a run that must resume from it reads it with ``read_json``.
+    """
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

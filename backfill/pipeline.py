@@ -34,7 +34,7 @@ from backfill.checkpoint import (
 )
 from backfill.errors import BackfillError, InputError, Interrupted
 from backfill.events import Batch, Encoder, Pairs
-from backfill.files import atomic_write_json, read_json
+from backfill.files import atomic_write_json, read_json_dict
 from backfill.progress import Counters, Progress
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, open_chunks
 from backfill.reasons import Reason
@@ -177,11 +177,8 @@ def validate_command(
             progress.close()
         validated.rejects.close()
         summary = base_summary(settings, validated, started)
-        try:
-            earlier = read_json(settings.out_dir / CHECKPOINT_FILE)
-        except ValueError:
-            earlier = None
-        if isinstance(earlier, dict):
+        earlier = read_json_dict(settings.out_dir / CHECKPOINT_FILE)
+        if earlier is not None:
             # A dry run in a folder where a run already sent pairs must not report zero.
             summary["events_imported"] = int(earlier.get("events_imported", 0))
         valid = summary["rows_valid"]

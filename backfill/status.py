@@ -14,7 +14,7 @@ from typing import Any
 
 from backfill.checkpoint import CHECKPOINT_FILE, LOCK_FILE, active_holder
 from backfill.errors import InputError
-from backfill.files import read_json
+from backfill.files import read_json_dict
 from backfill.reasons import Reason
 from backfill.report import SUMMARY_FILE, duration
 
@@ -41,14 +41,8 @@ def find_run_dirs(out: Path | None) -> list[Path]:
 def read_status(out_dir: Path, *, now: float | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as a dict (also what ``status --json`` prints)."""
     now = time.time() if now is None else now
-    try:
-        ckpt = read_json(out_dir / CHECKPOINT_FILE)
-    except ValueError:
-        ckpt = None
-    try:
-        summary = read_json(out_dir / SUMMARY_FILE)
-    except ValueError:
-        summary = None
+    ckpt = read_json_dict(out_dir / CHECKPOINT_FILE)
+    summary = read_json_dict(out_dir / SUMMARY_FILE)
     holder = active_holder(out_dir)
     status: dict[str, Any] = {
         "out": str(out_dir),
@@ -57,7 +51,7 @@ def read_status(out_dir: Path, *, now: float | None = None) -> dict[str, Any]:
         "pid": (holder or {}).get("pid"),
         "last_status": (summary or {}).get("status"),
     }
-    if isinstance(ckpt, dict):
+    if ckpt is not None:
         total = ckpt.get("events_total")
         imported = int(ckpt.get("events_imported", 0))
         refused = int(ckpt.get("events_refused", 0))
@@ -84,7 +78,7 @@ def read_status(out_dir: Path, *, now: float | None = None) -> dict[str, Any]:
                 "finished": ckpt.get("state") == "completed",
             }
         )
-    elif isinstance(summary, dict):
+    elif summary is not None:
         status.update(
             {
                 "rows_read": summary.get("rows_read"),
