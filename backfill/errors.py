@@ -16,8 +16,10 @@
     └── Interrupted                exit 130: SIGINT/SIGTERM, checkpoint written
 
     SendError                      raised inside the sender, never reaches the CLI
-    ├── RetryableSendError         429, 5xx, timeout, dropped connection: back off, retry
-    └── PermanentSendError         the request will never succeed as it is (not retried)
+    └── RetryableSendError         429, 5xx, timeout, dropped connection: back off, retry
+
+Answers that will never change (400, 401/403, 413) are not errors of this kind: the sender
+turns them into refused rows, a split, or an ``Aborted`` directly.
 
 Row rejects are not exceptions: they are data, and go to ``rejects.csv``.
 """
@@ -107,7 +109,3 @@ class RetryableSendError(SendError):
     ) -> None:
         super().__init__(message, cause=cause, status=status)
         self.retry_after_s = retry_after_s
-
-
-class PermanentSendError(SendError):
-    """An answer that will not change if the same request is sent again."""

@@ -75,12 +75,6 @@ class RejectsFile:
         """The open file's descriptor (for an fsync from another thread), if open."""
         return None if self._file is None else self._file.fileno()
 
-    def sync(self) -> None:
-        """Make every appended refusal durable (called before each checkpoint write)."""
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
     def close(self) -> None:
         """Close the file; an uncommitted temp file is removed."""
         if self._file is None:

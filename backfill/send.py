@@ -22,7 +22,7 @@ import asyncio
 import json
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,6 @@ from tenacity import (
 from backfill.errors import (
     Aborted,
     AuthRefused,
-    PermanentSendError,
     RetriesExhausted,
     RetryableSendError,
 )
@@ -106,7 +105,9 @@ class _TooLarge(Exception):
     """413: the batch must be split."""
 
 
-OnSettled = Callable[[Settled], Awaitable[None] | None]
+#: Called on the event loop for each settled batch. Synchronous on purpose: nothing can cancel
+#: it halfway, so the checkpoint and rejects.csv never see half a batch.
+OnSettled = Callable[[Settled], None]
 
 
 class Sender:
@@ -184,21 +185,19 @@ class Sender:
                     str(batch.pairs.identified[0].as_py()),
                     "request too large (413) even as a single event",
                 )
-                await self._settle(Settled(batch, 0, (refusal,)))
+                self._settle(Settled(batch, 0, (refusal,)))
                 return
             self.stats.splits += 1
             first, second = self.encoder.split(batch)
             await self._send(session, first)
             await self._send(session, second)
             return
-        await self._settle(settled)
+        self._settle(settled)
 
-    async def _settle(self, settled: Settled) -> None:
+    def _settle(self, settled: Settled) -> None:
         self.stats.events_imported += settled.imported
         self.stats.events_refused += len(settled.refused)
-        result = self.on_settled(settled)
-        if result is not None:
-            await result
+        self.on_settled(settled)
 
     async def _send_with_retries(self, session: aiohttp.ClientSession, batch: Batch) -> Settled:
         retrying = AsyncRetrying(
@@ -289,7 +288,7 @@ class Sender:
         )
 
 
-def _classify(e: BaseException) -> RetryableSendError | PermanentSendError:
+def _classify(e: BaseException) -> RetryableSendError:
     """The one place aiohttp's failures become ours."""
     if isinstance(e, TimeoutError | aiohttp.ServerTimeoutError):
         return RetryableSendError("request timed out", cause="timeout")

@@ -102,10 +102,6 @@ class Credentials:
         """(user, password) for HTTP Basic: the legacy secret goes as user, empty password."""
         return (self.secret, "") if self.legacy else (self.username, self.secret)
 
-    def secrets(self) -> tuple[str, ...]:
-        """The values that must never appear in output or files."""
-        return (self.secret,)
-
 
 def default_out_dir(input_path: Path) -> Path:
     """``runs/<input stem>/``, the stem without .csv/.parquet/.gz."""
