@@ -298,15 +298,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--latency must be 0 or more, got {args.latency}")
     if args.rate_limit is not None and not args.rate_limit > 0:
         raise ConfigError(f"--rate-limit must be above 0 events/s, got {args.rate_limit}")
-    share = args.error_rate / 3
-    faults = FaultRates(
-        p_503=share,
-        p_429=share,
-        p_drop=share,
-        p_slow=1.0 - args.error_rate if args.latency else 0.0,
-        slow_s=args.latency,
-        seed=args.seed,
-    )
+    faults = FaultRates.failing(args.error_rate, latency_s=args.latency, seed=args.seed)
     config = StandinConfig(
         faults=faults, rate_limit_events_per_s=args.rate_limit, store_path=args.store
     )

@@ -49,13 +49,6 @@ def rehearsal_out_dir(settings: Settings, explicit_out: bool) -> Path:
     return settings.out_dir.with_name(settings.out_dir.name + "-rehearsal")
 
 
-def fault_rates(fault_rate: float, seed: int | None = None) -> FaultRates:
-    """A fault mix for rehearsals: ``fault_rate`` split evenly over 503, 429 and dropped
-    connections, so a rehearsal can show the retries working."""
-    share = fault_rate / 3
-    return FaultRates(p_503=share, p_429=share, p_drop=share, seed=seed)
-
-
 @contextmanager
 def standin_thread(config: StandinConfig) -> Iterator[Standin]:
     """A stand-in serving from a background thread for the ``with`` block."""
@@ -103,7 +96,7 @@ def rehearse_command(
     config = StandinConfig(
         service_accounts={user: secret},
         project_id=DEFAULT_PROJECT_ID,
-        faults=fault_rates(fault_rate, seed),
+        faults=FaultRates.failing(fault_rate, seed=seed),
         store_path=received_path,
     )
     env = {

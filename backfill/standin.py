@@ -157,6 +157,22 @@ class FaultRates:
         if self.retry_after_s is not None and self.retry_after_s < 0:
             raise ValueError(f"retry_after_s must be >= 0, not {self.retry_after_s}")
 
+    @classmethod
+    def failing(
+        cls, share: float, *, latency_s: float = 0.0, seed: int | None = None
+    ) -> FaultRates:
+        """``share`` of requests failed, evenly as 503, 429 and dropped connections; with
+        ``latency_s``, every other request answers that much later (rehearse, serve)."""
+        third = share / 3
+        return cls(
+            p_503=third,
+            p_429=third,
+            p_drop=third,
+            p_slow=1.0 - share if latency_s else 0.0,
+            slow_s=latency_s,
+            seed=seed,
+        )
+
     def _table(self) -> tuple[tuple[Fault, float], ...]:
         return (
             ("503", self.p_503),
