@@ -42,7 +42,8 @@ examples:
 
 Credentials come from the environment only. Rerunning the same command resumes from the
 checkpoint in --out; a finished run sends nothing more. Exit codes: 0 finished, 2 bad usage or
-input (nothing sent), 3 aborted (credentials refused or retries exhausted; rerun to resume),
+input (nothing sent), 3 aborted (Mixpanel refused the credentials or a request, or
+retries were exhausted: fix the cause the message names, then rerun to resume),
 130 interrupted (rerun to resume).
 """
 
@@ -151,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="share of requests the stand-in fails (503, 429, dropped), to watch retries",
     )
+    rh.add_argument(
+        "--system",
+        choices=["original", "simplified"],
+        type=str.lower,
+        default="original",
+        help="the ID merge system the stand-in's project uses (default: original)",
+    )
     sv = sub.add_parser(
         "serve",
         help="run the local Mixpanel /import stand-in (for rehearsals and tests)",
@@ -169,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="per request")
     sv.add_argument("--seed", type=int, help="make the injected faults reproducible")
+    sv.add_argument(
+        "--system",
+        choices=["original", "simplified"],
+        type=str.lower,
+        default="original",
+        help="the project's ID merge system: simplified refuses $identify (default: original)",
+    )
     st = sub.add_parser(
         "status",
         help="progress of a run, from the files in --out (while it runs or after)",
@@ -277,7 +292,7 @@ def _cmd_rehearse(args: argparse.Namespace) -> int:
     settings = replace(settings, out_dir=rehearsal_out_dir(settings, explicit))
     title = f"backfill rehearse {settings.input_path} (local stand-in, nothing leaves this machine)"
     try:
-        result = rehearse_command(settings, fault_rate=args.fault_rate)
+        result = rehearse_command(settings, fault_rate=args.fault_rate, system=args.system)
     except (Aborted, Interrupted) as e:
         if e.summary:
             _print_summary(e.summary, title + f" ({e.summary['status']})")
@@ -300,7 +315,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rate-limit must be above 0 events/s, got {args.rate_limit}")
     faults = FaultRates.failing(args.error_rate, latency_s=args.latency, seed=args.seed)
     config = StandinConfig(
-        faults=faults, rate_limit_events_per_s=args.rate_limit, store_path=args.store
+        faults=faults,
+        rate_limit_events_per_s=args.rate_limit,
+        store_path=args.store,
+        id_merge=args.system,
     )
     try:
         serve(config, host=args.host, port=args.port)

@@ -10,16 +10,22 @@
     │   ├── CheckpointMismatch     --out holds a run of another input or other settings
     │   └── RunLocked              another run is active on the same --out
     ├── Aborted                    exit 3: the run stopped; the checkpoint is kept and the
-    │   │                          same command resumes
+    │   │                          same command resumes; the stopped request's rows are not done
     │   ├── AuthRefused            Mixpanel refused the credentials (401/403)
+    │   ├── RequestRefused         a 400 that names no record: the request itself was refused
+    │   │   └── IdentityEventsRefused  a Simplified ID Merge project refuses $identify
+    │   ├── UnexpectedAnswer       not Mixpanel's answer: a redirect, a body that is not its
+    │   │                          JSON, numbers that do not add up, a 413 for one event
+    │   ├── Unreachable            no retry can help: certificate refused, name not resolved
+    │   │                          or nobody listening at the canary
     │   └── RetriesExhausted       a batch failed --max-attempts times
     └── Interrupted                exit 130: SIGINT/SIGTERM, checkpoint written
 
     SendError                      raised inside the sender, never reaches the CLI
-    └── RetryableSendError         429, 5xx, timeout, dropped connection: back off, retry
+    └── RetryableSendError         429, 408, 5xx, timeout, dropped connection: back off, retry
 
-Answers that will never change (400, 401/403, 413) are not errors of this kind: the sender
-turns them into refused rows, a split, or an ``Aborted`` directly.
+Answers that settle records (200, a 400 naming its refused records) and 413 (split the batch)
+are not errors; every other answer stops the run with an ``Aborted`` raised where it arrives.
 
 Row rejects are not exceptions: they are data, and go to ``rejects.csv``.
 """
@@ -77,6 +83,22 @@ class AuthRefused(Aborted):
     """Mixpanel answered 401 or 403: the credentials or the project id were refused."""
 
 
+class RequestRefused(Aborted):
+    """Mixpanel refused a whole request (a 400 naming no record): its rows are not done."""
+
+
+class IdentityEventsRefused(RequestRefused):
+    """The project uses Simplified ID Merge, which refuses every identity event."""
+
+
+class UnexpectedAnswer(Aborted):
+    """An answer that is not Mixpanel's, or whose numbers do not add up: nothing settled."""
+
+
+class Unreachable(Aborted):
+    """``/import`` cannot be reached in a way no retry fixes (certificate, name, refused)."""
+
+
 class RetriesExhausted(Aborted):
     """A batch still failed after --max-attempts tries."""
 
@@ -106,6 +128,11 @@ class RetryableSendError(SendError):
         cause: str,
         status: int | None = None,
         retry_after_s: float | None = None,
+        unreachable: str | None = None,
     ) -> None:
         super().__init__(message, cause=cause, status=status)
         self.retry_after_s = retry_after_s
+        #: Why no connection could be opened, if so: ``"unresolved"`` (the name) or
+        #: ``"refused"``. Nothing reached the server; at the canary this ends the run (at once
+        #: for a name, after a short while for a refusal).
+        self.unreachable = unreachable

@@ -161,11 +161,16 @@ class Encoder:
             )
             start = stop
 
-    def split(self, batch: Batch) -> tuple[Batch, Batch]:
-        """Two halves of a batch, re-encoded (after a 413)."""
-        half = len(batch) // 2
-        first = self._encode(batch.pairs.slice(0, half))
-        second = self._encode(batch.pairs.slice(half, len(batch)))
+    def split(self, batch: Batch, at: int | None = None) -> tuple[Batch, Batch]:
+        """The batch cut before event ``at`` (default: in half), both parts re-encoded.
+
+        The halves after a 413; ``at=1`` cuts off the canary. The spans still tile the batch's.
+        """
+        cut = len(batch) // 2 if at is None else at
+        if not 0 < cut < len(batch):
+            raise ValueError(f"cannot split a batch of {len(batch)} events at {cut}")
+        first = self._encode(batch.pairs.slice(0, cut))
+        second = self._encode(batch.pairs.slice(cut, len(batch)))
         start, end = batch.span
         return (
             replace(first, span=(start, first.last_row)),

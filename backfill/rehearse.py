@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from backfill.pipeline import run_command
 from backfill.settings import Settings
@@ -87,6 +87,7 @@ def rehearse_command(
     fault_rate: float = 0.0,
     seed: int | None = None,
     progress_stream: Any = None,
+    system: Literal["original", "simplified"] = "original",
 ) -> Rehearsal:
     """Start the stand-in, run the real ``run`` against it from scratch, report both sides."""
     settings.out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,7 @@ def rehearse_command(
         project_id=DEFAULT_PROJECT_ID,
         faults=FaultRates.failing(fault_rate, seed=seed),
         store_path=received_path,
+        id_merge=system,
     )
     env = {
         "MIXPANEL_SERVICE_ACCOUNT_USERNAME": user,

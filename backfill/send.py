@@ -1,16 +1,26 @@
-"""Send batches to ``/import?strict=1``: a worker pool on one aiohttp session, paced and retried.
+"""Send batches to ``/import?strict=1&ip=0``: a worker pool on one aiohttp session, paced, retried.
 
 * One ``aiohttp.ClientSession``; ``concurrency`` workers take batches from a bounded queue,
   so the reader never runs more than a few batches ahead of the senders.
 * An ``aiolimiter`` leaky bucket meters events, not requests, at ``rate_per_s``; every
   attempt pays, retries included, because Mixpanel counts them. The bucket holds a tenth of a
   second of events (at least one batch) so a run starts without a burst.
-* ``tenacity`` retries 429, 5xx, timeouts and dropped connections with Mixpanel's backoff:
-  ``base`` (2 s) doubling to 30x base (60 s), plus 0.5x-2.5x base of jitter (1-5 s); a
-  ``Retry-After`` header wins. ``max_attempts`` tries, then the run aborts (exit 3).
-* 413 splits the batch in two and sends each half; 400 with ``failed_records`` maps each
-  refused record back to its source row and counts the rest as imported (never resent);
-  400 without it refuses the whole batch; 401/403 stops every worker at once.
+* ``tenacity`` retries 429, 408, 5xx, timeouts and dropped connections with Mixpanel's
+  backoff: ``base`` (2 s) doubling to 30x base (60 s), plus 0.5x-2.5x base of jitter (1-5 s);
+  a ``Retry-After`` header (seconds or an HTTP date, capped) wins. ``max_attempts`` tries,
+  then the run aborts (exit 3).
+* A record counts as imported only when Mixpanel's answer says so: a 200 or a 400 whose
+  ``num_records_imported`` plus the records it refuses by name (insert id or index) add up to
+  the request. Refused records go to the report; 413 splits the batch.
+* Everything else stops the run, the request's rows not done: a 400 that names no record
+  (Simplified ID Merge refusing ``$identify`` is one), 401/403, a redirect (never followed:
+  it would turn the POST into a GET, or post users' ids to another origin), an answer that is
+  not Mixpanel's JSON or does not add up, a 413 for a single event, an unusable certificate.
+  The first such answer stops every worker from taking another batch; requests in flight
+  settle, retries waiting for their turn give up (their rows are not done either).
+* ``canary`` sends one request on its own before the pool starts, so a wrong project, wrong
+  credentials or an unreachable host cost one event; there a name that does not resolve ends
+  the run at once and a refused connection after about ``CANARY_CONNECT_BUDGET_S``.
 
 This module and ``standin`` are the only ones that know aiohttp; ``_classify`` is the one place
 where its exceptions become ours.
@@ -19,33 +29,44 @@ where its exceptions become ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiolimiter import AsyncLimiter
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from backfill.errors import (
     Aborted,
     AuthRefused,
+    IdentityEventsRefused,
+    RequestRefused,
     RetriesExhausted,
     RetryableSendError,
+    UnexpectedAnswer,
+    Unreachable,
 )
 from backfill.events import Batch, Encoder
 from backfill.settings import Credentials
 
-MAX_RETRY_AFTER_S = 900.0
-_RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+#: A ``Retry-After`` longer than this is not waited out in full (documented in the README).
+MAX_RETRY_AFTER_S = 300.0
+#: At the canary, a host that refuses connections is retried for about this long, then the
+#: run stops naming the URL: a wrong --api-url should not take the whole backoff ladder.
+CANARY_CONNECT_BUDGET_S = 25.0
+#: Mixpanel's answers are small JSON objects (a 400 listing 2000 refusals is about 300 KB);
+#: anything longer is not its answer, and is not read further.
+MAX_ANSWER_BYTES = 8 << 20
+_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_SIMPLIFIED_HINT = "simplified identity"
 
 
 @dataclass(frozen=True)
@@ -105,13 +126,21 @@ class _TooLarge(Exception):
     """413: the batch must be split."""
 
 
+class _Abandoned(Exception):
+    """The run is stopping: this batch was not sent (again), and is not done."""
+
+
 #: Called on the event loop for each settled batch. Synchronous on purpose: nothing can cancel
 #: it halfway, so the checkpoint and rejects.csv never see half a batch.
 OnSettled = Callable[[Settled], None]
 
 
 class Sender:
-    """The worker pool. ``run`` sends every batch from ``queue`` until it gets a None per worker."""
+    """The worker pool. ``run`` sends every batch from ``queue`` until it gets a None per worker.
+
+    ``async with sender:`` keeps one session open across ``canary`` and ``run``; either also
+    works on its own, opening a session for the call.
+    """
 
     def __init__(
         self,
@@ -138,72 +167,127 @@ class Sender:
             "Content-Encoding": "gzip",
             "Accept": "application/json",
         }
-        self._params = {"strict": "1"}
+        # ip=0: without it Mixpanel geolocates every event from this machine's address.
+        self._params = {"strict": "1", "ip": "0"}
         if not config.credentials.legacy and config.project_id:
             self._params["project_id"] = config.project_id
-        self._stopped = False
+        self._stopping = asyncio.Event()
+        self._error: Aborted | None = None
+        self._session: aiohttp.ClientSession | None = None
 
-    async def run(self, queue: asyncio.Queue[Batch | None]) -> None:
-        """Drain ``queue`` with ``concurrency`` workers; the first fatal error stops them all."""
+    async def __aenter__(self) -> Sender:
+        self._session = self._new_session()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.config.concurrency, enable_cleanup_closed=True)
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, raise_for_status=False
-        ) as session:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(self.config.concurrency):
-                        group.create_task(self._worker(session, queue))
-            except BaseExceptionGroup as eg:
-                # Surface the first of our own errors (auth, retries) rather than the group.
-                for exc in _leaves(eg):
-                    if isinstance(exc, Aborted):
-                        raise exc from None
-                raise
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+
+    @contextlib.asynccontextmanager
+    async def _session_scope(self) -> AsyncIterator[aiohttp.ClientSession]:
+        if self._session is not None:
+            yield self._session
+            return
+        session = self._session = self._new_session()
+        try:
+            yield session
+        finally:
+            self._session = None
+            await session.close()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the run is stopping: no new batch is taken, waiting retries give up."""
+        return self._stopping.is_set()
+
+    @property
+    def error(self) -> Aborted | None:
+        """The answer that stopped the pool, if one did."""
+        return self._error
 
     def stop(self) -> None:
-        """Take no new batch; the ones in flight carry on to their end."""
-        self._stopped = True
+        """Take no new batch; the requests in flight carry on to their answer."""
+        self._stopping.set()
+
+    async def wait_stopping(self) -> None:
+        """Return once the run is stopping (``stop()``, or an answer that stops the pool)."""
+        await self._stopping.wait()
+
+    async def canary(self, batch: Batch) -> None:
+        """Send ``batch`` (one event) alone; raises the run's Aborted if it does not settle."""
+        async with self._session_scope() as session:
+            try:
+                await self._send(session, batch, canary=True)
+            except _Abandoned:
+                return
+
+    async def run(self, queue: asyncio.Queue[Batch | None]) -> None:
+        """Drain ``queue`` with ``concurrency`` workers; the first fatal answer stops them all.
+
+        Workers stop taking batches at once; requests in flight settle; then that error is
+        raised here.
+        """
+        async with self._session_scope() as session, asyncio.TaskGroup() as group:
+            for _ in range(self.config.concurrency):
+                group.create_task(self._worker(session, queue))
+        if self._error is not None:
+            raise self._error
 
     async def _worker(
         self, session: aiohttp.ClientSession, queue: asyncio.Queue[Batch | None]
     ) -> None:
-        while not self._stopped:
-            batch = await queue.get()
-            if batch is None:
+        while (batch := await self._take(queue)) is not None:
+            try:
+                await self._send(session, batch, canary=False)
+            except _Abandoned:
                 return
-            await self._send(session, batch)
+            except Aborted as e:
+                if self._error is None:
+                    self._error = e
+                self.stop()
+                return
 
-    async def _send(self, session: aiohttp.ClientSession, batch: Batch) -> None:
+    async def _take(self, queue: asyncio.Queue[Batch | None]) -> Batch | None:
+        """The next batch, or None when the queue says so or the run is stopping."""
+        if self.stopping:
+            return None
+        get = asyncio.ensure_future(queue.get())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({get, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not get.done():
+            get.cancel()
+            return None
+        # A batch taken just as the run stops is dropped here: it was never sent, so not done.
+        return None if self.stopping else get.result()
+
+    async def _send(self, session: aiohttp.ClientSession, batch: Batch, *, canary: bool) -> None:
         try:
-            settled = await self._send_with_retries(session, batch)
+            settled = await self._send_with_retries(session, batch, canary=canary)
         except _TooLarge:
-            if len(batch) == 1:
-                refusal = Refusal(
-                    int(batch.pairs.rows[0]),
-                    str(batch.pairs.anon[0].as_py()),
-                    str(batch.pairs.identified[0].as_py()),
-                    "request too large (413) even as a single event",
-                )
-                self._settle(Settled(batch, 0, (refusal,)))
-                return
             self.stats.splits += 1
             first, second = self.encoder.split(batch)
-            await self._send(session, first)
-            await self._send(session, second)
+            await self._send(session, first, canary=canary)
+            await self._send(session, second, canary=canary)
             return
-        self._settle(settled)
-
-    def _settle(self, settled: Settled) -> None:
         self.stats.events_imported += settled.imported
         self.stats.events_refused += len(settled.refused)
         self.on_settled(settled)
 
-    async def _send_with_retries(self, session: aiohttp.ClientSession, batch: Batch) -> Settled:
+    async def _send_with_retries(
+        self, session: aiohttp.ClientSession, batch: Batch, *, canary: bool
+    ) -> Settled:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableSendError),
-            stop=stop_after_attempt(self.config.max_attempts),
-            wait=self._wait,
+            stop=lambda state: self._give_up(state, canary),
+            wait=lambda state: self._wait(state, canary),
+            sleep=self._sleep,
             before_sleep=self._count_retry,
             reraise=True,
         )
@@ -212,6 +296,13 @@ class Sender:
                 with attempt:
                     return await self._post(session, batch)
         except RetryableSendError as e:
+            if self.stopping:
+                raise _Abandoned from None
+            if canary and e.unreachable:
+                raise Unreachable(
+                    f"cannot reach {self.config.import_url} ({e}): check --api-url or "
+                    "--region (us, eu, in) and this machine's network, then rerun"
+                ) from None
             raise RetriesExhausted(
                 f"a batch of {len(batch)} events (rows {batch.first_row}-{batch.last_row}) "
                 f"failed {self.config.max_attempts} times, last with {e}; the checkpoint is "
@@ -219,14 +310,34 @@ class Sender:
             ) from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _wait(self, state: RetryCallState) -> float:
+    def _give_up(self, state: RetryCallState, canary: bool) -> bool:
+        if self.stopping or state.attempt_number >= self.config.max_attempts:
+            return True
+        exc = state.outcome.exception() if state.outcome else None
+        if not canary or not isinstance(exc, RetryableSendError) or not exc.unreachable:
+            return False
+        # A name that does not resolve will not resolve in a few seconds either.
+        return exc.unreachable == "unresolved" or (
+            (state.seconds_since_start or 0.0) >= CANARY_CONNECT_BUDGET_S
+        )
+
+    def _wait(self, state: RetryCallState, canary: bool) -> float:
         """Mixpanel's backoff, or the server's Retry-After when it gives one."""
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableSendError) and exc.retry_after_s is not None:
             return min(exc.retry_after_s, MAX_RETRY_AFTER_S)
         base = self.config.retry_base_s
         backoff: float = min(base * 2.0 ** (state.attempt_number - 1), base * 30.0)
-        return backoff + self._rng.uniform(0.5 * base, 2.5 * base)
+        wait = backoff + self._rng.uniform(0.5 * base, 2.5 * base)
+        if canary and isinstance(exc, RetryableSendError) and exc.unreachable:
+            left = CANARY_CONNECT_BUDGET_S - (state.seconds_since_start or 0.0)
+            wait = max(0.0, min(wait, left))
+        return wait
+
+    async def _sleep(self, seconds: float) -> None:
+        # A stopping run does not wait out a backoff: the next check gives the batch up.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _count_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -237,63 +348,214 @@ class Sender:
 
     async def _post(self, session: aiohttp.ClientSession, batch: Batch) -> Settled:
         await self.limiter.acquire(len(batch))
+        if self.stopping:
+            raise _Abandoned
         self.stats.requests += 1
         self.stats.events_sent += len(batch)
         try:
             async with session.post(
-                self.config.import_url, params=self._params, data=batch.body, headers=self._headers
+                self.config.import_url,
+                params=self._params,
+                data=batch.body,
+                headers=self._headers,
+                allow_redirects=False,
             ) as response:
-                status = response.status
-                body = await response.read()
-                retry_after = response.headers.get("Retry-After")
+                answer = Answer(
+                    response.status,
+                    await _read_capped(response, MAX_ANSWER_BYTES),
+                    response.headers.get("Retry-After"),
+                    response.headers.get("Location"),
+                )
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise _classify(e) from None
-        return self._interpret(batch, status, body, retry_after)
+            raise _classify(e, self.config.import_url) from None
+        return self._interpret(batch, answer)
 
-    def _interpret(
-        self, batch: Batch, status: int, body: bytes, retry_after: str | None
-    ) -> Settled:
-        if status == 200:
-            return Settled(batch, len(batch))
-        answer = _json_object(body)
-        message = str(answer.get("error") or body[:200].decode("utf-8", "replace")).strip()
-        if status == 400:
-            failed = answer.get("failed_records")
-            if isinstance(failed, list) and failed:
-                refused = _map_failed(batch, failed)
-                return Settled(batch, len(batch) - len(refused), refused)
-            refusal = message or "the request failed validation"
-            return Settled(batch, 0, tuple(_refuse_all(batch, refusal)))
+    def _interpret(self, batch: Batch, answer: Answer) -> Settled:
+        status = answer.status
+        if status in (200, 400):
+            return _settle(batch, answer, self.config.import_url)
+        if 300 <= status < 400:
+            raise UnexpectedAnswer(
+                f"{self.config.import_url} answered HTTP {status}, a redirect to "
+                f"{answer.location or '(no Location)'}; backfill never follows redirects (the "
+                "request would lose its body or carry your users' ids elsewhere): point "
+                "--api-url at Mixpanel's /import (or choose --region), then rerun to resume"
+            )
         if status in (401, 403):
-            self._stopped = True
             raise AuthRefused(
-                f"Mixpanel refused the credentials (HTTP {status}: {message or 'no detail'}): "
-                "check MIXPANEL_SERVICE_ACCOUNT_USERNAME/SECRET (or MIXPANEL_API_SECRET), that "
-                "the service account has access to the project, and the project id; "
-                "then rerun the same command to resume"
+                f"Mixpanel refused the credentials (HTTP {status}: "
+                f"{answer.message() or 'no detail'}): check MIXPANEL_SERVICE_ACCOUNT_USERNAME/"
+                "SECRET (or MIXPANEL_API_SECRET), that the service account has access to the "
+                "project, and the project id; then rerun the same command to resume"
             )
         if status == 413:
-            raise _TooLarge
-        if status in _RETRYABLE_STATUS or status >= 500:
-            cause = "429" if status == 429 else "5xx"
-            raise RetryableSendError(
-                f"HTTP {status}: {message}",
-                cause=cause,
-                status=status,
-                retry_after_s=_retry_after(retry_after),
+            if len(batch) > 1:
+                raise _TooLarge
+            raise UnexpectedAnswer(
+                f"{self.config.import_url} answered 413 (too large) to a single event of "
+                f"{batch.json_bytes:,} bytes, far under Mixpanel's limit: a proxy in front of "
+                "it may limit request sizes; check --api-url, then rerun to resume"
             )
-        raise Aborted(
-            f"unexpected HTTP {status} from {self.config.import_url}: {message[:200]} "
-            "(check --api-url / --region); the checkpoint is kept"
+        if status in _RETRYABLE_STATUS or status >= 500:
+            raise RetryableSendError(
+                f"HTTP {status}: {answer.message()}",
+                cause="429" if status == 429 else "5xx",
+                status=status,
+                retry_after_s=retry_after_seconds(answer.retry_after),
+            )
+        raise UnexpectedAnswer(
+            f"unexpected HTTP {status} from {self.config.import_url}: {answer.message()} "
+            "(check --api-url / --region); the checkpoint is kept, rerun to resume"
         )
 
 
-def _classify(e: BaseException) -> RetryableSendError:
-    """The one place aiohttp's failures become ours."""
+@dataclass(frozen=True)
+class Answer:
+    """What came back for one request: enough to settle it, retry it or stop."""
+
+    status: int
+    body: bytes | None  # None: longer than MAX_ANSWER_BYTES, so not Mixpanel's
+    retry_after: str | None = None
+    location: str | None = None
+
+    def json(self) -> dict[str, Any] | None:
+        """The body as a JSON object, or None if it is not one."""
+        if self.body is None:
+            return None
+        try:
+            data = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def message(self) -> str:
+        """Mixpanel's ``error`` text, else the start of the body, on one line."""
+        answer = self.json() or {}
+        text = answer.get("error")
+        if not isinstance(text, str) or not text:
+            text = (self.body or b"")[:200].decode("utf-8", "replace")
+        return " ".join(text.split())[:300]
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The body, or None once it grows past ``cap`` bytes (the rest is not read)."""
+    kept = bytearray()
+    async for chunk in response.content.iter_chunked(64 << 10):
+        kept += chunk
+        if len(kept) > cap:
+            return None
+    return bytes(kept)
+
+
+def _settle(batch: Batch, answer: Answer, url: str) -> Settled:
+    """A 200 or 400 as Mixpanel's strict mode answers: what was imported, what refused."""
+    data = answer.json()
+    refused: tuple[Refusal, ...] = ()
+    if answer.status == 400:
+        # A 400 that names no record refuses the request, whatever else its body holds.
+        failed = (data or {}).get("failed_records")
+        refused, unnamed = _map_failed(batch, failed if isinstance(failed, list) else [])
+        if unnamed or not refused:
+            raise _request_refused(answer, unnamed)
+    imported = None if data is None else data.get("num_records_imported")
+    if data is None or not isinstance(imported, int) or isinstance(imported, bool):
+        shown = " ".join((answer.body or b"(over 8 MiB)")[:120].decode("utf-8", "replace").split())
+        raise UnexpectedAnswer(
+            f"{url} answered HTTP {answer.status} without Mixpanel's num_records_imported "
+            f"({shown!r}): it is not Mixpanel's /import (check --api-url / --region); nothing "
+            "was counted as imported, rerun to resume"
+        )
+    if imported + len(refused) != len(batch):
+        raise UnexpectedAnswer(
+            f"Mixpanel's answer does not add up: {len(batch)} records sent, "
+            f"num_records_imported {imported}, {len(refused)} refused by name (HTTP "
+            f"{answer.status}); the request is not counted as settled: rerun to resume (its "
+            "records are resent as identical events, which Mixpanel counts once)"
+        )
+    return Settled(batch, imported, refused)
+
+
+def _request_refused(answer: Answer, unnamed: list[str]) -> RequestRefused:
+    said = "; ".join(dict.fromkeys(unnamed)) or answer.message() or "no detail"
+    if _SIMPLIFIED_HINT in said.lower():
+        return IdentityEventsRefused(
+            f"Mixpanel refused the request: {said!r}. This project uses Simplified ID Merge, "
+            "where $identify does nothing: rerun with --id-merge simplified to send pairing "
+            "events instead (Project Settings → Identity Merge shows the system); nothing "
+            "was imported from that request"
+        )
+    return RequestRefused(
+        f"Mixpanel refused the whole request (HTTP 400: {said}); none of its rows is counted "
+        "as done: fix the cause (the project id? the region?), then run the same command "
+        "again to resume"
+    )
+
+
+def _map_failed(batch: Batch, failed: list[Any]) -> tuple[tuple[Refusal, ...], list[str]]:
+    """Each failed record to its source row, by ``$insert_id`` (either key) or by index.
+
+    Returns the refusals, and the entries that name no record of this batch (a plain string,
+    an object with neither a known insert id nor a valid index): those refuse the request.
+    """
+    ids = batch.insert_ids.to_pylist()
+    position = {insert_id: i for i, insert_id in enumerate(ids)}
+    found: dict[int, str] = {}
+    unnamed: list[str] = []
+    for record in failed:
+        i = _record_position(record, position, len(batch))
+        if i is None:
+            unnamed.append(_entry_text(record))
+            continue
+        field_name = record.get("field")
+        text = str(record.get("message") or "refused")
+        found.setdefault(i, f"{field_name}: {text}" if field_name else text)
+    anon = batch.pairs.anon
+    ident = batch.pairs.identified
+    refused = tuple(
+        Refusal(int(batch.pairs.rows[i]), anon[i].as_py(), ident[i].as_py(), message)
+        for i, message in sorted(found.items())
+    )
+    return refused, unnamed
+
+
+def _record_position(record: Any, position: dict[str, int], size: int) -> int | None:
+    if not isinstance(record, dict):
+        return None
+    for key in ("$insert_id", "insert_id"):
+        value = record.get(key)
+        if isinstance(value, str) and value in position:
+            return position[value]
+    index = record.get("index")
+    # bool is an int in Python: {"index": true} names no record.
+    if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < size:
+        return index
+    return None
+
+
+def _entry_text(record: Any) -> str:
+    if isinstance(record, str):
+        return " ".join(record.split())[:300]
+    return " ".join(json.dumps(record, ensure_ascii=False, default=str).split())[:300]
+
+
+def _classify(e: BaseException, url: str) -> RetryableSendError | Aborted:
+    """The one place aiohttp's failures become ours: retry them, or stop the run."""
+    host = urlsplit(url).hostname or url
+    if isinstance(e, aiohttp.ClientSSLError):
+        return Unreachable(
+            f"the TLS certificate of {host} was refused ({e}): check --api-url; behind a "
+            "TLS-inspecting proxy, point SSL_CERT_FILE at its CA bundle; then rerun"
+        )
     if isinstance(e, TimeoutError | aiohttp.ServerTimeoutError):
         return RetryableSendError("request timed out", cause="timeout")
+    if isinstance(e, aiohttp.ClientConnectorDNSError):
+        return RetryableSendError(
+            f"cannot resolve the name {host}", cause="connection", unreachable="unresolved"
+        )
     if isinstance(e, aiohttp.ClientConnectorError):
-        return RetryableSendError(f"cannot connect: {e.os_error}", cause="connection")
+        return RetryableSendError(
+            f"cannot connect to {host}: {e.os_error}", cause="connection", unreachable="refused"
+        )
     if isinstance(
         e,
         aiohttp.ServerDisconnectedError
@@ -307,62 +569,20 @@ def _classify(e: BaseException) -> RetryableSendError:
     return RetryableSendError(f"{type(e).__name__}", cause="connection")
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date; else None."""
     if value is None:
         return None
+    text = value.strip()
     try:
-        seconds = float(value)
+        seconds = float(text)
     except ValueError:
-        return None  # an HTTP date: rare enough to fall back to the backoff
-    return seconds if seconds >= 0 else None
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _map_failed(batch: Batch, failed: list[Any]) -> tuple[Refusal, ...]:
-    """Each failed record to its source row, by ``$insert_id`` (either key) or by index."""
-    ids = batch.insert_ids.to_pylist()
-    position = {insert_id: i for i, insert_id in enumerate(ids)}
-    found: dict[int, str] = {}
-    for record in failed:
-        if not isinstance(record, dict):
-            continue
-        key = record.get("$insert_id", record.get("insert_id"))
-        i = position.get(key) if isinstance(key, str) else None
-        index = record.get("index")
-        if i is None and isinstance(index, int) and 0 <= index < len(batch):
-            i = index
-        if i is None:
-            continue
-        field_name = record.get("field")
-        text = str(record.get("message") or "refused")
-        found.setdefault(i, f"{field_name}: {text}" if field_name else text)
-    anon = batch.pairs.anon
-    ident = batch.pairs.identified
-    return tuple(
-        Refusal(int(batch.pairs.rows[i]), anon[i].as_py(), ident[i].as_py(), message)
-        for i, message in sorted(found.items())
-    )
-
-
-def _refuse_all(batch: Batch, message: str) -> list[Refusal]:
-    rows = batch.pairs.rows.tolist()
-    anon = batch.pairs.anon.to_pylist()
-    ident = batch.pairs.identified.to_pylist()
-    return [Refusal(r, a, u, message) for r, a, u in zip(rows, anon, ident, strict=True)]
-
-
-def _leaves(eg: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in eg.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(seconds, 0.0)
+    return seconds if seconds >= 0 and seconds == seconds else None

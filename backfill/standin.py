@@ -5,20 +5,27 @@ What it imitates
       parameter that must name the configured project) or the legacy project API secret
       (username = secret, empty password, no ``project_id`` needed). 401 otherwise; an optional
       "forbidden" mode answers 403 to valid credentials, as for an account without access.
-    * Strict mode only: ``strict=1`` is required, so a sender that drops it is caught.
+    * Strict mode only: ``strict=1`` is required, so a sender that drops it is caught. The
+      query string of every request is logged (``ip=0`` is checked by the tests).
     * Bodies as a JSON array or NDJSON, optionally ``Content-Encoding: gzip``; Mixpanel's 413 when
       the uncompressed body exceeds ``max_bytes`` or the request holds more than ``max_events``.
     * Per-record strict validation (event name, properties, ``time``, ``distinct_id`` and its
       refused placeholders, ``$insert_id``, and for ``$identify`` the ``$anon_id`` UUID v4 and
       ``$identified_id == distinct_id``). As Mixpanel does, a 400 with ``failed_records`` still
-      imports the valid records of the same request.
+      imports the valid records of the same request; every 200 and 400 carries
+      ``num_records_imported``; refusals name their record by ``index`` and, unless
+      ``failed_records_key`` is None, by insert id too.
+    * A project on Simplified ID Merge (``id_merge="simplified"``): a request holding any
+      identity event is refused whole, with ``failed_records`` one plain string, as live probes
+      of Mixpanel saw (2026-08).
     * Deduplication by ``(event, time, distinct_id, $insert_id)``, the latest arrival winning.
-    * Mixpanel's response bodies for 200, 400, 401, 413 and 429.
+    * Mixpanel's response bodies for 200, 400, 401, 413 and 429 (the 429 as live probes saw
+      it: no ``code``, ``status`` 0).
 
 What it does not imitate
     * Identity merging: ``$identify`` events are stored, not merged; no cluster limit, no
-      Simplified ID Merge, no "already merged" refusals. ``refuse_distinct_ids`` lets a test
-      simulate refusals that only Mixpanel makes.
+      "already merged" refusals. ``refuse_distinct_ids`` lets a test simulate refusals that
+      only Mixpanel makes.
     * Mixpanel's exact wording for every message, its 10 MB limit (this keeps the documented
       2 MB), ``strict=0``, ``/track`` and profiles. Mixpanel rewrites a future ``time`` to the
       present; this refuses it (beyond ``max_future_s``), as the project's contract does.
@@ -31,11 +38,14 @@ Order in which a request to ``/import`` is answered (the first that applies wins
     2. credentials: 401, then the forbidden mode: 403 (a 401 is always a 401: no fault is
        drawn and no scripted fault is used up by a request that fails here);
     3. ``strict=1``: 400;
-    4. the fault for this request: the next scripted one, else one drawn at random
-       (``503``, ``429`` and ``drop`` answer now; ``slow`` waits ``slow_s`` and goes on);
+    4. the fault for this request: ``always`` if set, else the next scripted one, else one
+       drawn at random (``503``, ``429``, ``408``, ``drop``, the redirects ``302``/``307``,
+       ``400_whole`` (a 400 naming no record) and ``200_not_json`` answer now; ``slow``
+       waits ``slow_s`` and goes on);
     5. the body: encoding and content type 400, bad gzip 400, too many bytes 413, invalid
        JSON or no events 400, too many events 413;
-    6. the rate limit (``rate_limit_events_per_s``): 429, nothing imported;
+    6. the rate limit (``rate_limit_events_per_s``): 429, nothing imported; then a Simplified
+       project's refusal of identity events: 400, nothing imported;
     7. per-record validation and import of the valid records;
     8. ``500_after_import`` / ``drop_after_import``: the records are stored, then the answer
        is a 500 or a dropped connection (as when Mixpanel stores a batch but the reply is lost);
@@ -110,7 +120,20 @@ DEFAULT_PROJECT_ID: Final = "1"
 #: Placeholder distinct_ids Mixpanel refuses (SPEC), compared case-insensitively after strip.
 REFUSED_DISTINCT_IDS: Final = PLACEHOLDER_DISTINCT_IDS
 
-Fault = Literal["ok", "503", "429", "drop", "slow", "500_after_import", "drop_after_import"]
+Fault = Literal[
+    "ok",
+    "503",
+    "429",
+    "408",
+    "drop",
+    "slow",
+    "500_after_import",
+    "drop_after_import",
+    "400_whole",
+    "200_not_json",
+    "302",
+    "307",
+]
 #: Names accepted by ``StandinState.script``; ``ok`` uses up a script slot with no fault.
 FAULT_NAMES: Final[tuple[Fault, ...]] = get_args(Fault)
 
@@ -124,6 +147,11 @@ _READ_CHUNK: Final = 64 * 1024
 _RATE_LIMIT_MESSAGE: Final = (
     "Project exceeded rate limits. Please retry the request with exponential backoff."
 )
+_SIMPLIFIED_REFUSAL: Final = (
+    "identity events are not allowed when project is using simplified identity management"
+)
+#: Mixpanel's identity events: a Simplified ID Merge project refuses each of them.
+IDENTITY_EVENTS: Final = frozenset({"$identify", "$create_alias", "$merge"})
 
 
 @dataclass(frozen=True)
@@ -200,9 +228,13 @@ class StandinConfig:
     ``service_accounts`` maps username to secret. ``api_secrets`` are legacy project secrets.
     ``refuse_distinct_ids`` (exact strings) are refused per record, to simulate refusals only
     Mixpanel makes. ``failed_records_key`` is ``"$insert_id"`` or ``"insert_id"`` (Mixpanel
-    uses both). ``max_future_s`` is how far ahead of this machine's clock a ``time`` may be.
-    ``store_path``, if set, receives one NDJSON line per unique accepted record, deduplicated
-    as Mixpanel counts them (appended, never truncated).
+    uses both), or None for refusals that carry only ``index``, ``field`` and ``message`` (as
+    Mixpanel also answers). ``id_merge`` is the project's identity system: ``"simplified"``
+    refuses every request holding an identity event as Mixpanel does (a 400 whose
+    ``failed_records`` is one plain string, nothing imported). ``redirect_to`` is the Location
+    of the ``302``/``307`` faults. ``max_future_s`` is how far ahead of this machine's clock a
+    ``time`` may be. ``store_path``, if set, receives one NDJSON line per unique accepted
+    record, deduplicated as Mixpanel counts them (appended, never truncated).
     """
 
     service_accounts: Mapping[str, str] = field(
@@ -213,19 +245,23 @@ class StandinConfig:
     max_events: int = MAX_EVENTS_PER_REQUEST
     max_bytes: int = MAX_REQUEST_BYTES
     refuse_distinct_ids: frozenset[str] = frozenset()
-    failed_records_key: Literal["$insert_id", "insert_id"] = "$insert_id"
+    failed_records_key: Literal["$insert_id", "insert_id"] | None = "$insert_id"
     faults: FaultRates = FaultRates()
     rate_limit_events_per_s: float | None = None
     store_path: Path | None = None
     forbidden: bool = False
     max_future_s: float = 60.0
+    id_merge: Literal["original", "simplified"] = "original"
+    redirect_to: str = "http://127.0.0.1:9/import"
 
     def __post_init__(self) -> None:
-        if self.failed_records_key not in ("$insert_id", "insert_id"):
+        if self.failed_records_key not in ("$insert_id", "insert_id", None):
             raise ValueError(
-                f"failed_records_key must be '$insert_id' or 'insert_id', "
+                f"failed_records_key must be '$insert_id', 'insert_id' or None, "
                 f"not {self.failed_records_key!r}"
             )
+        if self.id_merge not in ("original", "simplified"):
+            raise ValueError(f"id_merge must be 'original' or 'simplified', not {self.id_merge!r}")
         if self.max_events < 1 or self.max_bytes < 1:
             raise ValueError("max_events and max_bytes must be at least 1")
         if self.rate_limit_events_per_s is not None and self.rate_limit_events_per_s <= 0:
@@ -243,7 +279,7 @@ class StandinConfig:
             f"failed_records_key={self.failed_records_key!r}, faults={self.faults!r}, "
             f"rate_limit_events_per_s={self.rate_limit_events_per_s!r}, "
             f"store_path={self.store_path!r}, forbidden={self.forbidden!r}, "
-            f"max_future_s={self.max_future_s!r})"
+            f"max_future_s={self.max_future_s!r}, id_merge={self.id_merge!r})"
         )
 
 
@@ -264,12 +300,13 @@ class RequestRecord:
     dropped without an answer. ``bytes_compressed`` is the body as sent on the wire (equal to
     ``bytes_uncompressed`` without gzip); ``bytes_uncompressed`` stops counting just past
     ``max_bytes``. ``insert_ids`` follows the request's order, ``""`` where a record had none.
-    ``auth`` names the credential kind, never the secret.
+    ``auth`` names the credential kind, never the secret; ``query`` is the query string.
     """
 
     arrived_s: float
     method: str
     path: str
+    query: dict[str, str] = field(default_factory=dict)
     auth: str = "none"
     status: int | None = None
     finished_s: float | None = None
@@ -335,6 +372,8 @@ class StandinState:
         self.in_flight = 0
         self.max_in_flight = 0
         self._script: list[Fault] = []
+        #: A fault every request gets while set (before the script and the random draw).
+        self.always: Fault | None = None
         self._faults = config.faults
         self._rng = random.Random(config.faults.seed)
         self._bucket: _TokenBucket | None = None
@@ -422,6 +461,8 @@ class StandinState:
         }
 
     def _next_fault(self) -> Fault:
+        if self.always is not None:
+            return self.always
         if self._script:
             return self._script.pop(0)
         return self._faults.draw(self._rng)
@@ -437,6 +478,7 @@ _REASONS: Final = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
+    408: "Request Timeout",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Request Entity Too Large",
@@ -455,6 +497,16 @@ def _answer(
     body.update(extra)
     body["status"] = _REASONS[code]
     return web.json_response(body, status=code, headers=headers)
+
+
+def _rate_limited(rates: FaultRates) -> web.Response:
+    """Mixpanel's 429 as live probes saw it: no ``code``, ``status`` 0, no Retry-After."""
+    body = {"error": _RATE_LIMIT_MESSAGE, "status": 0}
+    return web.json_response(body, status=429, headers=_retry_after(rates))
+
+
+def _is_identity_event(event: Any) -> bool:
+    return isinstance(event, dict) and event.get("event") in IDENTITY_EVENTS
 
 
 def _retry_after(rates: FaultRates) -> dict[str, str] | None:
@@ -691,7 +743,7 @@ def make_app(config: StandinConfig, state: StandinState | None = None) -> web.Ap
     wire_cap = config.max_bytes * 2 + 1024 * 1024
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        record = RequestRecord(state.clock(), request.method, request.path)
+        record = RequestRecord(state.clock(), request.method, request.path, dict(request.query))
         state.requests.append(record)
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -742,13 +794,29 @@ def make_app(config: StandinConfig, state: StandinState | None = None) -> web.Ap
         if fault == "503":
             return _answer(503, "Service Unavailable", headers=_retry_after(state.faults))
         if fault == "429":
-            return _answer(429, _RATE_LIMIT_MESSAGE, headers=_retry_after(state.faults))
+            return _rate_limited(state.faults)
+        if fault == "408":
+            return _answer(408, "Request Timeout")
+        if fault in ("302", "307"):
+            return web.Response(
+                status=int(fault), headers={"Location": config.redirect_to}, text="Moved"
+            )
+        if fault == "200_not_json":
+            return web.Response(
+                status=200, content_type="text/html", text="<html><body>Welcome</body></html>"
+            )
+        if fault == "400_whole":
+            return _answer(
+                400, "some data points in the request failed validation", num_records_imported=0
+            )
         if fault == "drop":
             return None
         if fault == "slow":
             await asyncio.sleep(state.faults.slow_s)
 
         if body_error is not None:
+            if body_error.code == 400:
+                return _answer(400, body_error.message, num_records_imported=0)
             return _answer(body_error.code, body_error.message)
         assert events is not None  # _decode either returns events or raises _BodyError
         if len(events) > config.max_events:
@@ -756,7 +824,15 @@ def make_app(config: StandinConfig, state: StandinState | None = None) -> web.Ap
 
         if not state._admit(len(events)):
             record.rate_limited = True
-            return _answer(429, _RATE_LIMIT_MESSAGE, headers=_retry_after(state.faults))
+            return _rate_limited(state.faults)
+        if config.id_merge == "simplified" and any(_is_identity_event(e) for e in events):
+            # As Mixpanel answers a Simplified project: the whole request, one plain string.
+            return _answer(
+                400,
+                "some data points in the request failed validation",
+                failed_records=[_SIMPLIFIED_REFUSAL],
+                num_records_imported=0,
+            )
 
         failed = _import(events, record)
         if fault == "500_after_import":
@@ -818,14 +894,11 @@ def make_app(config: StandinConfig, state: StandinState | None = None) -> web.Ap
         for index, event in enumerate(events):
             problem = _check_event(event, now_ms, max_future_ms, state.refuse_distinct_ids)
             if problem is not None:
-                failed.append(
-                    {
-                        "index": index,
-                        config.failed_records_key: _insert_id_of(event),
-                        "field": problem.field,
-                        "message": problem.message,
-                    }
-                )
+                entry: dict[str, Any] = {"index": index}
+                if config.failed_records_key is not None:
+                    entry[config.failed_records_key] = _insert_id_of(event)
+                entry.update(field=problem.field, message=problem.message)
+                failed.append(entry)
                 continue
             props = event["properties"]
             key = EventKey(event["event"], props["time"], props["distinct_id"], props["$insert_id"])

@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import random
+import socket
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
@@ -104,3 +105,12 @@ def write_parquet() -> WriteParquet:
 def new_uuid(request: pytest.FixtureRequest) -> NewUuid:
     """A UUID v4 factory, seeded from the test's name so every run sees the same ids."""
     return uuid4_factory(zlib.crc32(request.node.name.encode()))
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound for an instant, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

@@ -18,7 +18,7 @@ import os
 import random
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +28,20 @@ import numpy as np
 import pyarrow as pa
 from aiohttp import web
 
-from backfill.events import Batch, Pairs
-from backfill.standin import Standin, StandinConfig, StandinState, make_app
+from backfill.events import Batch, Encoder, Pairs
+from backfill.send import SendConfig, Sender, SendStats, Settled
+from backfill.settings import Credentials
+from backfill.standin import (
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SERVICE_ACCOUNT,
+    Standin,
+    StandinConfig,
+    StandinState,
+    make_app,
+)
 
 T_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z: inside Mixpanel's accepted range
+GOOD = Credentials(*DEFAULT_SERVICE_ACCOUNT)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -57,6 +67,56 @@ def pairs(
         pa.array(list(identified), pa.string()),
         np.full(n, time_ms, dtype=np.int64),
     )
+
+
+def make_pairs(n: int, seed: int = 0, *, first_row: int = 1, step: int = 1) -> Pairs:
+    """``n`` valid pairs with rows first_row, first_row+step, ..."""
+    return pairs(
+        uuid4s(n, seed),
+        [f"user-{seed}-{i}" for i in range(n)],
+        rows=range(first_row, first_row + step * n, step),
+    )
+
+
+def encode(p: Pairs, batch_size: int) -> list[Batch]:
+    """``p`` cut into batches by the real encoder."""
+    return list(Encoder(token=None, batch_size=batch_size).batches(p))
+
+
+async def send_batches(
+    import_url: str,
+    batches: list[Batch],
+    *,
+    credentials: Credentials = GOOD,
+    encoder: Encoder | None = None,
+    canary: Batch | None = None,
+    **config: Any,
+) -> tuple[list[Settled], SendStats]:
+    """Send ``batches`` (after ``canary``, if given) with a real Sender; what settled, stats."""
+    settings: dict[str, Any] = {"concurrency": 4, "retry_base_s": 0.01, "max_attempts": 8}
+    settings.update(config)
+    cfg = SendConfig(
+        import_url=import_url, credentials=credentials, project_id=DEFAULT_PROJECT_ID, **settings
+    )
+    settled: list[Settled] = []
+    stats = SendStats()
+    sender = Sender(
+        cfg,
+        encoder or Encoder(token=None, batch_size=cfg.batch_size),
+        settled.append,
+        stats=stats,
+        rng=random.Random(1),
+    )
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+    for b in batches:
+        queue.put_nowait(b)
+    for _ in range(cfg.concurrency):
+        queue.put_nowait(None)
+    async with sender:
+        if canary is not None:
+            await sender.canary(canary)
+        await sender.run(queue)
+    return settled, stats
 
 
 def body_json(batch: Batch) -> bytes:
@@ -151,3 +211,45 @@ async def run_cli(
         raise
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(), err.decode())
+
+
+@dataclass
+class Served:
+    """A plain aiohttp handler served on 127.0.0.1, with the requests it saw."""
+
+    url: str
+    requests: list[web.Request]
+
+    @property
+    def import_url(self) -> str:
+        """``url`` + ``/import``."""
+        return f"{self.url}/import"
+
+
+@asynccontextmanager
+async def serving(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[Served]:
+    """Serve ``handler`` for every path on a free loopback port for the ``async with`` block.
+
+    For answers the stand-in does not give because Mixpanel never does: a hostile or broken
+    server's, which the sender must survive all the same.
+    """
+    seen: list[web.Request] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(request)
+        await request.read()
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        yield Served(f"http://127.0.0.1:{port}", seen)
+    finally:
+        await runner.cleanup()

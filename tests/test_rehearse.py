@@ -64,6 +64,19 @@ async def test_readme_rehearsal_imports_the_valid_pairs(tmp_path: Path) -> None:
     assert not (tmp_path / "runs" / "mappings").exists()  # never a real run's folder
 
 
+async def test_rehearsing_a_simplified_project_shows_the_refusal(tmp_path: Path) -> None:
+    """``rehearse --system simplified``: exit 3 after the canary, the message leads to the fix."""
+    code, out, err = await _backfill(
+        "rehearse", str(SAMPLE), "--system", "simplified", "--no-progress", cwd=tmp_path, env=_env()
+    )
+    assert code == 3, err
+    assert "Traceback" not in out + err
+    assert "Simplified ID Merge" in err
+    assert "--id-merge simplified" in err
+    assert re.search(r"events imported +0\b", out)
+    assert re.search(r"requests +1\b", out)
+
+
 async def test_rehearsal_with_faults_retries_and_completes(tmp_path: Path) -> None:
     """With injected faults the rehearsal retries and still imports every valid pair once."""
     code, _out, err = await _backfill(

@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import time
 from dataclasses import replace
+from typing import Any
 
 import pytest
-from runkit import T_MS, pairs, uuid4s
+from runkit import GOOD, T_MS, encode, make_pairs, pairs, send_batches, uuid4s
 
-from backfill.errors import AuthRefused, RetriesExhausted
-from backfill.events import Batch, Encoder, Pairs, gzip_bytes
-from backfill.send import SendConfig, Sender, SendStats, Settled
+from backfill.errors import (
+    AuthRefused,
+    IdentityEventsRefused,
+    RequestRefused,
+    RetriesExhausted,
+    UnexpectedAnswer,
+)
+from backfill.events import Batch, Encoder, gzip_bytes
+from backfill.send import SendConfig, SendStats, Settled
 from backfill.settings import Credentials
 from backfill.standin import (
-    DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,
     FaultRates,
     Standin,
@@ -27,28 +32,14 @@ from backfill.standin import (
     running_standin,
 )
 
-GOOD = Credentials(*DEFAULT_SERVICE_ACCOUNT)
 CAUSE = {
     "429": "429",
     "503": "5xx",
+    "408": "5xx",
     "500_after_import": "5xx",
     "drop": "connection",
     "drop_after_import": "connection",
 }
-
-
-def make_pairs(n: int, seed: int = 0, *, first_row: int = 1, step: int = 1) -> Pairs:
-    """``n`` valid pairs with rows first_row, first_row+step, ..."""
-    return pairs(
-        uuid4s(n, seed),
-        [f"user-{seed}-{i}" for i in range(n)],
-        rows=range(first_row, first_row + step * n, step),
-    )
-
-
-def encode(p: Pairs, batch_size: int) -> list[Batch]:
-    """``p`` cut into batches by the real encoder."""
-    return list(Encoder(token=None, batch_size=batch_size).batches(p))
 
 
 async def send(
@@ -57,33 +48,12 @@ async def send(
     *,
     credentials: Credentials = GOOD,
     encoder: Encoder | None = None,
-    **config: object,
+    **config: Any,
 ) -> tuple[list[Settled], SendStats]:
     """Send ``batches`` with a Sender on the stand-in; what settled, and the stats."""
-    settings: dict[str, object] = {"concurrency": 4, "retry_base_s": 0.01, "max_attempts": 8}
-    settings.update(config)
-    cfg = SendConfig(
-        import_url=standin.import_url,
-        credentials=credentials,
-        project_id=DEFAULT_PROJECT_ID,
-        **settings,
+    return await send_batches(
+        standin.import_url, batches, credentials=credentials, encoder=encoder, **config
     )
-    settled: list[Settled] = []
-    stats = SendStats()
-    sender = Sender(
-        cfg,
-        encoder or Encoder(token=None, batch_size=cfg.batch_size),
-        settled.append,
-        stats=stats,
-        rng=random.Random(1),
-    )
-    queue: asyncio.Queue[Batch | None] = asyncio.Queue()
-    for b in batches:
-        queue.put_nowait(b)
-    for _ in range(cfg.concurrency):
-        queue.put_nowait(None)
-    await sender.run(queue)
-    return settled, stats
 
 
 def pair_set(batches: list[Batch]) -> set[tuple[str, str]]:
@@ -159,22 +129,50 @@ async def test_400_failed_records_map_to_source_rows(key: str) -> None:
     assert not {u for _, u in state.identify_pairs()} & refused_ids
 
 
-async def test_400_without_failed_records_refuses_the_whole_batch() -> None:
-    """A 400 without failed_records refuses every record of the batch with the server's message."""
+async def test_400_without_failed_records_refuses_the_request_and_stops() -> None:
+    """A 400 naming no record is RequestRefused quoting Mixpanel: nothing settled, not resent."""
     good = encode(make_pairs(5, seed=4), 2000)[0]
     bad = replace(good, body=gzip_bytes(b"[{not json"), json_bytes=10)
     async with running_standin() as standin:
-        settled, stats = await send(standin, [bad])
+        settled: list[Settled] = []
+        with pytest.raises(RequestRefused, match="invalid JSON") as info:
+            settled, _ = await send(standin, [bad, good], concurrency=1)
         state = standin.state
-    assert len(settled) == 1
-    s = settled[0]
-    assert s.imported == 0
-    assert [r.row for r in s.refused] == [1, 2, 3, 4, 5]
-    assert all("invalid JSON" in r.message for r in s.refused)
-    assert stats.events_refused == 5
-    assert stats.events_imported == 0
+    assert not isinstance(info.value, IdentityEventsRefused)
+    assert settled == []
     assert state.requests_count == 1
     assert state.statuses() == {400: 1}
+    assert not state.store
+
+
+@pytest.mark.parametrize("key", ["$insert_id", "insert_id", None])
+async def test_refusals_named_by_index_alone_map_to_their_rows(key: str | None) -> None:
+    """failed_records naming a record by index only (no insert id key) still maps to its row."""
+    p = make_pairs(30, seed=21, first_row=11)
+    refused_ids = {p.identified[i].as_py() for i in (2, 29)}
+    config = StandinConfig(refuse_distinct_ids=frozenset(refused_ids), failed_records_key=key)
+    async with running_standin(config) as standin:
+        settled, stats = await send(standin, encode(p, 2000))
+    (s,) = settled
+    assert [r.row for r in s.refused] == [13, 40]
+    assert s.imported == 28 == stats.events_imported
+    assert all("properties.distinct_id" in r.message for r in s.refused)
+
+
+async def test_simplified_project_refusal_is_identity_events_refused() -> None:
+    """A Simplified ID Merge project's plain-string refusal stops with its own message."""
+    batches = encode(make_pairs(40, seed=22), 10)
+    async with running_standin(StandinConfig(id_merge="simplified")) as standin:
+        settled: list[Settled] = []
+        with pytest.raises(IdentityEventsRefused) as info:
+            settled, _ = await send(standin, batches, concurrency=2)
+        state = standin.state
+    message = str(info.value)
+    assert "Simplified ID Merge" in message
+    assert "--id-merge simplified" in message
+    assert "identity events are not allowed" in message
+    assert settled == []
+    assert 1 <= state.requests_count <= 2, "the first refusal stops every worker"
     assert not state.store
 
 
@@ -212,25 +210,25 @@ async def test_413_splits_until_every_event_arrives(limit: str) -> None:
     assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))
 
 
-async def test_413_on_a_single_event_refuses_that_record() -> None:
-    """An event too large even alone is refused (413) rather than split forever."""
+async def test_413_on_a_single_event_stops_without_settling() -> None:
+    """A 413 for one small event is not Mixpanel's limit: stop, that event not settled."""
     p = pairs(uuid4s(2, 6), ["a", "b" * 200])
     batch = encode(p, 2000)[0]
     async with running_standin(StandinConfig(max_bytes=250)) as standin:
-        settled, stats = await send(standin, [batch])
-    refused = [r for s in settled for r in s.refused]
-    assert [(r.row, r.identified) for r in refused] == [(2, "b" * 200)]
-    assert "413" in refused[0].message
-    assert stats.events_imported == 1
-    assert standin.state.identify_pairs() == {(p.anon[0].as_py(), "a")}
+        with pytest.raises(UnexpectedAnswer, match="413") as info:
+            await send(standin, [batch], concurrency=1)
+    assert "single event" in str(info.value)
+    assert standin.state.identify_pairs() == {(p.anon[0].as_py(), "a")}, "the half that fit"
 
 
 # --- retries -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["429", "503", "drop", "500_after_import", "drop_after_import"])
+@pytest.mark.parametrize(
+    "fault", ["429", "503", "408", "drop", "500_after_import", "drop_after_import"]
+)
 async def test_retryable_fault_is_retried_as_the_identical_event(fault: str) -> None:
-    """429/503/drop/500-after-import are retried; the pairs arrive once, as identical events."""
+    """429/503/408/drop/500-after-import are retried; the pairs arrive once, identical."""
     batch = encode(make_pairs(20, seed=7), 2000)[0]
     async with running_standin() as standin:
         standin.state.script([fault])

@@ -360,6 +360,99 @@ class TestValidation:
         assert reply.body["num_records_imported"] == 1
 
 
+class TestMixpanelShapes:
+    async def test_refusals_can_name_their_record_by_index_alone(
+        self, session: aiohttp.ClientSession
+    ) -> None:
+        """With ``failed_records_key=None`` a refusal has index, field and message only."""
+        async with running_standin(StandinConfig(failed_records_key=None)) as standin:
+            reply = await post(session, standin, [identify(1), identify(2, time=5)])
+        assert reply.status == 400
+        assert reply.body["num_records_imported"] == 1
+        [failure] = reply.body["failed_records"]
+        assert set(failure) == {"index", "field", "message"}
+        assert failure["index"] == 1
+
+    @pytest.mark.parametrize("verb", ["$identify", "$create_alias", "$merge"])
+    async def test_simplified_project_refuses_a_request_with_any_identity_event(
+        self, session: aiohttp.ClientSession, verb: str
+    ) -> None:
+        """Simplified ID Merge: one identity event refuses the whole request with one string."""
+        event = identify(1)
+        event["event"] = verb
+        pairing = {
+            "event": "Identity Backfill",
+            "properties": {"time": T_MS, "distinct_id": "u", "$insert_id": "p1"},
+        }
+        async with running_standin(StandinConfig(id_merge="simplified")) as standin:
+            reply = await post(session, standin, [pairing, event])
+            ok = await post(session, standin, [pairing])
+            stored = standin.state.events_imported
+        assert reply.status == 400
+        assert reply.body["failed_records"] == [
+            "identity events are not allowed when project is using simplified identity management"
+        ]
+        assert reply.body["num_records_imported"] == 0
+        assert ok.status == 200
+        assert stored == 1, "only the request without identity events imported"
+
+    @pytest.mark.parametrize("code", ["302", "307"])
+    async def test_redirect_faults_name_their_location(
+        self, session: aiohttp.ClientSession, code: str
+    ) -> None:
+        """The 302/307 faults answer with ``redirect_to`` as Location and store nothing."""
+        config = StandinConfig(redirect_to="http://127.0.0.1:9/elsewhere")
+        async with running_standin(config) as standin:
+            standin.state.script([code])
+            async with session.post(
+                standin.import_url,
+                params=PARAMS,
+                json=[identify(1)],
+                headers=SA_HEADER,
+                allow_redirects=False,
+            ) as response:
+                status, location = response.status, response.headers.get("Location")
+            assert not standin.state.store
+        assert (status, location) == (int(code), "http://127.0.0.1:9/elsewhere")
+
+    async def test_whole_400_html_200_and_408_faults(
+        self, session: aiohttp.ClientSession, standin: Standin
+    ) -> None:
+        """``400_whole`` names no record, ``200_not_json`` is a page, ``408`` a timeout."""
+        standin.state.script(["400_whole", "200_not_json", "408"])
+        whole = await post(session, standin, [identify(1)])
+        async with session.post(
+            standin.import_url, params=PARAMS, json=[identify(1)], headers=SA_HEADER
+        ) as response:
+            page = (response.status, response.content_type, await response.text())
+        timeout = await post(session, standin, [identify(1)])
+        assert whole.status == 400
+        assert "failed_records" not in whole.body
+        assert whole.body["num_records_imported"] == 0
+        assert page[:2] == (200, "text/html")
+        assert "<html>" in page[2]
+        assert timeout.status == 408
+        assert not standin.state.store
+
+    async def test_always_answers_every_request_with_one_fault_until_cleared(
+        self, session: aiohttp.ClientSession, standin: Standin
+    ) -> None:
+        """``state.always`` gives every request the same fault; None lets them through again."""
+        standin.state.always = "400_whole"
+        statuses = [(await post(session, standin, [identify(n)])).status for n in range(3)]
+        standin.state.always = None
+        statuses.append((await post(session, standin, [identify(9)])).status)
+        assert statuses == [400, 400, 400, 200]
+        assert standin.state.events_imported == 1
+
+    async def test_request_log_keeps_the_query_string(
+        self, session: aiohttp.ClientSession, standin: Standin
+    ) -> None:
+        """Each logged request keeps its query (so tests can check ``ip=0``)."""
+        await post(session, standin, [identify(1)], params={**PARAMS, "ip": "0"})
+        assert standin.state.requests[0].query == {**PARAMS, "ip": "0"}
+
+
 class TestWholeRequestErrors:
     @pytest.mark.parametrize(
         ("body", "content_type", "gzipped", "fragment"),
@@ -387,7 +480,8 @@ class TestWholeRequestErrors:
         reply = await post(session, standin, body, content_type=content_type, gzipped=gzipped)
         assert reply.status == 400
         assert fragment in reply.body["error"]
-        assert set(reply.body) == {"code", "error", "status"}
+        assert set(reply.body) == {"code", "error", "num_records_imported", "status"}
+        assert reply.body["num_records_imported"] == 0
         assert standin.state.events_imported == 0
 
     @pytest.mark.parametrize(
@@ -564,18 +658,20 @@ class TestFaults:
     async def test_scripted_503_and_429_answer_without_importing(
         self, session: aiohttp.ClientSession, standin: Standin
     ) -> None:
-        """Scripted 503 and 429 are answered in order with Mixpanel's bodies, storing nothing."""
+        """Scripted 503 and 429 are answered in order with Mixpanel's bodies, storing nothing.
+
+        The 429 is the body live probes of Mixpanel saw: no ``code``, ``status`` 0.
+        """
         standin.state.script(["503", "429"])
         first = await post(session, standin, [identify(1)])
         second = await post(session, standin, [identify(1)])
         third = await post(session, standin, [identify(1)])
         assert (first.status, second.status, third.status) == (503, 429, 200)
         assert second.body == {
-            "code": 429,
             "error": (
                 "Project exceeded rate limits. Please retry the request with exponential backoff."
             ),
-            "status": "Too Many Requests",
+            "status": 0,
         }
         assert first.body["status"] == "Service Unavailable"
         assert "Retry-After" not in first.headers
@@ -704,7 +800,7 @@ class TestRateLimit:
             429,
             200,
         ]
-        assert limited.body["status"] == "Too Many Requests"
+        assert limited.body["status"] == 0
         assert [r.rate_limited for r in state.requests] == [False, True, False, True, False]
         assert state.events_imported == 10 + 5 + 1
 

@@ -1,0 +1,357 @@
+"""One run's send phase, as an object: the canary, the worker pool, the stop sequence, checkpoints.
+
+The life of a ``Run.send()``:
+
+1. The producer re-reads the input in a worker thread and yields batches of the valid pairs
+   not yet done, their spans tiling the file (``produce_batches``).
+2. **Canary**: the first pair not yet done goes alone, and the pool starts only once that
+   request has settled. Wrong credentials, a wrong project, a Simplified project or an
+   unreachable host then cost one event and a few seconds, not ``--concurrency`` batches.
+3. **Pool**: a feeder task moves batches from the producer into a bounded queue, and the
+   sender's workers drain it. Each settled batch is recorded synchronously (``_settled``): its
+   refusals appended to ``rejects.csv``, its span added to the checkpoint.
+4. **Checkpoints** are written at most every ``CHECKPOINT_INTERVAL_S`` by a background task
+   (refusals fsynced first), and once more at the end whatever the end was.
+5. **Stopping**: the first SIGINT/SIGTERM stops taking batches; requests in flight settle, for
+   at most ``--timeout`` + 5 s; a second signal stops at once. An answer that stops the run
+   (``Aborted``) does the same from inside the sender. Either way the final checkpoint is
+   written while signals are still caught, then the previous handlers come back.
+
+The checkpoint (all runs) and the sender's ``SendStats`` (this invocation) are the counts;
+everything the display or the summary shows is read from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from backfill.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
+from backfill.errors import BackfillError, InputError, Interrupted
+from backfill.events import Batch, Encoder, Pairs
+from backfill.progress import Counters, Progress
+from backfill.read import Chunk, ChunkSource
+from backfill.reasons import Reason
+from backfill.report import RejectsFile
+from backfill.send import SendConfig, Sender, SendStats, Settled
+from backfill.settings import Credentials, Settings
+from backfill.times import to_epoch_ms
+from backfill.validate import Verdicts
+
+#: Seconds that requests in flight get to settle after Ctrl-C, on top of --timeout.
+GRACE_S = 5.0
+
+
+@dataclass
+class Validated:
+    """The input judged and its rejects written: what a run sends from."""
+
+    source: ChunkSource
+    verdicts: Verdicts
+    now_ms: int
+    rejects: RejectsFile
+
+
+class Run:
+    """Sends the valid pairs of one validated input; ``send()`` is the whole send phase."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: Credentials,
+        validated: Validated,
+        checkpoint: Checkpoint,
+        *,
+        counters: Counters,
+        progress: Progress,
+    ) -> None:
+        self.settings = settings
+        self.validated = validated
+        self.checkpoint = checkpoint
+        self.counters = counters
+        self.progress = progress
+        self.stats = SendStats()
+        self.encoder = Encoder(token=settings.token, batch_size=settings.batch_size)
+        config = SendConfig(
+            import_url=settings.import_url,
+            credentials=credentials,
+            project_id=settings.project_id,
+            concurrency=settings.concurrency,
+            rate_per_s=settings.rate_per_s,
+            max_attempts=settings.max_attempts,
+            timeout_s=settings.timeout_s,
+            retry_base_s=settings.retry_base_s,
+            batch_size=settings.batch_size,
+        )
+        self.sender = Sender(
+            config, self.encoder, self._settled, stats=self.stats, on_retry=self._retried
+        )
+        self.signals = 0
+        self._hard_stop = asyncio.Event()
+        self._dirty = False
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether SIGINT or SIGTERM stopped this run."""
+        return self.signals > 0
+
+    async def send(self) -> None:
+        """Canary, then the pool; returns when every pair is settled.
+
+        Raises Interrupted after a signal, or the Aborted that stopped the run; the final
+        checkpoint is written in every case.
+        """
+        async with self._signal_handlers():
+            saver = asyncio.create_task(self._save_periodically())
+            try:
+                await self._send_until_stopped()
+            finally:
+                saver.cancel()
+                self.checkpoint.requests += self.stats.requests
+                for cause, n in self.stats.retries.items():
+                    self.checkpoint.retries[cause] = self.checkpoint.retries.get(cause, 0) + n
+                self._dirty = True
+                await self._save()
+        if self.interrupted:
+            raise Interrupted(
+                f"interrupted: {self.checkpoint.events_imported:,} events imported so far; the "
+                "checkpoint is written: run the same command again to resume"
+            )
+
+    async def _send_until_stopped(self) -> None:
+        work = asyncio.create_task(self._send_everything())
+        stopping = asyncio.create_task(self.sender.wait_stopping())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                # A signal or a fatal answer: no new batches; requests in flight get a bounded
+                # time to settle.
+                hard = asyncio.create_task(self._hard_stop.wait())
+                grace = self.settings.timeout_s + GRACE_S
+                await asyncio.wait({work, hard}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+                hard.cancel()
+                work.cancel()
+        finally:
+            stopping.cancel()
+        try:
+            await work
+        except asyncio.CancelledError:
+            if self.sender.error is not None:
+                raise self.sender.error from None
+            if not self.interrupted:
+                raise
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
+        if not self.interrupted and self.validated.verdicts.rows_read:
+            # Every batch was produced and settled, and spans tile the file: all of it is done
+            # (this also covers a rerun that had nothing left to send).
+            self.checkpoint.done.add(1, self.validated.verdicts.rows_read)
+            self._dirty = True
+
+    async def _send_everything(self) -> None:
+        async with self.sender:
+            batches = produce_batches(
+                self.validated,
+                # A copy: the producer thread must not read what the event loop is changing.
+                # Rows settled during this run are never produced twice anyway.
+                self.checkpoint.done.copy(),
+                self.encoder,
+                event_time_ms=self.checkpoint.event_time_ms,
+                time_column=self.settings.columns.time is not None,
+                counters=self.counters,
+            )
+            first = await asyncio.to_thread(next, batches, None)
+            if first is None:
+                return
+            canary, rest = self.encoder.split(first, at=1) if len(first) > 1 else (first, None)
+            await self.sender.canary(canary)
+            if self.sender.stopping:
+                return
+            await self._pool(rest, batches)
+
+    async def _pool(self, rest: Batch | None, batches: Iterator[Batch]) -> None:
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self.settings.concurrency + 2)
+        if rest is not None:
+            queue.put_nowait(rest)
+        feeder = asyncio.create_task(self._feed(queue, batches))
+        try:
+            await self.sender.run(queue)
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder  # a producer failure (e.g. a grown input) surfaces here
+
+    async def _feed(self, queue: asyncio.Queue[Batch | None], batches: Iterator[Batch]) -> None:
+        try:
+            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+                await queue.put(batch)
+            for _ in range(self.settings.concurrency):
+                await queue.put(None)
+        except Exception:
+            self.sender.stop()  # else the workers wait forever for batches that never come
+            raise
+
+    def _settled(self, settled: Settled) -> None:
+        """Record a settled batch: refusals to rejects.csv, its span to the checkpoint."""
+        refused = [
+            (r.row, r.anon, r.identified, Reason.API_REJECTED.code, r.message)
+            for r in settled.refused
+        ]
+        self.validated.rejects.add_api_rejects(refused)
+        first, last = settled.batch.span
+        self.checkpoint.settle(first, last, settled.imported, len(settled.refused))
+        c = self.counters
+        c.events_imported = self.checkpoint.events_imported
+        c.events_imported_this_run = self.stats.events_imported
+        c.rejected_sent = self.checkpoint.events_refused
+        c.events_sent = self.stats.events_sent
+        verdicts = self.validated.verdicts
+        c.rejected = verdicts.rows_read - verdicts.rows_valid + self.validated.rejects.api_rejected
+        self._dirty = True
+        self.progress.tick()
+
+    def _retried(self) -> None:
+        self.counters.retries += 1
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            await self._save()
+            self.counters.events_sent = self.stats.events_sent
+            self.progress.tick()
+
+    async def _save(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        data = self.checkpoint.snapshot()
+        fd = self.validated.rejects.fileno()
+
+        def write() -> None:
+            # Refusals first: a span in ``done`` must never outlive its rejects.csv lines.
+            if fd is not None:
+                os.fsync(fd)
+            self.checkpoint.write(data)
+
+        await asyncio.shield(asyncio.to_thread(write))
+
+    def _on_signal(self) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.sender.stop()
+        else:
+            self._hard_stop.set()
+
+    @contextlib.asynccontextmanager
+    async def _signal_handlers(self) -> AsyncIterator[None]:
+        """SIGINT/SIGTERM ask this run to stop while it sends; the old handlers come back after.
+
+        asyncio would leave SIGTERM at its default (death) on removal, hence the restore.
+        """
+        loop = asyncio.get_running_loop()
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in before:
+            loop.add_signal_handler(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
+def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in eg.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if isinstance(exc, BackfillError):
+            return exc
+    return eg.exceptions[0]
+
+
+# --- the producer --------------------------------------------------------------------------
+
+
+def produce_batches(
+    validated: Validated,
+    done: RowIntervals,
+    encoder: Encoder,
+    *,
+    event_time_ms: int,
+    time_column: bool,
+    counters: Counters,
+) -> Iterator[Batch]:
+    """Re-read the input and yield batches of the valid rows not yet done, spans tiling the file.
+
+    Runs in a worker thread, one ``next()`` at a time; the queue it feeds bounds how far ahead
+    of the senders it gets.
+    """
+    verdicts = validated.verdicts
+    rows_total = verdicts.rows_read
+
+    def pairs_of(chunk: Chunk) -> Pairs | None:
+        counters.rows_read = chunk.end_row - 1
+        rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
+        ok = chunk_reasons(chunk, verdicts) == Reason.VALID
+        ok &= ~done.contains(rows)
+        if not ok.any():
+            return None
+        idx = np.flatnonzero(ok)
+        take = pa.array(idx)
+        if time_column:
+            assert chunk.time is not None
+            times = to_epoch_ms(chunk.time.take(take), validated.now_ms)[0]
+        else:
+            times = np.full(len(idx), event_time_ms, dtype=np.int64)
+        return Pairs(rows[idx], chunk.anon.take(take), chunk.identified.take(take), times)
+
+    def batches() -> Iterator[Batch]:
+        carry: list[Pairs] = []
+        carried = 0
+        size = encoder.batch_size
+        for chunk in validated.source():
+            pairs = pairs_of(chunk)
+            if pairs is None:
+                continue
+            carry.append(pairs)
+            carried += len(pairs)
+            if carried < size:
+                continue
+            whole = Pairs.concat(carry)
+            full = carried - carried % size
+            yield from encoder.batches(whole.slice(0, full))
+            carry = [whole.slice(full, carried)] if full < carried else []
+            carried -= full
+        if carried:
+            yield from encoder.batches(Pairs.concat(carry))
+
+    # Hold one batch back so that the last one's span can reach the end of the file.
+    start = 1
+    previous: Batch | None = None
+    for batch in batches():
+        if previous is not None:
+            yield replace(previous, span=(start, previous.last_row))
+            start = previous.last_row + 1
+        previous = batch
+    if previous is not None:
+        yield replace(previous, span=(start, rows_total))
+
+
+def chunk_reasons(chunk: Chunk, verdicts: Verdicts) -> npt.NDArray[np.uint8]:
+    """The verdicts of a chunk's rows, re-read after judging; a grown file is refused."""
+    if chunk.end_row - 1 > verdicts.rows_read:
+        raise InputError(
+            "the input file grew while backfill was reading it: let the export finish, "
+            "then run the same command again"
+        )
+    return verdicts.reasons[chunk.first_row - 1 : chunk.end_row - 1]
