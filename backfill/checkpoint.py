@@ -224,14 +224,37 @@ class Checkpoint:
                 retries={str(k): int(v) for k, v in data.get("retries", {}).items()},
                 runs=int(data.get("runs", 0)),
                 created_at=float(data.get("created_at", time.time())),
-                events_total=data.get("events_total"),
-                rows_total=data.get("rows_total"),
+                events_total=_optional_int(data.get("events_total")),
+                rows_total=_optional_int(data.get("rows_total")),
                 rejected={str(k): int(v) for k, v in data.get("rejected", {}).items()},
+                updated_at=float(data.get("updated_at", time.time())),
+                run_started_at=float(data.get("run_started_at", time.time())),
+                run_events=int(data.get("run_events", 0)),
+                state=str(data.get("state", "running")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointMismatch(
                 f"{path} is damaged ({type(e).__name__}: {e}): pass --restart to start over"
             ) from None
+
+    @classmethod
+    def read(cls, out_dir: Path) -> Checkpoint | None:
+        """The checkpoint in ``out_dir`` for a reader that only reports (``status``).
+
+        None when there is none or it cannot be read: a report skips it, where a run that
+        must resume from it refuses (``open``).
+        """
+        path = out_dir / CHECKPOINT_FILE
+        try:
+            data = read_json(path)
+            return None if data is None else cls._load(path, data)
+        except (OSError, ValueError, CheckpointMismatch):
+            return None
+
+    @property
+    def settled(self) -> int:
+        """Pairs settled so far, all runs: imported or refused by Mixpanel."""
+        return self.events_imported + self.events_refused
 
     def settle(self, first_row: int, last_row: int, imported: int, refused: int) -> None:
         """Record a settled batch span (called only after its refusals are in rejects.csv)."""
@@ -270,6 +293,10 @@ class Checkpoint:
     def write(self, data: bytes | None = None) -> None:
         """Write atomically and durably (see the module docstring)."""
         atomic_write_bytes(self.path, data if data is not None else self.snapshot())
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _check_identity(

@@ -32,7 +32,10 @@ Row rejects are not exceptions: they are data, and go to ``rejects.csv``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backfill.summary import Summary
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -44,11 +47,11 @@ class BackfillError(Exception):
     """Base of every error the CLI reports as one line; ``exit_code`` says how it exits.
 
     ``summary`` is set when a run stopped after writing ``summary.json``, so the CLI can print
-    the same table a finished run prints.
+    the same table a finished run prints (and the Python API's caller can read it).
     """
 
     exit_code = 1
-    summary: dict[str, Any] | None = None
+    summary: Summary | None = None
 
 
 class UsageError(BackfillError):

@@ -1,8 +1,10 @@
-"""One run, wired: read → validate → report (→ events → send, with the checkpoint).
+"""Wiring for the CLI and the Python API: read → validate → report (→ run, with the checkpoint).
 
-Validation always runs in full before anything is sent, so ``rejects.csv`` is complete and on
-disk before the first request; the send pass then re-reads the input and streams the valid
-pairs to the sender, never holding them all.
+``validate`` and ``run`` take checked ``Settings`` and return a ``Summary``; they print
+nothing (a ``Progress`` draws on stderr when the caller asks for one) and raise only
+``BackfillError``s. Validation always runs in full before anything is sent, so
+``rejects.csv`` is complete and on disk before the first request; the send pass then re-reads
+the input and streams the valid pairs to the sender, never holding them all.
 """
 
 from __future__ import annotations
@@ -15,191 +17,82 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from backfill.checkpoint import CHECKPOINT_FILE, Checkpoint, RunLock, file_fingerprint, token_digest
+from backfill.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    RunLock,
+    file_fingerprint,
+    token_digest,
+)
 from backfill.errors import BackfillError, Interrupted
 from backfill.files import atomic_write_json, read_json_dict
-from backfill.progress import Counters, Progress
-from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, open_chunks
+from backfill.progress import Progress, Snapshot
+from backfill.read import DEFAULT_CHUNK_ROWS, ChunkSource, detect_format, open_chunks
 from backfill.reasons import Reason
-from backfill.report import SUMMARY_FILE, RejectRow, RejectsFile, zero_counts
-from backfill.run import Run, Validated, chunk_reasons
-from backfill.settings import Settings, credentials_from_env
-from backfill.times import TimeStatus, iso_utc, now_ms, to_epoch_ms
-from backfill.times import describe as describe_time
-from backfill.validate import Verdicts, describe, judge
+from backfill.report import SUMMARY_FILE, RejectsFile, reject_rows, zero_counts
+from backfill.run import Run, Validated
+from backfill.settings import Credentials, Settings
+from backfill.summary import RunStatus, Summary, ThisRun
+from backfill.times import iso_utc, now_ms
+from backfill.validate import judge
+
+RUNS_ROOT = Path("runs")
 
 
-def validate_input(
-    settings: Settings,
-    counters: Counters,
-    progress: Progress,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    keep_api_rejects: bool = True,
-) -> Validated:
-    """Judge every row and write ``rejects.csv`` (validation part, earlier refusals kept)."""
-    source = open_chunks(settings.input_path, settings.format, settings.columns, chunk_rows)
-    started = now_ms()
-
-    def on_rows(n: int) -> None:
-        counters.rows_read += n
-        progress.tick()
-
-    progress.phase("validating")
-    verdicts = judge(
-        source, now_ms=started, max_cluster_size=settings.max_cluster_size, on_rows=on_rows
-    )
-    counters.rows_total = verdicts.rows_read
-    counters.rejected = verdicts.rows_read - verdicts.rows_valid
-    progress.phase("writing rejects")
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    rejects = RejectsFile(settings.out_dir, keep_api_rejects=keep_api_rejects)
-    try:
-        for chunk in source():
-            rejects.write(reject_rows(chunk, verdicts, started))
-        rejects.commit()
-    except BaseException:
-        rejects.close()
-        raise
-    counters.rejected = verdicts.rows_read - verdicts.rows_valid + rejects.api_rejected
-    return Validated(source, verdicts, started, rejects)
-
-
-def reject_rows(chunk: Chunk, verdicts: Verdicts, now: int) -> Iterator[RejectRow]:
-    """The rejects.csv rows of one chunk, with a human detail each."""
-    reasons = chunk_reasons(chunk, verdicts)
-    bad = np.flatnonzero(reasons)
-    if len(bad) == 0:
-        return
-    take = pa.array(bad)
-    anons = chunk.anon.take(take).to_pylist()
-    idents = chunk.identified.take(take).to_pylist()
-    rows = bad + chunk.first_row
-    firsts = verdicts.first_rows(rows)
-    time_details: list[str] = [""] * len(bad)
-    if chunk.time is not None:
-        raw = chunk.time.take(take)
-        _, status = to_epoch_ms(raw, now)
-        texts = raw.to_pylist()
-        time_details = [
-            describe_time(TimeStatus(s), "" if t is None else str(t))
-            for s, t in zip(status.tolist(), texts, strict=True)
-        ]
-    for k in range(len(bad)):
-        reason = Reason(int(reasons[bad[k]]))
-        yield (
-            int(rows[k]),
-            anons[k] or "",
-            idents[k] or "",
-            reason.code,
-            describe(
-                reason,
-                anons[k],
-                idents[k],
-                first_row=int(firsts[k]),
-                time_detail=time_details[k],
-                max_cluster_size=verdicts.max_cluster_size,
-            ),
-        )
-
-
-def base_summary(settings: Settings, validated: Validated, started: float) -> dict[str, Any]:
-    """The summary fields every command shares."""
-    v = validated.verdicts
-    rejected = zero_counts()
-    rejected.update(v.counts())
-    rejected[Reason.API_REJECTED.code] = validated.rejects.api_rejected
-    return {
-        "status": "validated",
-        "input": str(settings.input_path),
-        "format": settings.format,
-        "rows_read": v.rows_read,
-        "rows_valid": v.rows_valid,
-        "rejected": rejected,
-        "events_imported": 0,
-        "hash_collisions_resolved": v.collisions,
-        "started_at": _iso(started),
-        "finished_at": _iso(time.time()),
-        "elapsed_s": round(time.time() - started, 3),
-    }
-
-
-def validate_command(
-    settings: Settings, progress_stream: Any = None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
-) -> dict[str, Any]:
-    """``backfill validate``: judge, write ``rejects.csv`` and ``summary.json``, send nothing."""
+def validate(
+    settings: Settings, *, progress: Progress | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Summary:
+    """The dry run: judge every row, write ``rejects.csv`` and ``summary.json``, send nothing."""
     started = time.time()
-    counters = Counters()
-    progress = Progress(counters, stream=progress_stream, enabled=settings.progress)
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(settings.out_dir, command="validate"):
+    progress = progress or Progress(enabled=False)
+    source, fmt = open_source(settings, chunk_rows)
+    out_dir = run_folder(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, command="validate"):
         try:
-            validated = validate_input(settings, counters, progress, chunk_rows=chunk_rows)
-            counters.phase = "validated"
+            validated = judge_and_report(settings, source, out_dir, progress)
         finally:
             progress.close()
         validated.rejects.close()
-        summary = base_summary(settings, validated, started)
-        earlier = read_json_dict(settings.out_dir / CHECKPOINT_FILE)
-        if earlier is not None:
+        earlier = read_json_dict(out_dir / CHECKPOINT_FILE) or {}
+        valid = validated.verdicts.rows_valid
+        summary = Summary(
+            status=RunStatus.VALIDATED,
+            **_counts(settings, fmt, validated, out_dir, started),
             # A dry run in a folder where a run already sent pairs must not report zero.
-            summary["events_imported"] = int(earlier.get("events_imported", 0))
-        valid = summary["rows_valid"]
-        summary["batches_planned"] = math.ceil(valid / settings.batch_size)
-        summary["rate_per_s"] = settings.rate_per_s
-        summary["estimated_send_s"] = round(valid / settings.rate_per_s, 1)
-        atomic_write_json(settings.out_dir / SUMMARY_FILE, summary)
+            events_imported=int(earlier.get("events_imported", 0)),
+            batches_planned=math.ceil(valid / settings.batch_size),
+            rate_per_s=settings.rate_per_s,
+            estimated_send_s=round(valid / settings.rate_per_s, 1),
+        )
+        atomic_write_json(out_dir / SUMMARY_FILE, summary.to_json())
     return summary
 
 
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds")
-
-
-# --- run -----------------------------------------------------------------------------------
-
-
-def event_identity(settings: Settings, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
-    """What the checkpoint is tied to: the input, the project and every event setting."""
-    return {
-        "input": dict(fingerprint),
-        "project_id": settings.project_id,
-        "format": settings.format,
-        "anon_column": settings.columns.anon,
-        "identified_column": settings.columns.identified,
-        "time_column": settings.columns.time,
-        "max_cluster_size": settings.max_cluster_size,
-        "token": token_digest(settings.token),
-    }
-
-
-def run_command(
+def run(
     settings: Settings,
-    env: Mapping[str, str],
+    credentials: Credentials,
     *,
-    progress_stream: Any = None,
+    progress: Progress | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> dict[str, Any]:
-    """``backfill run``: validate, then send; resumable; returns the summary.
+) -> Summary:
+    """Validate, then send every valid pair not yet done; resumable; returns the summary.
 
     Raises Aborted (exit 3) or Interrupted (exit 130) after writing the checkpoint and a
-    summary with status ``aborted`` / ``interrupted``.
+    summary with status ``aborted`` / ``interrupted`` (also on the error's ``summary``).
     """
-    creds = credentials_from_env(env, settings.project_id)
     started = time.time()
-    counters = Counters()
-    progress = Progress(counters, stream=progress_stream, enabled=settings.progress)
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(settings.out_dir, command="run"):
-        fingerprint = file_fingerprint(settings.input_path)
+    progress = progress or Progress(enabled=False)
+    source, fmt = open_source(settings, chunk_rows)
+    out_dir = run_folder(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, command="run"):
         ckpt = Checkpoint.open(
-            settings.out_dir,
-            event_identity(settings, fingerprint),
+            out_dir,
+            event_identity(settings, fmt, file_fingerprint(Path(settings.source[0]))),
             event_time_ms=settings.event_time_ms,
             start_ms=now_ms(),
             restart=settings.restart,
@@ -207,12 +100,8 @@ def run_command(
         # Written at once: the event time is fixed from now on, and `status` sees the run.
         ckpt.write()
         try:
-            validated = validate_input(
-                settings,
-                counters,
-                progress,
-                chunk_rows=chunk_rows,
-                keep_api_rejects=not settings.restart,
+            validated = judge_and_report(
+                settings, source, out_dir, progress, keep_api_rejects=not settings.restart
             )
         except BaseException:
             progress.close()
@@ -221,34 +110,170 @@ def run_command(
         ckpt.events_total = validated.verdicts.rows_valid
         ckpt.rejected = validated.verdicts.counts()
         ckpt.write()
-        run = Run(settings, creds, validated, ckpt, counters=counters, progress=progress)
-        counters.rows_read = 0
-        counters.events_total = validated.verdicts.rows_valid
-        counters.events_imported = ckpt.events_imported
-        counters.rejected_sent = ckpt.events_refused
-        counters.send_started = time.monotonic()
-        progress.phase("sending")
-        status = "aborted"  # whatever stops the run early, unless it says otherwise below
-        try:
-            asyncio.run(run.send())
-            status = "completed"
-        except (Interrupted, KeyboardInterrupt):
-            status = "interrupted"
-            raise
-        finally:
-            with _signals_deferred():
-                counters.phase = status
-                progress.close()
-                validated.rejects.close()
-                summary = _run_summary(settings, validated, run, started, status)
-                if status == "completed":
-                    ckpt.state = "completed"
-                    ckpt.write()
-                atomic_write_json(settings.out_dir / SUMMARY_FILE, summary)
-            error = sys.exc_info()[1]
-            if isinstance(error, BackfillError):
-                error.summary = summary
+        return _send(settings, credentials, fmt, validated, ckpt, progress, started)
+
+
+def _send(
+    settings: Settings,
+    credentials: Credentials,
+    fmt: str,
+    validated: Validated,
+    ckpt: Checkpoint,
+    progress: Progress,
+    started: float,
+) -> Summary:
+    """The send phase and the final writes, whatever ends it."""
+    already = ckpt.done.covers(1, validated.verdicts.rows_read)
+    sending = Run(settings, credentials, validated, ckpt, progress=progress)
+    progress.follow(sending.snapshot)
+    status = RunStatus.ABORTED  # whatever stops the run early, unless it says otherwise below
+    try:
+        asyncio.run(sending.send())
+        status = RunStatus.COMPLETED
+    except (Interrupted, KeyboardInterrupt):
+        status = RunStatus.INTERRUPTED
+        raise
+    finally:
+        with _signals_deferred():
+            progress.follow(lambda: Snapshot(status.value, **sending.counts()))
+            progress.close()
+            validated.rejects.close()
+            summary = _run_summary(settings, fmt, validated, sending, started, status, already)
+            if status is RunStatus.COMPLETED:
+                ckpt.state = "completed"
+                ckpt.write()
+            atomic_write_json(summary.out / SUMMARY_FILE, summary.to_json())
+        error = sys.exc_info()[1]
+        if isinstance(error, BackfillError):
+            error.summary = summary
     return summary
+
+
+def open_source(settings: Settings, chunk_rows: int) -> tuple[ChunkSource, str]:
+    """The input as a chunk source, and its format (its header checked before any work)."""
+    path = Path(settings.source[0])
+    fmt = detect_format(path, settings.format)
+    return open_chunks(path, fmt, settings.columns, chunk_rows), fmt
+
+
+def run_folder(settings: Settings) -> Path:
+    """``--out``, else ``runs/<input stem>/``."""
+    if settings.out is not None:
+        return settings.out
+    name = Path(settings.source[0]).name
+    for suffix in (".gz", ".csv", ".tsv", ".parquet", ".pq", ".parq"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return RUNS_ROOT / (name or "input")
+
+
+def judge_and_report(
+    settings: Settings,
+    source: ChunkSource,
+    out_dir: Path,
+    progress: Progress,
+    *,
+    keep_api_rejects: bool = True,
+) -> Validated:
+    """Judge every row and write ``rejects.csv`` (validation part, earlier refusals kept)."""
+    started = now_ms()
+    rows = [0]
+
+    def on_rows(n: int) -> None:
+        rows[0] += n
+        progress.tick()
+
+    progress.follow(lambda: Snapshot("validating", rows_read=rows[0]))
+    verdicts = judge(
+        source, now_ms=started, max_cluster_size=settings.max_cluster_size, on_rows=on_rows
+    )
+    progress.follow(lambda: Snapshot("writing rejects", rows_read=rows[0]))
+    rejects = RejectsFile(out_dir, keep_api_rejects=keep_api_rejects)
+    try:
+        for chunk in source():
+            rejects.write(reject_rows(chunk, verdicts, started))
+        rejects.commit()
+    except BaseException:
+        rejects.close()
+        raise
+    return Validated(source, verdicts, started, rejects)
+
+
+def event_identity(settings: Settings, fmt: str, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """What the checkpoint is tied to: the input, the project and every event setting."""
+    return {
+        "input": dict(fingerprint),
+        "project_id": settings.project_id,
+        "format": fmt,
+        "anon_column": settings.columns.anon,
+        "identified_column": settings.columns.identified,
+        "time_column": settings.columns.time,
+        "max_cluster_size": settings.max_cluster_size,
+        "token": token_digest(settings.token),
+    }
+
+
+def _counts(
+    settings: Settings, fmt: str, validated: Validated, out_dir: Path, started: float
+) -> dict[str, Any]:
+    """The Summary fields every command shares."""
+    v = validated.verdicts
+    rejected = zero_counts()
+    rejected.update(v.counts())
+    rejected[Reason.API_REJECTED.code] = validated.rejects.api_rejected
+    return {
+        "out": out_dir,
+        "input": ", ".join(str(s) for s in settings.source),
+        "format": fmt,
+        "rows_read": v.rows_read,
+        "rows_valid": v.rows_valid,
+        "rejected": rejected,
+        "id_merge": settings.id_merge,
+        "hash_collisions_resolved": v.collisions,
+        "started_at": _iso(started),
+        "finished_at": _iso(time.time()),
+        "elapsed_s": round(time.time() - started, 3),
+    }
+
+
+def _run_summary(
+    settings: Settings,
+    fmt: str,
+    validated: Validated,
+    sending: Run,
+    started: float,
+    status: RunStatus,
+    already_complete: bool,
+) -> Summary:
+    ckpt = sending.checkpoint
+    stats = sending.stats
+    send_s = max(sending.send_seconds(), 1e-9)
+    return Summary(
+        status=status,
+        **_counts(settings, fmt, validated, sending.out_dir, started),
+        events_imported=ckpt.events_imported,
+        events_total=validated.verdicts.rows_valid,
+        events_settled=ckpt.events_imported + ckpt.events_refused,
+        requests=ckpt.requests,
+        retries=dict(ckpt.retries),
+        splits=stats.splits,
+        event_time=None if settings.columns.time else iso_utc(ckpt.event_time_ms),
+        project_id=settings.project_id,
+        api_url=settings.import_url,
+        runs=ckpt.runs,
+        this_run=ThisRun(
+            requests=stats.requests,
+            retries=dict(stats.retries),
+            events_sent=stats.events_sent,
+            events_imported=stats.events_imported,
+            events_refused=stats.events_refused,
+            send_s=round(send_s, 3),
+            events_per_s=round(stats.events_imported / send_s, 1),
+            rate_limited=stats.retries.get("429", 0),
+        ),
+        events_per_s=round(stats.events_imported / send_s, 1),
+        already_complete=already_complete and stats.requests == 0,
+    )
 
 
 @contextmanager
@@ -265,40 +290,5 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _run_summary(
-    settings: Settings,
-    validated: Validated,
-    run: Run,
-    started: float,
-    status: str,
-) -> dict[str, Any]:
-    ckpt = run.checkpoint
-    summary = base_summary(settings, validated, started)
-    summary["rejected"][Reason.API_REJECTED.code] = validated.rejects.api_rejected
-    send_s = max(time.monotonic() - (run.counters.send_started or time.monotonic()), 1e-9)
-    summary.update(
-        {
-            "status": status,
-            "events_imported": ckpt.events_imported,
-            "events_total": validated.verdicts.rows_valid,
-            "events_settled": ckpt.events_imported + ckpt.events_refused,
-            "api_rejected": ckpt.events_refused,
-            "requests": ckpt.requests,
-            "retries": dict(ckpt.retries),
-            "splits": run.stats.splits,
-            "event_time": None if settings.columns.time else iso_utc(ckpt.event_time_ms),
-            "project_id": settings.project_id,
-            "api_url": settings.import_url,
-            "runs": ckpt.runs,
-            "this_run": {
-                "requests": run.stats.requests,
-                "retries": dict(run.stats.retries),
-                "events_imported": run.stats.events_imported,
-                "events_refused": run.stats.events_refused,
-                "send_s": round(send_s, 3),
-            },
-            "elapsed_s": round(time.time() - started, 3),
-            "events_per_s": round(run.stats.events_imported / send_s, 1),
-        }
-    )
-    return summary
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds")

@@ -1,51 +1,62 @@
-"""Progress: a live one-line bar on a terminal, a plain log line every few seconds otherwise.
+"""Progress: one line redrawn in place on a terminal, a plain log line every few seconds otherwise.
 
-The pipeline only bumps counters and calls ``tick()``; this module decides when and how to
-draw, so the hot path pays a clock read per chunk or batch and nothing more.
+The display keeps no counts of its own: it asks a *view* (a function returning a ``Snapshot``)
+each time it draws. While validating the view reads the validator's row count; while sending
+it reads the checkpoint (all runs) and the sender's stats (this run), so what is shown can
+never drift from what is recorded. The pipeline only calls ``tick()``; this module decides
+when to draw, so the hot path pays a clock read per chunk or batch and nothing more.
+
+On a terminal the line never grows past the terminal's width: the least useful parts are
+dropped first (retries, refusals, the bar), so an 80-column window shows the essentials and
+never wraps.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 from backfill.report import duration
 
 
-@dataclass
-class Counters:
-    """What a run has done so far; the pipeline updates it, the display reads it."""
+@dataclass(frozen=True)
+class Snapshot:
+    """What a run has done at one instant. "all runs" counts include earlier invocations."""
 
-    phase: str = "reading"
-    rows_total: int | None = None
+    phase: str
     rows_read: int = 0
-    events_total: int | None = None
-    events_sent: int = 0
-    events_imported: int = 0
-    events_imported_this_run: int = 0
-    rejected: int = 0
-    rejected_sent: int = 0
-    retries: int = 0
-    started: float = field(default_factory=time.monotonic)
-    send_started: float | None = None
+    pairs_total: int | None = None  # valid pairs to send, all runs
+    pairs_done: int = 0  # pairs settled (imported or refused), all runs
+    imported: int = 0  # all runs
+    refused: int = 0  # by Mixpanel, all runs
+    sent_this_run: int = 0  # events sent by this invocation, retries included
+    retries: int = 0  # this run
+    rate_per_s: float | None = None  # pairs settled per second, this run
+    waiting_s: float | None = None  # a long server-asked pause now under way
+
+
+View = Callable[[], Snapshot]
 
 
 class Progress:
-    """Draws ``Counters``: a bar redrawn in place on a TTY, or a log line every few seconds."""
+    """Draws what a view returns: in place on a TTY, or a log line every few seconds."""
 
     def __init__(
         self,
-        counters: Counters,
+        view: View | None = None,
         *,
         stream: TextIO | None = None,
         enabled: bool = True,
         interactive: bool | None = None,
         interval_s: float | None = None,
+        width: int | None = None,
     ) -> None:
-        self.counters = counters
+        self.view: View = view or (lambda: Snapshot("starting"))
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.interactive = self.stream.isatty() if interactive is None else interactive
@@ -54,13 +65,13 @@ class Progress:
             configured = os.environ.get("BACKFILL_PROGRESS_INTERVAL_S")
             interval_s = float(configured) if configured else (0.2 if self.interactive else 5.0)
         self.interval_s = interval_s
+        self._width = width
         self._last = time.monotonic()
         self._drawn = False
 
-    def phase(self, name: str) -> None:
-        """Enter a new phase (validating, writing rejects, sending); a live bar shows it at
-        once, a log waits for its next line rather than print one with nothing done yet."""
-        self.counters.phase = name
+    def follow(self, view: View) -> None:
+        """Show ``view`` from now on (a new phase); a live line shows it at once."""
+        self.view = view
         if self.enabled and self.interactive:
             self._last = time.monotonic()
             self._draw()
@@ -83,41 +94,67 @@ class Progress:
             self.stream.flush()
         self._drawn = False
 
+    def width(self) -> int:
+        """Columns available for the line: the terminal's, less one so it never wraps."""
+        if self._width is not None:
+            return self._width
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            columns = shutil.get_terminal_size().columns
+        return max(columns - 1, 20)
+
     def _draw(self) -> None:
-        text = self.render()
+        snap = self.view()
         if self.interactive:
-            self.stream.write("\r\x1b[2K" + text)
+            self.stream.write("\r\x1b[2K" + render(snap, self.width(), bar=True))
         else:
-            self.stream.write("backfill: " + text + "\n")
+            self.stream.write("backfill: " + render(snap, 200, bar=False) + "\n")
         self._drawn = True
         self.stream.flush()
 
-    def render(self) -> str:
-        """The current state as one line."""
-        c = self.counters
-        rows = f"rows {c.rows_read:,}" + (f"/{c.rows_total:,}" if c.rows_total else "")
-        if c.send_started is None:
-            return f"{c.phase}  {rows}  rejected {c.rejected:,}"
-        parts = [c.phase]
-        if self.interactive and c.events_total:
-            parts.append(_bar((c.events_imported + c.rejected_sent) / c.events_total))
-        parts += [
-            rows,
-            f"sent {c.events_sent:,}",
-            f"imported {c.events_imported:,}",
-            f"rejected {c.rejected:,}",
-            f"retries {c.retries:,}",
-        ]
-        elapsed = max(time.monotonic() - c.send_started, 1e-9)
-        rate = c.events_imported_this_run / elapsed
-        parts.append(f"{rate:,.0f} ev/s")
-        if c.events_total and rate > 0:
-            left = max(c.events_total - c.events_imported - c.rejected_sent, 0) / rate
-            parts.append(f"left {duration(left)}")
-        return "  ".join(parts)
+
+def render(snap: Snapshot, width: int, *, bar: bool) -> str:
+    """The snapshot as one line of at most ``width`` characters.
+
+    Parts carry a rank; while the line is too wide, the part of the highest rank goes.
+    """
+    parts = _parts(snap, bar)
+    while len(_join(parts)) > width and len(parts) > 1:
+        worst = max(range(len(parts)), key=lambda i: (parts[i][0], i))
+        del parts[worst]
+    return _join(parts)[:width]
 
 
-def _bar(fraction: float, width: int = 20) -> str:
+def _join(parts: list[tuple[int, str]]) -> str:
+    return "  ".join(text for _, text in parts)
+
+
+def _parts(snap: Snapshot, bar: bool) -> list[tuple[int, str]]:
+    parts: list[tuple[int, str]] = [(0, snap.phase)]
+    if snap.pairs_total is None:
+        parts.append((1, f"{snap.rows_read:,} rows read"))
+        return parts
+    total = snap.pairs_total
+    share = snap.pairs_done / total if total else 1.0
+    if bar:
+        parts.append((5, _bar(share)))
+    parts.append((2, f"{100 * share:.0f}%"))
+    parts.append((1, f"{snap.pairs_done:,}/{total:,} pairs done"))
+    if snap.waiting_s is not None:
+        parts.append((0, f"Mixpanel asked to wait {duration(snap.waiting_s)}"))
+    if snap.rate_per_s:
+        parts.append((3, f"{snap.rate_per_s:,.0f}/s"))
+        left = max(total - snap.pairs_done, 0) / snap.rate_per_s
+        parts.append((2, f"{duration(left)} left"))
+    if snap.refused:
+        parts.append((4, f"{snap.refused:,} refused"))
+    if snap.retries:
+        parts.append((6, f"{snap.retries:,} retries"))
+    return parts
+
+
+def _bar(fraction: float, width: int = 16) -> str:
     fraction = min(max(fraction, 0.0), 1.0)
     full = int(fraction * width)
-    return "[" + "#" * full + "." * (width - full) + f"] {fraction * 100:3.0f}%"
+    return "[" + "#" * full + "." * (width - full) + "]"

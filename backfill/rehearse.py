@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from backfill.pipeline import run_command
-from backfill.settings import Settings
+from backfill import pipeline
+from backfill.pipeline import run_folder
+from backfill.progress import Progress
+from backfill.settings import Credentials, Settings
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,
@@ -29,6 +31,7 @@ from backfill.standin import (
     StandinConfig,
     running_standin,
 )
+from backfill.summary import Summary
 
 RECEIVED_FILE = "received.ndjson"
 
@@ -37,16 +40,17 @@ RECEIVED_FILE = "received.ndjson"
 class Rehearsal:
     """The run's summary and what the stand-in saw."""
 
-    summary: dict[str, Any]
+    summary: Summary
     received: dict[str, Any]
     received_path: Path
 
 
-def rehearsal_out_dir(settings: Settings, explicit_out: bool) -> Path:
-    """Where a rehearsal writes: ``--out`` if given, else ``runs/<stem>-rehearsal``."""
-    if explicit_out:
-        return settings.out_dir
-    return settings.out_dir.with_name(settings.out_dir.name + "-rehearsal")
+def rehearsal_folder(settings: Settings) -> Path:
+    """Where a rehearsal writes: ``--out`` if given, else the run folder + ``-rehearsal``."""
+    if settings.out is not None:
+        return settings.out
+    folder = run_folder(settings)
+    return folder.with_name(folder.name + "-rehearsal")
 
 
 @contextmanager
@@ -81,17 +85,18 @@ def standin_thread(config: StandinConfig) -> Iterator[Standin]:
         thread.join(timeout=10)
 
 
-def rehearse_command(
+def rehearse(
     settings: Settings,
     *,
     fault_rate: float = 0.0,
     seed: int | None = None,
-    progress_stream: Any = None,
-    system: Literal["original", "simplified"] = "original",
+    progress: Progress | None = None,
+    system: str = "original",
 ) -> Rehearsal:
     """Start the stand-in, run the real ``run`` against it from scratch, report both sides."""
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    received_path = settings.out_dir / RECEIVED_FILE
+    out = rehearsal_folder(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    received_path = out / RECEIVED_FILE
     received_path.unlink(missing_ok=True)
     user, secret = DEFAULT_SERVICE_ACCOUNT
     config = StandinConfig(
@@ -99,29 +104,23 @@ def rehearse_command(
         project_id=DEFAULT_PROJECT_ID,
         faults=FaultRates.failing(fault_rate, seed=seed),
         store_path=received_path,
-        id_merge=system,
+        id_merge="simplified" if system == "simplified" else "original",
     )
-    env = {
-        "MIXPANEL_SERVICE_ACCOUNT_USERNAME": user,
-        "MIXPANEL_SERVICE_ACCOUNT_SECRET": secret,
-        "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
-    }
-    if settings.token:
-        env["MIXPANEL_PROJECT_TOKEN"] = settings.token
     with standin_thread(config) as standin:
         rehearsal = replace(
-            settings, api_url=standin.url, project_id=DEFAULT_PROJECT_ID, restart=True
+            settings, out=out, api_url=standin.url, project_id=DEFAULT_PROJECT_ID, restart=True
         )
         try:
-            summary = run_command(rehearsal, env, progress_stream=progress_stream)
+            summary = pipeline.run(rehearsal, Credentials(user, secret), progress=progress)
         finally:
             received = standin.state.summary()
             received["pairs_stored"] = len(standin.state.identify_pairs())
     return Rehearsal(summary, received, received_path)
 
 
-def render_received(received: dict[str, Any], path: Path) -> str:
+def render_received(rehearsal: Rehearsal) -> str:
     """What the stand-in saw, as a few lines to print next to the run's summary."""
+    received, path = rehearsal.received, rehearsal.received_path
     by_status = ", ".join(f"{k} {v}" for k, v in received.get("by_status", {}).items())
     return "\n".join(
         [

@@ -12,12 +12,21 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from backfill.errors import InputError
 from backfill.files import fsync_dir
+from backfill.read import Chunk
 from backfill.reasons import REJECT_REASONS, Reason
+from backfill.summary import Summary
+from backfill.times import TimeStatus, to_epoch_ms
+from backfill.times import describe as describe_time
+from backfill.validate import Verdicts, describe
 
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
@@ -105,35 +114,61 @@ def zero_counts() -> dict[str, int]:
     return {r.code: 0 for r in REJECT_REASONS}
 
 
-def render_table(summary: Mapping[str, Any], *, title: str) -> str:
+def render_table(summary: Summary, *, title: str) -> str:
     """The summary as an aligned plain-text table for the terminal."""
-    read = int(summary.get("rows_read", 0))
-    valid = int(summary.get("rows_valid", 0))
+    read, valid = summary.rows_read, summary.rows_valid
     lines: list[tuple[str, str, str]] = [
         ("rows read", f"{read:,}", ""),
         ("rows valid", f"{valid:,}", _share(valid, read)),
     ]
-    rejected: Mapping[str, int] = summary.get("rejected", {})
-    total = sum(rejected.values())
+    total = summary.rows_rejected
     lines.append(("rows rejected", f"{total:,}", _share(total, read)))
-    for code, count in rejected.items():
+    for code, count in summary.rejected.items():
         if count:
             lines.append((f"  {code}", f"{count:,}", _share(count, read)))
-    sent = "requests" in summary
-    for label, key, fmt in _EXTRA_ROWS:
-        if key == "estimated_send_s" and "rate_per_s" in summary:
-            label = f"time at {float(summary['rate_per_s']):,.0f} events/s"
-        if key == "events_imported" and not sent:
-            continue
-        if key in summary and summary[key] is not None:
-            lines.append((label, fmt(summary[key]), ""))
+    for kind, count in summary.events_by_kind.items():
+        lines.append((f"{kind} events", f"{count:,}", ""))
+    if summary.sent:
+        lines += _send_rows(summary)
+    else:
+        lines += _plan_rows(summary)
+    lines.append(("elapsed", duration(summary.elapsed_s), ""))
     width = max(len(a) for a, _, _ in lines)
     num = max(len(b) for _, b, _ in lines)
     body = [f"  {a:<{width}}  {b:>{num}}  {c}".rstrip() for a, b, c in lines]
     return "\n".join([title, *body])
 
 
-def _share(part: Any, whole: int) -> str:
+def _plan_rows(summary: Summary) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    if summary.events_imported:
+        rows.append(("already imported", f"{summary.events_imported:,}", "(earlier runs)"))
+    if summary.batches_planned is not None:
+        rows.append(("batches to send", f"{summary.batches_planned:,}", ""))
+    if summary.estimated_send_s is not None and summary.rate_per_s:
+        label = f"time at {summary.rate_per_s:,.0f} events/s"
+        rows.append((label, duration(summary.estimated_send_s), ""))
+    return rows
+
+
+def _send_rows(summary: Summary) -> list[tuple[str, str, str]]:
+    this = summary.this_run
+    assert this is not None
+    rows = [("events imported", f"{summary.events_imported:,}", "(all runs)")]
+    if summary.already_complete:
+        rows.append(("this run", "nothing left", "(already complete)"))
+        return rows
+    rows += [
+        ("  this run", f"{this.events_imported:,}", ""),
+        ("requests", f"{this.requests:,}", ""),
+        ("retries", _retries(this.retries), ""),
+    ]
+    if this.send_s >= 1 and this.events_imported:
+        rows.append(("rate held", f"{this.events_per_s:,.0f} events/s", ""))
+    return rows
+
+
+def _share(part: float, whole: int) -> str:
     return f"{100.0 * float(part) / whole:5.1f}%" if whole else ""
 
 
@@ -149,31 +184,53 @@ def duration(seconds: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def _seconds(value: Any) -> str:
-    return duration(float(value))
-
-
-def _int(value: Any) -> str:
-    return f"{int(value):,}"
-
-
-def _rate(value: Any) -> str:
-    return f"{float(value):,.0f} events/s"
-
-
-def _retries(value: Any) -> str:
-    causes: Mapping[str, int] = value
+def _retries(causes: Mapping[str, int]) -> str:
     total = sum(causes.values())
     detail = ", ".join(f"{k} {v}" for k, v in causes.items() if v)
     return f"{total:,}" + (f" ({detail})" if detail else "")
 
 
-_EXTRA_ROWS: Sequence[tuple[str, str, Any]] = (
-    ("batches to send", "batches_planned", _int),
-    ("estimated send time", "estimated_send_s", _seconds),
-    ("events imported", "events_imported", _int),
-    ("requests", "requests", _int),
-    ("retries", "retries", _retries),
-    ("elapsed", "elapsed_s", _seconds),
-    ("throughput", "events_per_s", _rate),
-)
+# --- rejects.csv rows ---------------------------------------------------------------------
+
+
+def reject_rows(chunk: Chunk, verdicts: Verdicts, now: int) -> Iterator[RejectRow]:
+    """The rejects.csv rows of one chunk, with a human detail each."""
+    reasons = chunk_reasons(chunk, verdicts)
+    bad = np.flatnonzero(reasons)
+    if len(bad) == 0:
+        return
+    take = pa.array(bad)
+    anons = chunk.anon.take(take).to_pylist()
+    idents = chunk.identified.take(take).to_pylist()
+    rows = bad + chunk.first_row
+    firsts = verdicts.first_rows(rows)
+    time_details: list[str] = [""] * len(bad)
+    if chunk.time is not None:
+        raw = chunk.time.take(take)
+        _, status = to_epoch_ms(raw, now)
+        texts = raw.to_pylist()
+        time_details = [
+            describe_time(TimeStatus(s), "" if t is None else str(t))
+            for s, t in zip(status.tolist(), texts, strict=True)
+        ]
+    for k in range(len(bad)):
+        reason = Reason(int(reasons[bad[k]]))
+        detail = describe(
+            reason,
+            anons[k],
+            idents[k],
+            first_row=int(firsts[k]),
+            time_detail=time_details[k],
+            max_cluster_size=verdicts.max_cluster_size,
+        )
+        yield (int(rows[k]), anons[k] or "", idents[k] or "", reason.code, detail)
+
+
+def chunk_reasons(chunk: Chunk, verdicts: Verdicts) -> npt.NDArray[np.uint8]:
+    """The verdicts of a chunk's rows, re-read after judging; a grown file is refused."""
+    if chunk.end_row - 1 > verdicts.rows_read:
+        raise InputError(
+            "the input file grew while backfill was reading it: let the export finish, "
+            "then run the same command again"
+        )
+    return verdicts.reasons[chunk.first_row - 1 : chunk.end_row - 1]

@@ -27,21 +27,23 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 
+from backfill.answers import Settled
 from backfill.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
-from backfill.errors import BackfillError, InputError, Interrupted
+from backfill.errors import BackfillError, Interrupted
 from backfill.events import Batch, Encoder, Pairs
-from backfill.progress import Counters, Progress
+from backfill.progress import Progress, Snapshot
 from backfill.read import Chunk, ChunkSource
 from backfill.reasons import Reason
-from backfill.report import RejectsFile
-from backfill.send import SendConfig, Sender, SendStats, Settled
+from backfill.report import RejectsFile, chunk_reasons
+from backfill.send import SendConfig, Sender, SendStats
 from backfill.settings import Credentials, Settings
 from backfill.times import to_epoch_ms
 from backfill.validate import Verdicts
@@ -70,13 +72,12 @@ class Run:
         validated: Validated,
         checkpoint: Checkpoint,
         *,
-        counters: Counters,
         progress: Progress,
     ) -> None:
         self.settings = settings
         self.validated = validated
         self.checkpoint = checkpoint
-        self.counters = counters
+        self.out_dir = checkpoint.path.parent
         self.progress = progress
         self.stats = SendStats()
         self.encoder = Encoder(token=settings.token, batch_size=settings.batch_size)
@@ -92,11 +93,37 @@ class Run:
             batch_size=settings.batch_size,
         )
         self.sender = Sender(
-            config, self.encoder, self._settled, stats=self.stats, on_retry=self._retried
+            config, self.encoder, self._settled, stats=self.stats, on_retry=self.progress.tick
         )
         self.signals = 0
         self._hard_stop = asyncio.Event()
         self._dirty = False
+        self._started: float | None = None
+        self._ended: float | None = None
+
+    def send_seconds(self) -> float:
+        """How long the send phase has run (or ran), in seconds."""
+        if self._started is None:
+            return 0.0
+        return (self._ended or time.monotonic()) - self._started
+
+    def counts(self) -> dict[str, Any]:
+        """The progress counts, read from the checkpoint (all runs) and the stats (this run)."""
+        ckpt, stats = self.checkpoint, self.stats
+        seconds = self.send_seconds()
+        return {
+            "pairs_total": self.validated.verdicts.rows_valid,
+            "pairs_done": ckpt.events_imported + ckpt.events_refused,
+            "imported": ckpt.events_imported,
+            "refused": ckpt.events_refused,
+            "sent_this_run": stats.events_sent,
+            "retries": sum(stats.retries.values()),
+            "rate_per_s": ckpt.run_events / seconds if seconds > 1.0 and ckpt.run_events else None,
+        }
+
+    def snapshot(self) -> Snapshot:
+        """What the progress display shows while sending."""
+        return Snapshot("sending", **self.counts())
 
     @property
     def interrupted(self) -> bool:
@@ -109,11 +136,13 @@ class Run:
         Raises Interrupted after a signal, or the Aborted that stopped the run; the final
         checkpoint is written in every case.
         """
+        self._started = time.monotonic()
         async with self._signal_handlers():
             saver = asyncio.create_task(self._save_periodically())
             try:
                 await self._send_until_stopped()
             finally:
+                self._ended = time.monotonic()
                 saver.cancel()
                 self.checkpoint.requests += self.stats.requests
                 for cause, n in self.stats.retries.items():
@@ -166,7 +195,6 @@ class Run:
                 self.encoder,
                 event_time_ms=self.checkpoint.event_time_ms,
                 time_column=self.settings.columns.time is not None,
-                counters=self.counters,
             )
             first = await asyncio.to_thread(next, batches, None)
             if first is None:
@@ -209,24 +237,13 @@ class Run:
         self.validated.rejects.add_api_rejects(refused)
         first, last = settled.batch.span
         self.checkpoint.settle(first, last, settled.imported, len(settled.refused))
-        c = self.counters
-        c.events_imported = self.checkpoint.events_imported
-        c.events_imported_this_run = self.stats.events_imported
-        c.rejected_sent = self.checkpoint.events_refused
-        c.events_sent = self.stats.events_sent
-        verdicts = self.validated.verdicts
-        c.rejected = verdicts.rows_read - verdicts.rows_valid + self.validated.rejects.api_rejected
         self._dirty = True
         self.progress.tick()
-
-    def _retried(self) -> None:
-        self.counters.retries += 1
 
     async def _save_periodically(self) -> None:
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_S)
             await self._save()
-            self.counters.events_sent = self.stats.events_sent
             self.progress.tick()
 
     async def _save(self) -> None:
@@ -289,7 +306,6 @@ def produce_batches(
     *,
     event_time_ms: int,
     time_column: bool,
-    counters: Counters,
 ) -> Iterator[Batch]:
     """Re-read the input and yield batches of the valid rows not yet done, spans tiling the file.
 
@@ -300,7 +316,6 @@ def produce_batches(
     rows_total = verdicts.rows_read
 
     def pairs_of(chunk: Chunk) -> Pairs | None:
-        counters.rows_read = chunk.end_row - 1
         rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
         ok = chunk_reasons(chunk, verdicts) == Reason.VALID
         ok &= ~done.contains(rows)
@@ -345,13 +360,3 @@ def produce_batches(
         previous = batch
     if previous is not None:
         yield replace(previous, span=(start, rows_total))
-
-
-def chunk_reasons(chunk: Chunk, verdicts: Verdicts) -> npt.NDArray[np.uint8]:
-    """The verdicts of a chunk's rows, re-read after judging; a grown file is refused."""
-    if chunk.end_row - 1 > verdicts.rows_read:
-        raise InputError(
-            "the input file grew while backfill was reading it: let the export finish, "
-            "then run the same command again"
-        )
-    return verdicts.reasons[chunk.first_row - 1 : chunk.end_row - 1]

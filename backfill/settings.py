@@ -1,8 +1,9 @@
-"""Settings: one frozen value built once from flags, a TOML file and the environment.
+"""Settings: one frozen value built once from flags or keywords, a TOML file and the environment.
 
-Precedence: a flag on the command line, then a key in ``--config``, then the default. Every
-value is checked here, so later code never meets a bad one. Credentials come only from the
-environment, never from a flag or a file, and their repr never shows a secret.
+Precedence: a flag on the command line (or a keyword of ``backfill.validate``/``run``), then a
+key in ``--config``, then the default of ``options.OPTIONS``. Every value is checked there, so
+later code never meets a bad one. Credentials come only from the environment or an explicit
+``Credentials`` value, never from a flag or a file, and their repr never shows a secret.
 """
 
 from __future__ import annotations
@@ -16,52 +17,31 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from backfill.errors import ConfigError
-from backfill.mixpanel import MAX_EVENTS_PER_REQUEST, REGIONS
-from backfill.read import Columns, detect_format
+from backfill.mixpanel import MAX_CLUSTER_SIZE, MAX_EVENTS_PER_REQUEST, REGIONS
+from backfill.options import BY_NAME, IDENTITY_EVENT_NAMES, check_keys, merge
+from backfill.read import Columns
 from backfill.times import TimeStatus, now_ms, parse_one
-from backfill.validate import DEFAULT_MAX_CLUSTER_SIZE
 
-#: Every key a config file may hold: its type and default. Names follow the long options.
-OPTIONS: dict[str, tuple[type, Any]] = {
-    "format": (str, None),
-    "anon_column": (str, "anon_id"),
-    "identified_column": (str, "identified_id"),
-    "time_column": (str, None),
-    "out": (str, None),
-    "no_progress": (bool, False),
-    "max_cluster_size": (int, DEFAULT_MAX_CLUSTER_SIZE),
-    "project_id": (str, None),
-    "region": (str, "us"),
-    "api_url": (str, None),
-    "concurrency": (int, 10),
-    "rate": (float, 25_000.0),
-    "batch_size": (int, MAX_EVENTS_PER_REQUEST),
-    "max_attempts": (int, 8),
-    "timeout": (float, 30.0),
-    "event_time": (str, None),
-    "retry_base_s": (float, 2.0),
-}
-#: Keys that must never come from a file: secrets, and the one-off --restart.
-_REFUSED_KEYS = {
-    "restart": "--restart is a one-off: pass it on the command line",
-    "secret": "credentials come from the environment only (see README: Credentials)",
-    "api_secret": "credentials come from the environment only (see README: Credentials)",
-    "username": "credentials come from the environment only (see README: Credentials)",
-    "password": "credentials come from the environment only (see README: Credentials)",
-    "token": "the project token comes from MIXPANEL_PROJECT_TOKEN",
-}
+#: What a dataset may be read from: paths, folders, globs or URLs; or a DataFrame / Table.
+Source = Any
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything one run needs to know, checked and resolved once."""
+    """Everything one command needs to know, checked and resolved once."""
 
-    input_path: Path
-    format: str
-    columns: Columns
-    out_dir: Path
+    source: Source
+    format: str | None = None
+    columns: Columns = field(default_factory=Columns)
+    #: None: the pipeline picks the run folder once the input is known (see ``run_folder``).
+    out: Path | None = None
+    delimiter: str | None = None
     progress: bool = True
-    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
+    json: bool = False
+    id_merge: str = "original"
+    non_uuid_anon: str = "refuse"
+    pairing_event: str = "Identity Backfill"
+    max_cluster_size: int = MAX_CLUSTER_SIZE
     project_id: str | None = None
     region: str = "us"
     api_url: str = REGIONS["us"]
@@ -81,6 +61,11 @@ class Settings:
         base = self.api_url.rstrip("/")
         return base if base.endswith("/import") else base + "/import"
 
+    @property
+    def simplified(self) -> bool:
+        """Whether the project uses Simplified ID Merge (pairing events, no $identify)."""
+        return self.id_merge == "simplified"
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -89,6 +74,14 @@ class Credentials:
     username: str = field(repr=False)
     secret: str = field(repr=False)
     legacy: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.legacy and ":" in self.username:
+            # HTTP Basic cannot carry a colon in the user name: the secret would be split.
+            raise ConfigError(
+                "MIXPANEL_SERVICE_ACCOUNT_USERNAME contains ':': copy the service account's "
+                "user name exactly as Mixpanel shows it (it has no colon)"
+            )
 
     def __repr__(self) -> str:
         if self.legacy:
@@ -103,17 +96,8 @@ class Credentials:
         return (self.secret, "") if self.legacy else (self.username, self.secret)
 
 
-def default_out_dir(input_path: Path) -> Path:
-    """``runs/<input stem>/``, the stem without .csv/.parquet/.gz."""
-    name = input_path.name
-    for suffix in (".gz", ".csv", ".tsv", ".parquet", ".pq", ".parq"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return Path("runs") / (name or "input")
-
-
-def load_config(path: Path | None) -> dict[str, Any]:
-    """The keys of a TOML config file, checked against OPTIONS."""
+def load_config(path: Path | None, command: str) -> dict[str, Any]:
+    """The keys of a TOML config file, each checked against the options of ``command``."""
     if path is None:
         return {}
     try:
@@ -124,89 +108,113 @@ def load_config(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config {path} is not valid TOML: {e} (fix that line)") from None
-    for key, value in data.items():
-        if key in _REFUSED_KEYS:
-            raise ConfigError(f"config {path}: key {key!r} is not allowed: {_REFUSED_KEYS[key]}")
-        if key not in OPTIONS:
-            known = ", ".join(sorted(OPTIONS))
-            raise ConfigError(f"config {path}: unknown key {key!r}; known keys: {known}")
-        kind = OPTIONS[key][0]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            data[key] = float(value)
-            ok = True
-        if not ok:
-            raise ConfigError(
-                f"config {path}: {key} must be {kind.__name__}, got {type(value).__name__} "
-                f"{value!r}"
-            )
-    return data
+    return check_keys(data, command, f"config {path}")
 
 
-def build_settings(
-    input_path: Path,
-    flags: Mapping[str, Any],
-    config: Mapping[str, Any],
-    env: Mapping[str, str],
+def resolve(
+    command: str,
     *,
-    restart: bool = False,
+    explicit: Mapping[str, Any],
+    config: Mapping[str, Any],
+    origin: str,
+) -> dict[str, Any]:
+    """Every option of ``command``: ``explicit`` (flags or keywords) over ``config`` over defaults.
+
+    ``origin`` is ``"flag"`` (strings from argparse, converted here) or ``"keyword"``.
+    """
+    given = {k: BY_NAME[k].check(v, origin) for k, v in explicit.items() if v is not None}
+    return merge(given, config, command)
+
+
+def settings_for(
+    command: str,
+    source: Source,
+    *,
+    explicit: Mapping[str, Any],
+    config_path: Path | None,
+    origin: str,
+    env: Mapping[str, str],
 ) -> Settings:
-    """Resolve flags over config over defaults; check every value; fill in from env."""
+    """The checked ``Settings`` of ``command``: flags or keywords over a TOML file over defaults."""
+    config = load_config(config_path, command)
+    values = resolve(command, explicit=explicit, config=config, origin=origin)
+    return build_settings(source, values, env)
 
-    def get(key: str) -> Any:
-        value = flags.get(key)
-        if value is None or value is False:
-            value = config.get(key, value)
-        return OPTIONS[key][1] if value is None else value
 
-    fmt = detect_format(input_path, get("format"))
-    region = str(get("region")).lower()
-    if region not in REGIONS:
-        raise ConfigError(f"--region {region!r} is not one of us, eu, in")
-    api_url = get("api_url") or REGIONS[region]
+def build_settings(source: Source, values: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """A ``Settings`` from resolved option values (``resolve``) and the environment."""
+    region = str(values.get("region") or "us")
+    api_url = str(values.get("api_url") or REGIONS[region])
     check_api_url(api_url)
-    max_cluster = _int_in(get, "max_cluster_size", 2, DEFAULT_MAX_CLUSTER_SIZE)
-    batch_size = _int_in(get, "batch_size", 1, MAX_EVENTS_PER_REQUEST)
-    concurrency = _int_in(get, "concurrency", 1, 64)
-    max_attempts = _int_in(get, "max_attempts", 1, 100)
-    rate = _positive(get, "rate")
-    timeout = _positive(get, "timeout")
-    retry_base = float(get("retry_base_s"))
-    if retry_base < 0:
-        raise ConfigError("retry_base_s must be 0 or more")
-    event_time = get("event_time")
-    event_time_ms = None if event_time is None else parse_event_time(str(event_time))
-    project_id = get("project_id") or env.get("MIXPANEL_PROJECT_ID") or None
-    if project_id is not None and not str(project_id).strip().isdigit():
-        raise ConfigError(
-            f"project id {project_id!r} is not a number: use the numeric id shown in "
-            "Mixpanel's Project Settings (--project-id or MIXPANEL_PROJECT_ID)"
-        )
-    out = get("out")
+    event_time = values.get("event_time")
+    out = values.get("out")
     return Settings(
-        input_path=input_path,
-        format=fmt,
+        source=source,
+        format=values.get("format"),
         columns=Columns(
-            anon=str(get("anon_column")),
-            identified=str(get("identified_column")),
-            time=get("time_column") or None,
+            anon=values["anon_column"],
+            identified=values["identified_column"],
+            time=values.get("time_column") or None,
         ),
-        out_dir=Path(out) if out else default_out_dir(input_path),
-        progress=not get("no_progress"),
-        max_cluster_size=max_cluster,
-        project_id=str(project_id).strip() if project_id else None,
+        out=Path(out) if out else None,
+        delimiter=_delimiter(values.get("delimiter")),
+        progress=not values.get("no_progress"),
+        json=bool(values.get("json")),
+        id_merge=values["id_merge"],
+        non_uuid_anon=values["non_uuid_anon"],
+        pairing_event=_pairing_event(values["pairing_event"]),
+        max_cluster_size=values["max_cluster_size"],
+        project_id=_project_id(values.get("project_id") or env.get("MIXPANEL_PROJECT_ID")),
         region=region,
-        api_url=str(api_url),
-        concurrency=concurrency,
-        rate_per_s=rate,
-        batch_size=batch_size,
-        max_attempts=max_attempts,
-        timeout_s=timeout,
-        event_time_ms=event_time_ms,
-        restart=restart,
-        retry_base_s=retry_base,
+        api_url=api_url,
+        concurrency=values.get("concurrency", 10),
+        rate_per_s=values["rate"],
+        batch_size=values["batch_size"],
+        max_attempts=values.get("max_attempts", 8),
+        timeout_s=values.get("timeout", 30.0),
+        event_time_ms=None if event_time is None else parse_event_time(str(event_time)),
+        restart=bool(values.get("restart")),
+        retry_base_s=values.get("retry_base_s", 2.0),
         token=env.get("MIXPANEL_PROJECT_TOKEN") or None,
     )
+
+
+def _project_id(value: Any) -> str | None:
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    if not text.isdigit():
+        raise ConfigError(
+            f"project id {value!r} is not a number: use the numeric id shown in "
+            "Mixpanel's Project Settings (--project-id or MIXPANEL_PROJECT_ID)"
+        )
+    return text
+
+
+def _delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = "\t" if value in ("\\t", "tab") else value
+    if len(text) != 1 or text in '\r\n"':
+        raise ConfigError(
+            f"--delimiter must be one character other than a quote or a line break, got "
+            f"{value!r} (e.g. --delimiter ';', or --format tsv for tabs)"
+        )
+    return text
+
+
+def _pairing_event(name: str) -> str:
+    stripped = name.strip()
+    if not stripped:
+        raise ConfigError(
+            "--pairing-event must not be empty: e.g. --pairing-event 'Identity Backfill'"
+        )
+    if stripped in IDENTITY_EVENT_NAMES:
+        raise ConfigError(
+            f"--pairing-event {stripped!r} is one of Mixpanel's identity events, which a "
+            "Simplified project refuses: choose a plain name such as 'Identity Backfill'"
+        )
+    return stripped
 
 
 def parse_event_time(text: str) -> int:
@@ -224,13 +232,20 @@ def parse_event_time(text: str) -> int:
 
 
 def check_api_url(url: str) -> None:
-    """Credentials go over https only, or plain http to a loopback address."""
+    """Credentials go over https only, or plain http to a loopback address; the URL must parse."""
     parts = urlsplit(url)
     if parts.username or parts.password:
         raise ConfigError(
             "--api-url must not carry credentials: remove user:password@ from it and set "
             "them in the environment"
         )
+    try:
+        parts.port  # noqa: B018  (raises on a port out of range or not a number)
+    except ValueError:
+        raise ConfigError(
+            f"--api-url {url!r} has an invalid port: e.g. https://api.mixpanel.com or "
+            "http://127.0.0.1:8787"
+        ) from None
     if parts.scheme == "https" and parts.hostname:
         return
     if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
@@ -277,29 +292,14 @@ def credentials_from_env(env: Mapping[str, str], project_id: str | None) -> Cred
             "MIXPANEL_SERVICE_ACCOUNT_SECRET and MIXPANEL_PROJECT_ID in the environment "
             "(or try it first with `backfill rehearse`)"
         )
+    check_project(creds, project_id)
+    return creds
+
+
+def check_project(creds: Credentials, project_id: str | None) -> None:
+    """A service account needs a project id: the checkpoint and every request name it."""
     if not project_id and not creds.legacy:
         raise ConfigError(
             "no project id: set MIXPANEL_PROJECT_ID or pass --project-id "
             "(the checkpoint is tied to it, so a resumed run cannot reach another project)"
         )
-    return creds
-
-
-def _int_in(get: Any, key: str, low: int, high: int) -> int:
-    value = get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        option = "--" + key.replace("_", "-")
-        raise ConfigError(f"{option} must be a whole number from {low} to {high}, got {value!r}")
-    return value
-
-
-def _positive(get: Any, key: str) -> float:
-    value = get(key)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if not number > 0 or number != number or number == float("inf"):
-        option = "--" + key.replace("_", "-")
-        raise ConfigError(f"{option} must be a number above 0, got {value!r}")
-    return number

@@ -28,8 +28,9 @@ import numpy as np
 import pyarrow as pa
 from aiohttp import web
 
+from backfill.answers import Settled
 from backfill.events import Batch, Encoder, Pairs
-from backfill.send import SendConfig, Sender, SendStats, Settled
+from backfill.send import SendConfig, Sender, SendStats
 from backfill.settings import Credentials
 from backfill.standin import (
     DEFAULT_PROJECT_ID,

@@ -22,6 +22,7 @@ from aiohttp import web
 from runkit import encode, make_pairs, send_batches, serving
 
 from backfill import send as send_module
+from backfill.answers import retry_after_seconds
 from backfill.errors import (
     RequestRefused,
     RetriesExhausted,
@@ -29,7 +30,6 @@ from backfill.errors import (
     Unreachable,
 )
 from backfill.events import Batch
-from backfill.send import retry_after_seconds
 from backfill.standin import FaultRates, StandinConfig, running_standin
 
 

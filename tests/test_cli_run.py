@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from runkit import Recorded, clean_env, recording_standin, run_cli, uuid4s
 
-from backfill.settings import build_settings
+from backfill.settings import settings_for
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,
@@ -510,7 +510,9 @@ async def test_dry_run_sends_nothing(tmp_path: Path) -> None:
 )
 def test_region_selects_the_import_url(flags: dict[str, str], url: str) -> None:
     """--region eu (no --api-url) targets api-eu; --api-url overrides the region."""
-    settings = build_settings(Path("m.csv"), flags, {}, {})
+    settings = settings_for(
+        "run", ("m.csv",), explicit=flags, config_path=None, origin="flag", env={}
+    )
     assert settings.import_url == url
 
 

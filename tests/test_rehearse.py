@@ -123,7 +123,7 @@ async def test_rehearsal_rejects_a_bad_fault_rate(tmp_path: Path) -> None:
         "rehearse", str(SAMPLE), "--fault-rate", "2", cwd=tmp_path, env=_env()
     )
     assert code == 2
-    assert "--fault-rate must be from 0 to 1" in err
+    assert "--fault-rate must be a number from 0 to 1" in err
     assert "Traceback" not in err
 
 

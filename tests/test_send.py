@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from runkit import GOOD, T_MS, encode, make_pairs, pairs, send_batches, uuid4s
 
+from backfill.answers import Settled
 from backfill.errors import (
     AuthRefused,
     IdentityEventsRefused,
@@ -22,7 +23,7 @@ from backfill.errors import (
     UnexpectedAnswer,
 )
 from backfill.events import Batch, Encoder, gzip_bytes
-from backfill.send import SendConfig, SendStats, Settled
+from backfill.send import SendConfig, SendStats
 from backfill.settings import Credentials
 from backfill.standin import (
     DEFAULT_SERVICE_ACCOUNT,
