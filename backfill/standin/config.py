@@ -27,12 +27,14 @@ class StandinConfig:
     ``refuse_distinct_ids`` (exact strings) are refused per record, to simulate refusals only
     Mixpanel makes. ``failed_records_key`` is ``"$insert_id"`` or ``"insert_id"`` (Mixpanel
     uses both), or None for refusals that carry only ``index``, ``field`` and ``message`` (as
-    Mixpanel also answers). ``id_merge`` is the project's identity system: ``"simplified"``
-    refuses every request holding an identity event as Mixpanel does (a 400 whose
-    ``failed_records`` is one plain string, nothing imported). ``redirect_to`` is the Location
-    of the ``302``/``307`` faults. ``max_future_s`` is how far ahead of this machine's clock a
-    ``time`` may be. ``store_path``, if set, receives one NDJSON line per unique accepted
-    record, deduplicated as Mixpanel counts them (appended, never truncated).
+    Mixpanel also answers). ``id_merge`` is the project's identity system: ``"original"``
+    merges ``$identify`` and ``$merge`` events into clusters of at most 500 ids;
+    ``"simplified"`` refuses every request holding an identity event as Mixpanel does (a 400
+    whose ``failed_records`` is one plain string, nothing imported) and pairs devices with
+    users from the events that carry both ``$device_id`` and ``$user_id``. ``redirect_to`` is
+    the Location of the ``302``/``307`` faults. ``max_future_s`` is how far ahead of this
+    machine's clock a ``time`` may be. ``store_path``, if set, receives one NDJSON line per
+    unique accepted record, deduplicated as Mixpanel counts them (appended, never truncated).
     """
 
     service_accounts: Mapping[str, str] = field(

@@ -24,7 +24,6 @@ from backfill.mixpanel import (
     MIN_TIME_MS,
     MS_THRESHOLD,
     PLACEHOLDER_DISTINCT_IDS,
-    UUID4_PATTERN,
 )
 
 #: Placeholder distinct_ids Mixpanel refuses (SPEC), compared case-insensitively after strip.
@@ -38,7 +37,6 @@ SIMPLIFIED_REFUSAL: Final = (
 #: The ``error`` of every strict-mode 400 that lists ``failed_records``.
 VALIDATION_FAILED: Final = "some data points in the request failed validation"
 
-_UUID4_RE: Final = re.compile(UUID4_PATTERN)
 _INSERT_ID_RE: Final = re.compile(INSERT_ID_PATTERN)
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _CONTENT_TYPES: Final = ("application/json", "application/x-ndjson")
@@ -245,21 +243,38 @@ def _check_insert_id(insert_id: Any) -> Invalid | None:
 
 
 def _check_identity(name: str, props: dict[str, Any]) -> Invalid | None:
-    if name != "$identify":
-        return None
-    anon = props.get("$anon_id")
-    if not isinstance(anon, str) or not _UUID4_RE.fullmatch(anon):
-        return Invalid("properties.$anon_id", "'properties.$anon_id' must be a UUID v4")
-    identified = props.get("$identified_id")
-    if not isinstance(identified, str) or not identified.strip():
-        return Invalid(
-            "properties.$identified_id", "'properties.$identified_id' must be a non-empty string"
-        )
-    if identified != props["distinct_id"]:
-        return Invalid(
-            "properties.$identified_id",
-            "'properties.$identified_id' must equal 'properties.distinct_id'",
-        )
+    """A malformed identity event is refused; one that merely does not merge is accepted.
+
+    Mixpanel's strict mode accepts a ``$identify`` whose ``$anon_id`` is not a UUID v4 and
+    silently does not merge it (``identity.py`` keeps that account), so the format of the anon
+    id is not checked here: only that the identity event has the ids it needs.
+    """
+    if name == "$identify":
+        anon = props.get("$anon_id")
+        if not isinstance(anon, str) or not anon:
+            return Invalid(
+                "properties.$anon_id", "'properties.$anon_id' must be a non-empty string"
+            )
+        identified = props.get("$identified_id")
+        if not isinstance(identified, str) or not identified.strip():
+            return Invalid(
+                "properties.$identified_id",
+                "'properties.$identified_id' must be a non-empty string",
+            )
+        if identified != props["distinct_id"]:
+            return Invalid(
+                "properties.$identified_id",
+                "'properties.$identified_id' must equal 'properties.distinct_id'",
+            )
+    elif name == "$merge":
+        ids = props.get("$distinct_ids")
+        if not (
+            isinstance(ids, list) and len(ids) == 2 and all(isinstance(i, str) and i for i in ids)
+        ):
+            return Invalid(
+                "properties.$distinct_ids",
+                "'properties.$distinct_ids' must be an array of exactly two non-empty strings",
+            )
     return None
 
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from backfill.standin.config import StandinConfig
 from backfill.standin.faults import Fault, FaultPlan, FaultRates, TokenBucket
+from backfill.standin.identity import Identity, NotMerged, OriginalIdentity, SimplifiedIdentity
 from backfill.standin.rules import canonical
 
 
@@ -82,6 +83,10 @@ class StandinState:
         self.events_received = 0
         self.events_rejected = 0
         self.duplicates = 0
+        #: What the accepted events merged, by the rules of the project's ID merge system.
+        self.identity: Identity = (
+            SimplifiedIdentity() if config.id_merge == "simplified" else OriginalIdentity()
+        )
         self.in_flight = 0
         self.max_in_flight = 0
         self._plan = FaultPlan(config.faults)
@@ -152,6 +157,7 @@ class StandinState:
 
         No await inside: atomic with respect to other requests. The latest arrival of a key
         wins in the store; every distinct form of a key is kept to reveal conflicting resends.
+        The first arrival of a key goes to the identity graph, in the request's order.
         """
         unique: list[dict[str, Any]] = []
         for event in events:
@@ -161,6 +167,7 @@ class StandinState:
                 self.duplicates += 1
             else:
                 unique.append(event)
+                self.identity.observe(event)
             self.store[key] = event
             form = canonical(event)
             forms = self.forms.setdefault(key, [])
@@ -196,15 +203,34 @@ class StandinState:
         return {key: forms for key, forms in self.forms.items() if len(forms) > 1}
 
     def identify_pairs(self) -> set[tuple[str, str]]:
-        """The ``($anon_id, $identified_id)`` pairs of the stored ``$identify`` events."""
+        """The ``($anon_id, $identified_id)`` pairs of the stored ``$identify`` events, merged
+        or not (``merged_pairs()`` says which merged)."""
         return {
             (e["properties"]["$anon_id"], e["properties"]["$identified_id"])
             for key, e in self.store.items()
             if key.event == "$identify"
         }
 
+    def cluster_of(self, distinct_id: str) -> frozenset[str]:
+        """The ids of ``distinct_id``'s identity cluster, itself included (see ``identity``)."""
+        return self.identity.cluster_of(distinct_id)
+
+    def devices_of(self, user: str) -> frozenset[str]:
+        """Simplified: the devices paired with ``user``; Original: its cluster but itself."""
+        return self.identity.devices_of(user)
+
+    def merged_pairs(self) -> set[tuple[str, str]]:
+        """What really merged: ``(anon, identified)`` in Original, ``(device, user)`` in
+        Simplified (the device without its ``$device:`` prefix)."""
+        return self.identity.merged_pairs()
+
+    def not_merged(self) -> dict[tuple[str, str], NotMerged]:
+        """Accepted identity pairs that never merged, with the reason given the first time."""
+        return self.identity.not_merged()
+
     def summary(self) -> dict[str, Any]:
-        """Counters for printing: requests by status, faults, events and duplicates."""
+        """Counters for printing: requests by status, faults, events, duplicates, and what
+        merged (``identity``: merges made, not made by reason, clusters)."""
         statuses = self.statuses()
         return {
             "requests": self.requests_count,
@@ -220,4 +246,5 @@ class StandinState:
             "duplicates": self.duplicates,
             "conflicting_duplicates": len(self.conflicting_keys()),
             "max_in_flight": self.max_in_flight,
+            "identity": self.identity.summary(),
         }
