@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser(
         "serve",
         help="run the local Mixpanel /import stand-in (for rehearsals and tests)",
-        description="Serve a local stand-in for Mixpanel's /import?strict=1 until Ctrl-C.",
+        description="Serve a local stand-in for Mixpanel's /import?strict=1 until Ctrl-C.\n"
+        "Prints one line per request (time, status, events, imported, refused, the fault if\n"
+        "any, the credential kind; never a secret), and when stopped what it imported and\n"
+        "what merged.",
         epilog=_SERVE_EXAMPLES,
         formatter_class=fmt,
     )
@@ -182,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["original", "simplified"],
         type=str.lower,
         default="original",
-        help="the project's ID merge system: simplified refuses $identify (default: original)",
+        help="the project's ID merge system: simplified refuses identity events and pairs "
+        "$device_id with $user_id (default: original)",
+    )
+    sv.add_argument(
+        "--quiet", action="store_true", help="no line per request: the banner and summary only"
     )
     st = sub.add_parser(
         "status",
@@ -321,7 +328,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         id_merge=args.system,
     )
     try:
-        serve(config, host=args.host, port=args.port)
+        serve(config, host=args.host, port=args.port, log_requests=not args.quiet)
     except OSError as e:
         raise ConfigError(f"cannot serve: {e}") from None
     return 0

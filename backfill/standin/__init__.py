@@ -64,7 +64,7 @@ from backfill.standin.config import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT,
 from backfill.standin.faults import FAULT_NAMES, Fault, FaultRates
 from backfill.standin.identity import NotMerged
 from backfill.standin.rules import IDENTITY_EVENTS, REFUSED_DISTINCT_IDS, SIMPLIFIED_REFUSAL
-from backfill.standin.running import Standin, banner, running_standin, serve
+from backfill.standin.running import Standin, banner, request_line, running_standin, serve
 from backfill.standin.state import EventKey, RequestRecord, StandinState
 
 #: The former private name of ``SIMPLIFIED_REFUSAL``, kept for code that still uses it.
@@ -89,6 +89,7 @@ __all__ = [
     "StandinState",
     "banner",
     "make_app",
+    "request_line",
     "running_standin",
     "serve",
 ]

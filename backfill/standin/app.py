@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -105,12 +105,19 @@ async def _read_body(request: web.Request, cap: int) -> tuple[bytes | None, int]
     return (bytes(kept) if total <= cap else None), total
 
 
+#: Called with each request's record once it is answered or dropped (``serve`` prints it).
+OnRequest = Callable[[RequestRecord], None]
+
+
 class ImportEndpoint:
     """The handler of every request: logs it, answers ``/import``, imports what passes."""
 
-    def __init__(self, config: StandinConfig, state: StandinState) -> None:
+    def __init__(
+        self, config: StandinConfig, state: StandinState, on_request: OnRequest | None = None
+    ) -> None:
         self.config = config
         self.state = state
+        self.on_request = on_request
         self._max_future_ms = int(config.max_future_s * 1000)
         # A gzip body may legitimately be a little larger than its content; past this it cannot
         # inflate to less than max_bytes unless it is built to waste space.
@@ -121,19 +128,21 @@ class ImportEndpoint:
         state = self.state
         record = RequestRecord(state.clock(), request.method, request.path, dict(request.query))
         state.open_request(record)
+        response: web.StreamResponse | None = None
         try:
             response = await self._respond(request, record)
+            record.status = response.status
         except _Drop:
             transport = request.transport
             if transport is not None:
                 transport.close()
-            # The transport is closed: aiohttp discards this reply and the client sees a
-            # disconnect; the record's status stays None.
-            return web.Response(status=204)
         finally:
             state.close_request(record)
-        record.status = response.status
-        return response
+        if self.on_request is not None:
+            self.on_request(record)
+        # A dropped request's transport is closed: aiohttp discards this reply and the client
+        # sees a disconnect; the record's status stays None.
+        return response if response is not None else web.Response(status=204)
 
     async def _respond(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         if request.path.rstrip("/") != "/import":
@@ -264,14 +273,20 @@ class ImportEndpoint:
         return failed
 
 
-def make_app(config: StandinConfig, state: StandinState | None = None) -> web.Application:
+def make_app(
+    config: StandinConfig,
+    state: StandinState | None = None,
+    *,
+    on_request: OnRequest | None = None,
+) -> web.Application:
     """The stand-in as an aiohttp application; ``app[STATE_KEY]`` is its ``StandinState``.
 
-    The application asks its server not to inflate request bodies itself (``handler_args``),
-    so that it can measure the compressed size and stop a gzip bomb at ``max_bytes``.
+    ``on_request`` is called with each request's record when it is answered or dropped. The
+    application asks its server not to inflate request bodies itself (``handler_args``), so
+    that it can measure the compressed size and stop a gzip bomb at ``max_bytes``.
     """
     state = state if state is not None else StandinState(config)
-    endpoint = ImportEndpoint(config, state)
+    endpoint = ImportEndpoint(config, state, on_request)
     app = web.Application(handler_args={"auto_decompress": False})
     app[STATE_KEY] = state
     app[CONFIG_KEY] = config
