@@ -42,6 +42,7 @@ attempt to merge.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from enum import StrEnum
 from typing import Any, Final
@@ -66,7 +67,7 @@ def is_mergeable_anon_id(anon: str) -> bool:
     return _UUID4_RE.fullmatch(anon.removeprefix(DEVICE_PREFIX)) is not None
 
 
-class Identity:
+class Identity(ABC):
     """What merged and what did not, common to both systems; a subclass says how ids join."""
 
     #: The ``id_merge`` value of the system.
@@ -79,18 +80,22 @@ class Identity:
         self._not_merged: dict[tuple[str, str], NotMerged] = {}
         self._refusals: Counter[NotMerged] = Counter()
 
+    @abstractmethod
     def observe(self, event: dict[str, Any]) -> None:
         """Apply one accepted, unique event (it passed the strict checks)."""
         raise NotImplementedError
 
+    @abstractmethod
     def cluster_of(self, distinct_id: str) -> frozenset[str]:
         """The ids of the cluster ``distinct_id`` belongs to (itself alone if merged with none)."""
         raise NotImplementedError
 
+    @abstractmethod
     def devices_of(self, user: str) -> frozenset[str]:
         """The ids merged with ``user``: its paired devices, or its cluster but itself."""
         raise NotImplementedError
 
+    @abstractmethod
     def clusters(self) -> list[int]:
         """The size of every cluster of two or more ids."""
         raise NotImplementedError
