@@ -147,7 +147,10 @@ def _serve_parser(sub: Any) -> None:
     sv = sub.add_parser(
         "serve",
         help="run the local Mixpanel /import stand-in (for rehearsals and tests)",
-        description="Serve a local stand-in for Mixpanel's /import?strict=1 until Ctrl-C.",
+        description="Serve a local stand-in for Mixpanel's /import?strict=1 until Ctrl-C.\n"
+        "Prints one line per request (time, status, events, imported, refused, the fault if\n"
+        "any, the credential kind; never a secret), and when stopped what it imported and\n"
+        "what merged.",
         epilog=_SERVE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
@@ -161,8 +164,10 @@ def _serve_parser(sub: Any) -> None:
     sv.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="per request")
     sv.add_argument("--seed", type=int, help="make the injected faults reproducible")
     sv.add_argument("--system", type=str.lower, default="original", metavar="original|simplified",
-                    help="the project's ID merge system: simplified refuses $identify "
-                    "(default: original)")  # fmt: skip
+                    help="the project's ID merge system: simplified refuses identity events "
+                    "and pairs $device_id with $user_id (default: original)")  # fmt: skip
+    sv.add_argument("--quiet", action="store_true",
+                    help="no line per request: the banner and summary only")  # fmt: skip
 
 
 def _status_parser(sub: Any) -> None:
@@ -292,7 +297,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         id_merge=args.system,
     )
     try:
-        serve(config, host=args.host, port=args.port)
+        serve(config, host=args.host, port=args.port, log_requests=not args.quiet)
     except OSError as e:
         raise ConfigError(f"cannot serve: {e}") from None
     return 0

@@ -114,7 +114,6 @@ def rehearse(
             summary = pipeline.run(rehearsal, Credentials(user, secret), progress=progress)
         finally:
             received = standin.state.summary()
-            received["pairs_stored"] = len(standin.state.identify_pairs())
     return Rehearsal(summary, received, received_path)
 
 
@@ -130,6 +129,24 @@ def render_received(rehearsal: Rehearsal) -> str:
             f"  events imported   {received['events_imported']:,} unique "
             f"({received['duplicates']:,} resent duplicates counted once)",
             f"  events refused    {received['events_rejected']:,}",
+            *_identity_lines(received.get("identity") or {}),
             f"  stored in         {path}",
         ]
     )
+
+
+def _identity_lines(identity: dict[str, Any]) -> list[str]:
+    """What merged in the stand-in's identity graph, and why the rest did not."""
+    if not identity:
+        return []
+    lines = [
+        f"  merged            {identity.get('merged', 0):,} ({identity.get('system')} ID merge)"
+    ]
+    for reason, count in (identity.get("not_merged") or {}).items():
+        lines.append(f"  not merged        {count:,} ({reason.replace('_', ' ')})")
+    if identity.get("clusters"):
+        lines.append(
+            f"  clusters          {identity['clusters']:,} "
+            f"(largest {identity.get('largest_cluster', 0):,} ids)"
+        )
+    return lines
