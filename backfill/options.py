@@ -51,6 +51,9 @@ class Option:
     default_text: str | None = None  # how the default reads when it is computed
     #: Whether a config file and the Python API may set it (not: one-off flags, display).
     keyed: bool = True
+    #: Whether the Python API may set it even so (``restart``: a one-off, but a notebook
+    #: has no command line to pass it on).
+    keyword: bool = False
 
     @property
     def flag(self) -> str:
@@ -202,7 +205,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "jitter (Mixpanel's 2 s → 60 s, 1-5 s)", commands=_SENDING, default=2.0, low=0,
            metavar="SECONDS", unit="seconds"),
     Option("restart", "bool", "discard the checkpoint in --out and start over",
-           commands=frozenset({RUN}), keyed=False),
+           commands=frozenset({RUN}), keyed=False, keyword=True),
     Option("dry_run", "bool", "validate only: the same as `backfill validate`",
            commands=frozenset({RUN}), keyed=False),
     Option("fault_rate", "float", "share of requests the stand-in fails (503, 429, dropped)",
@@ -229,9 +232,9 @@ def options_for(command: str) -> tuple[Option, ...]:
     return tuple(o for o in OPTIONS if command in o.commands)
 
 
-def keys_for(command: str) -> frozenset[str]:
-    """The keys a config file or the Python API may set for ``command``."""
-    return frozenset(o.name for o in options_for(command) if o.keyed)
+def keys_for(command: str, *, keyword: bool = False) -> frozenset[str]:
+    """The keys a config file (or, with ``keyword``, the Python API) may set for ``command``."""
+    return frozenset(o.name for o in options_for(command) if o.keyed or (keyword and o.keyword))
 
 
 def check_keys(values: Mapping[str, Any], command: str, origin: str) -> dict[str, Any]:
@@ -239,7 +242,7 @@ def check_keys(values: Mapping[str, Any], command: str, origin: str) -> dict[str
 
     ``origin`` is ``"keyword"`` for the Python API, or ``"config FILE"``.
     """
-    allowed = keys_for(command)
+    allowed = keys_for(command, keyword=origin == "keyword")
     checked: dict[str, Any] = {}
     for key, value in values.items():
         if key in REFUSED_KEYS:
@@ -249,10 +252,14 @@ def check_keys(values: Mapping[str, Any], command: str, origin: str) -> dict[str
             continue
         if key in BY_NAME:
             option = BY_NAME[key]
-            where = (
-                "a flag only" if not option.keyed else f"for {'/'.join(sorted(option.commands))}"
+            if command in option.commands:
+                raise ConfigError(
+                    f"{origin}: {key!r} cannot be set here: pass {option.flag} on the command line"
+                )
+            raise ConfigError(
+                f"{origin}: {key!r} is a setting of {'/'.join(sorted(option.commands))}, "
+                f"not of {command}"
             )
-            raise ConfigError(f"{origin}: {key!r} is {where}, not a setting of {command}")
         hint = _did_you_mean(key, sorted(allowed)) or f"; known keys: {', '.join(sorted(allowed))}"
         raise ConfigError(f"{origin}: unknown key {key!r}{hint}")
     return checked
@@ -281,7 +288,13 @@ def markdown_table() -> str:
     ]
     order = (VALIDATE, RUN, REHEARSE)
     for o in OPTIONS:
-        key = f"`{o.name}`" if o.keyed else "– (flag only)"
+        key = (
+            f"`{o.name}`"
+            if o.keyed
+            else f"`{o.name}` (Python only)"
+            if o.keyword
+            else "– (flag only)"
+        )
         values = ", ".join(f"`{c}`" for c in o.choices) if o.choices else (o.unit or "–")
         default = o.shown_default
         commands = ", ".join(c for c in order if c in o.commands)

@@ -9,10 +9,10 @@ the input and streams the valid pairs to the sender, never holding them all.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,11 +33,11 @@ from backfill.progress import Progress, Snapshot
 from backfill.read import DEFAULT_CHUNK_ROWS, ChunkSource, detect_format, open_chunks
 from backfill.reasons import Reason
 from backfill.report import SUMMARY_FILE, RejectsFile, reject_rows, zero_counts
-from backfill.run import Run, Validated
+from backfill.runner import Run, Validated, drive
 from backfill.settings import Credentials, Settings
 from backfill.summary import RunStatus, Summary, ThisRun
 from backfill.times import iso_utc, now_ms
-from backfill.validate import judge
+from backfill.validation import judge
 
 RUNS_ROOT = Path("runs")
 
@@ -128,7 +128,7 @@ def _send(
     progress.follow(sending.snapshot)
     status = RunStatus.ABORTED  # whatever stops the run early, unless it says otherwise below
     try:
-        asyncio.run(sending.send())
+        drive(sending)
         status = RunStatus.COMPLETED
     except (Interrupted, KeyboardInterrupt):
         status = RunStatus.INTERRUPTED
@@ -278,7 +278,11 @@ def _run_summary(
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM off for the few milliseconds of the final writes."""
+    """Hold SIGINT/SIGTERM off for the few milliseconds of the final writes (main thread only:
+    elsewhere Python delivers no signals anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     held = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.getsignal(sig) for sig in held}
     for sig in held:

@@ -26,7 +26,7 @@ from backfill.reasons import REJECT_REASONS, Reason
 from backfill.summary import Summary
 from backfill.times import TimeStatus, to_epoch_ms
 from backfill.times import describe as describe_time
-from backfill.validate import Verdicts, describe
+from backfill.validation import Verdicts, describe
 
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"

@@ -122,7 +122,11 @@ def resolve(
 
     ``origin`` is ``"flag"`` (strings from argparse, converted here) or ``"keyword"``.
     """
-    given = {k: BY_NAME[k].check(v, origin) for k, v in explicit.items() if v is not None}
+    present = {k: v for k, v in explicit.items() if v is not None}
+    if origin == "keyword":
+        given = check_keys(present, command, origin)
+    else:
+        given = {k: BY_NAME[k].check(v, origin) for k, v in present.items()}
     return merge(given, config, command)
 
 

@@ -40,7 +40,7 @@ EVENT_TIME = "2024-01-01T00:00:00Z"
 EVENT_TIME_MS = 1_704_067_200_000
 HEADER = ["anon_id", "identified_id"]
 HASH_BUG = (
-    "BUG: backfill/validate.py hash_strings/hash_strings_seeds mixes every string for as many "
+    "BUG: backfill/validation.py hash_strings/hash_strings_seeds mixes every string for as many "
     "8-byte words as the longest string hashed in the same call, so the same string hashes "
     "differently in another batch or reader chunk"
 )
@@ -444,7 +444,7 @@ async def test_legacy_api_secret_needs_no_project_id(tmp_path: Path) -> None:
 
 
 FIRST_ROWS_BUG = (
-    "BUG: backfill/validate.py Verdicts.first_rows: with no conflict or duplicate in "
+    "BUG: backfill/validation.py Verdicts.first_rows: with no conflict or duplicate in "
     "the file, ref_rows is empty, `pos[pos >= len(ref_rows)] = 0` leaves index 0 and "
     "`ref_first[0]` raises IndexError, so any file whose rejects are all per-row (bad UUID, "
     "placeholder, ...) ends in 'internal error' (exit 1) from pipeline.reject_rows:101"

@@ -26,7 +26,7 @@ GOLDEN = (
 )
 
 HASH_BUG = (
-    "BUG: backfill/validate.py hash_strings (now hash_strings_seeds; formerly _hash_rows) mixes "
+    "BUG: backfill/validation.py hash_strings (now hash_strings_seeds; formerly _hash_rows) mixes "
     "every string for as many 8-byte words as the LONGEST string hashed in the same call: a "
     "shorter string gets extra _fmix rounds on zero words, so its hash, and the $insert_id that "
     "events.insert_ids derives from it, depends on what else is encoded with the pair"

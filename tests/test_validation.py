@@ -15,7 +15,7 @@ import pytest
 from backfill.read import Columns, open_chunks
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.times import TimeStatus, to_epoch_ms
-from backfill.validate import Hasher, Verdicts, describe, hash_strings, judge
+from backfill.validation import Hasher, Verdicts, describe, hash_strings, judge
 
 NOW_MS = 1_760_000_000_000  # 2025-10-09T08:53:20Z: "now" for every test
 GOOD_TIME = "1704067200"  # 2024-01-01T00:00:00Z in epoch seconds

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -46,7 +47,7 @@ from backfill.report import RejectsFile, chunk_reasons
 from backfill.send import SendConfig, Sender, SendStats
 from backfill.settings import Credentials, Settings
 from backfill.times import to_epoch_ms
-from backfill.validate import Verdicts
+from backfill.validation import Verdicts
 
 #: Seconds that requests in flight get to settle after Ctrl-C, on top of --timeout.
 GRACE_S = 5.0
@@ -99,6 +100,7 @@ class Run:
         self._hard_stop = asyncio.Event()
         self._dirty = False
         self._started: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ended: float | None = None
 
     def send_seconds(self) -> float:
@@ -261,6 +263,12 @@ class Run:
 
         await asyncio.shield(asyncio.to_thread(write))
 
+    def interrupt(self) -> None:
+        """Ctrl-C from another thread (a notebook's): the first asks a graceful stop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_signal)
+
     def _on_signal(self) -> None:
         self.signals += 1
         if self.signals == 1:
@@ -272,9 +280,14 @@ class Run:
     async def _signal_handlers(self) -> AsyncIterator[None]:
         """SIGINT/SIGTERM ask this run to stop while it sends; the old handlers come back after.
 
-        asyncio would leave SIGTERM at its default (death) on removal, hence the restore.
+        asyncio would leave SIGTERM at its default (death) on removal, hence the restore. Off
+        the main thread (a notebook's send thread) signals cannot be caught: ``interrupt``
+        serves instead.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
         before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in before:
             loop.add_signal_handler(sig, self._on_signal)
@@ -360,3 +373,34 @@ def produce_batches(
         previous = batch
     if previous is not None:
         yield replace(previous, span=(start, rows_total))
+
+
+def drive(sending: Run) -> None:
+    """Run ``sending.send()`` to its end, from plain code or from inside a running event loop.
+
+    A notebook (Jupyter) already runs an event loop in this thread, where ``asyncio.run``
+    refuses to start: the send then runs in a thread with a loop of its own, and a Ctrl-C
+    (KeyboardInterrupt here) asks it to stop gracefully, as SIGINT would.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(sending.send())
+        return
+    outcome: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(sending.send())
+        except BaseException as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=target, name="backfill-send")
+    thread.start()
+    while thread.is_alive():
+        try:
+            thread.join(0.2)
+        except KeyboardInterrupt:
+            sending.interrupt()
+    if outcome:
+        raise outcome[0]
