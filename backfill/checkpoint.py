@@ -56,6 +56,7 @@ import numpy.typing as npt
 
 from backfill.errors import CheckpointMismatch, RunLocked
 from backfill.files import atomic_write_bytes, read_json
+from backfill.mixpanel import MIN_TIME_MS
 
 LOCK_FILE = ".lock"
 CHECKPOINT_FILE = "checkpoint.json"
@@ -114,11 +115,23 @@ class RowIntervals:
 
     @classmethod
     def from_json(cls, data: Any) -> RowIntervals:
-        """Rebuild from ``to_json`` output, merging defensively."""
+        """Rebuild from ``to_json`` output, merging defensively; ValueError if malformed."""
+        if not isinstance(data, list):
+            raise ValueError(f"done is {type(data).__name__}, not a list of [first, last]")
         out = cls()
-        for first, last in data or []:
-            out.add(int(first), int(last))
+        for pair in data:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ValueError(f"done holds {pair!r}, not [first, last]")
+            first, last = (_count(v, "a done row") for v in pair)
+            if not 1 <= first <= last:
+                raise ValueError(f"done holds [{first}, {last}]")
+            out.add(first, last)
         return out
+
+    @property
+    def last(self) -> int:
+        """The highest row in the set (0 when empty)."""
+        return self.ends[-1] if self.ends else 0
 
 
 # --- identity ------------------------------------------------------------------------------
@@ -213,23 +226,25 @@ class Checkpoint:
                 f"{path} was written by another version of backfill: pass --restart to start over"
             )
         try:
+            if not isinstance(data["identity"], dict):
+                raise ValueError("identity is not an object")
             return cls(
                 path=path,
                 identity=dict(data["identity"]),
-                event_time_ms=int(data["event_time_ms"]),
+                event_time_ms=_event_time(data["event_time_ms"]),
                 done=RowIntervals.from_json(data["done"]),
-                events_imported=int(data["events_imported"]),
-                events_refused=int(data["events_refused"]),
-                requests=int(data.get("requests", 0)),
-                retries={str(k): int(v) for k, v in data.get("retries", {}).items()},
-                runs=int(data.get("runs", 0)),
-                created_at=float(data.get("created_at", time.time())),
-                events_total=_optional_int(data.get("events_total")),
-                rows_total=_optional_int(data.get("rows_total")),
-                rejected={str(k): int(v) for k, v in data.get("rejected", {}).items()},
-                updated_at=float(data.get("updated_at", time.time())),
-                run_started_at=float(data.get("run_started_at", time.time())),
-                run_events=int(data.get("run_events", 0)),
+                events_imported=_count(data["events_imported"], "events_imported"),
+                events_refused=_count(data["events_refused"], "events_refused"),
+                requests=_count(data.get("requests", 0), "requests"),
+                retries=_counts(data.get("retries", {}), "retries"),
+                runs=_count(data.get("runs", 0), "runs"),
+                created_at=_seconds(data.get("created_at")),
+                events_total=_optional_count(data.get("events_total"), "events_total"),
+                rows_total=_optional_count(data.get("rows_total"), "rows_total"),
+                rejected=_counts(data.get("rejected", {}), "rejected"),
+                updated_at=_seconds(data.get("updated_at")),
+                run_started_at=_seconds(data.get("run_started_at")),
+                run_events=_count(data.get("run_events", 0), "run_events"),
                 state=str(data.get("state", "running")),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -250,6 +265,14 @@ class Checkpoint:
             return None if data is None else cls._load(path, data)
         except (OSError, ValueError, CheckpointMismatch):
             return None
+
+    def check_rows(self, rows: int) -> None:
+        """Refuse a checkpoint whose done rows reach past the input's ``rows``."""
+        if self.done.last > rows:
+            raise CheckpointMismatch(
+                f"{self.path} records row {self.done.last:,} as done but the input has "
+                f"{rows:,} rows: the checkpoint is damaged; pass --restart to start over"
+            )
 
     @property
     def settled(self) -> int:
@@ -295,8 +318,41 @@ class Checkpoint:
         atomic_write_bytes(self.path, data if data is not None else self.snapshot())
 
 
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+#: No input has more rows than this; a count or row number past it is a damaged file.
+_MAX_COUNT = 1 << 48
+
+
+def _count(value: Any, name: str) -> int:
+    """A non-negative whole number, as JSON wrote it (not a bool, a float or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise ValueError(f"{name} is {value!r}, not a count")
+    return value
+
+
+def _optional_count(value: Any, name: str) -> int | None:
+    return None if value is None else _count(value, name)
+
+
+def _counts(value: Any, name: str) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is {type(value).__name__}, not an object of counts")
+    return {str(k): _count(v, f"{name}.{k}") for k, v in value.items()}
+
+
+def _seconds(value: Any) -> float:
+    if value is None:
+        return time.time()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"a time stamp is {value!r}")
+    return float(value)
+
+
+def _event_time(value: Any) -> int:
+    """The fixed event time: epoch ms from 1971 to now (a little clock skew allowed)."""
+    ms = _count(value, "event_time_ms")
+    if not MIN_TIME_MS <= ms <= time.time() * 1000 + 86_400_000:
+        raise ValueError(f"event_time_ms {ms} is not between 1971 and now")
+    return ms
 
 
 def _check_identity(
@@ -339,7 +395,14 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # O_NOFOLLOW: a symlink planted as .lock must not make us truncate its target.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise RunLocked(
+                f"cannot open the lock {self.path} ({e.strerror}): if it is a symlink, remove "
+                "it; else choose another --out"
+            ) from None
         if not _try_flock(fd, fcntl.LOCK_EX):
             holder = _describe(_read_holder(fd))
             os.close(fd)
@@ -374,9 +437,9 @@ def active_holder(out_dir: Path) -> dict[str, Any] | None:
     """Who holds the lock on ``out_dir`` right now, or None if no command is active."""
     path = out_dir / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None  # no lock (or a symlink planted as one): no backfill command holds it
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

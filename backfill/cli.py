@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from backfill import __version__
-from backfill.errors import EXIT_INTERRUPTED, EXIT_USAGE, BackfillError
+from backfill.errors import EXIT_INTERRUPTED, EXIT_USAGE, BackfillError, Interrupted
 from backfill.options import REHEARSE, RUN, VALIDATE, options_for
 
 START_HERE = """\
@@ -188,10 +188,11 @@ def _status_parser(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace, command: str) -> Any:
+    from backfill.pipeline import locate
     from backfill.settings import settings_for
 
     explicit = {o.name: getattr(args, o.name, None) for o in options_for(command)}
-    return settings_for(
+    settings = settings_for(
         command,
         tuple(args.inputs),
         explicit=explicit,
@@ -199,6 +200,12 @@ def _settings(args: argparse.Namespace, command: str) -> Any:
         origin="flag",
         env=os.environ,
     )
+    if command == REHEARSE:
+        return settings  # a rehearsal has its own folder, never a recorded run's
+    settings, note = locate(settings, os.environ)
+    if note:
+        print(f"backfill: {note}", file=sys.stderr)
+    return settings
 
 
 def _progress(settings: Any) -> Any:
@@ -254,6 +261,11 @@ def _cmd_rehearse(args: argparse.Namespace) -> int:
     except BackfillError as e:
         if e.summary is not None:
             _show(e.summary, settings, "rehearse", note)
+        if isinstance(e, Interrupted):
+            raise Interrupted(
+                "interrupted: a rehearsal starts afresh each time, so run it again to rehearse "
+                "the whole migration"
+            ) from None
         raise
     _show(result.summary, settings, "rehearse", note, extra=render_received(result))
     return 0

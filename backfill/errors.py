@@ -18,7 +18,10 @@
     │   │                          JSON, numbers that do not add up, a 413 for one event
     │   ├── Unreachable            no retry can help: certificate refused, name not resolved
     │   │                          or nobody listening at the canary
-    │   └── RetriesExhausted       a batch failed --max-attempts times
+    │   ├── RetriesExhausted       a batch failed --max-attempts times
+    │   ├── InputChanged           the input changed after sending began: only what was
+    │   │                          validated was sent; the rerun refuses it naming --restart
+    │   └── OutOfSpace             the disk filled up while writing the run folder
     └── Interrupted                exit 130: SIGINT/SIGTERM, checkpoint written
 
     SendError                      raised inside the sender, never reaches the CLI
@@ -104,6 +107,14 @@ class Unreachable(Aborted):
 
 class RetriesExhausted(Aborted):
     """A batch still failed after --max-attempts tries."""
+
+
+class InputChanged(Aborted):
+    """The input changed (grew, or was overwritten) while its validated pairs were being sent."""
+
+
+class OutOfSpace(Aborted):
+    """No space left while writing the checkpoint or the reports (written parts stay valid)."""
 
 
 class Interrupted(BackfillError):

@@ -1,24 +1,80 @@
-"""Durable file writes: temp file, fsync, rename, fsync of the folder.
+"""The run folder's files: private, durable, and failing in one line.
 
-A reader (or a rerun after kill -9) sees either the old file or the new one, never a torn one.
+* Every file holds user ids, so each is created readable by its owner only (0600) and a run
+  folder backfill creates is 0700.
+* Writes that must survive a crash go through a temp file, fsync, rename and an fsync of the
+  folder: a reader (or a rerun after kill -9) sees either the old file or the new one.
+* A full disk is an expected failure, not a bug: ``disk_errors`` turns ENOSPC/EDQUOT into
+  ``OutOfSpace`` (exit 3; whatever was written before stays consistent) naming the fix.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from backfill.errors import ConfigError, OutOfSpace
+
+PRIVATE_FILE = 0o600
+PRIVATE_FOLDER = 0o700
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` into ``OutOfSpace``, naming the fix."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _FULL:
+            raise OutOfSpace(
+                f"no space left on the disk of {path.parent} while writing {path.name}: free "
+                "some space (or copy the run folder to a disk with room and pass it as --out), "
+                "then run the same command again; the checkpoint is consistent"
+            ) from None
+        raise
+
+
+def prepare_folder(folder: Path) -> None:
+    """Create ``folder`` (0700) if needed; a file in its place or no write access: ConfigError."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file, not a folder: choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot create the run folder {folder} ({e.strerror}): choose another --out"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"the run folder {folder} is not writable: choose another --out")
+
+
+def open_private(path: Path, mode: str) -> Any:
+    """``open(path, mode)`` for text, the file created 0600 if it is new."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    fd = os.open(path, flags, PRIVATE_FILE)
+    return os.fdopen(fd, mode, encoding="utf-8", newline="")
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
+    """Replace ``path`` with ``data`` atomically and durably (0600)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with disk_errors(path):
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
 
 

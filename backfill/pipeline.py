@@ -10,16 +10,20 @@ the input and streams the valid pairs to the sender, never holding them all.
 from __future__ import annotations
 
 import math
+import os
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backfill import registry
 from backfill.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
@@ -28,7 +32,7 @@ from backfill.checkpoint import (
     token_digest,
 )
 from backfill.errors import BackfillError, Interrupted
-from backfill.files import atomic_write_json, read_json_dict
+from backfill.files import atomic_write_json, prepare_folder, read_json_dict
 from backfill.progress import Progress, Snapshot
 from backfill.read import DEFAULT_CHUNK_ROWS, ChunkSource, detect_format, open_chunks
 from backfill.reasons import Reason
@@ -49,26 +53,28 @@ def validate(
     started = time.time()
     progress = progress or Progress(enabled=False)
     source, fmt = open_source(settings, chunk_rows)
-    out_dir = run_folder(settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _prepare(settings)
     with RunLock(out_dir, command="validate"):
         try:
             validated = judge_and_report(settings, source, out_dir, progress)
         finally:
             progress.close()
         validated.rejects.close()
-        earlier = read_json_dict(out_dir / CHECKPOINT_FILE) or {}
+        earlier = read_json_dict(out_dir / CHECKPOINT_FILE)
         valid = validated.verdicts.rows_valid
         summary = Summary(
             status=RunStatus.VALIDATED,
             **_counts(settings, fmt, validated, out_dir, started),
             # A dry run in a folder where a run already sent pairs must not report zero.
-            events_imported=int(earlier.get("events_imported", 0)),
+            events_imported=int((earlier or {}).get("events_imported", 0)),
             batches_planned=math.ceil(valid / settings.batch_size),
             rate_per_s=settings.rate_per_s,
             estimated_send_s=round(valid / settings.rate_per_s, 1),
         )
-        atomic_write_json(out_dir / SUMMARY_FILE, summary.to_json())
+        if earlier is None:
+            # In a run's folder, summary.json stays the run's: a dry run must not turn a
+            # finished run's status into "validated".
+            atomic_write_json(out_dir / SUMMARY_FILE, summary.to_json())
     return summary
 
 
@@ -78,17 +84,18 @@ def run(
     *,
     progress: Progress | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    record_folder: bool = True,
 ) -> Summary:
     """Validate, then send every valid pair not yet done; resumable; returns the summary.
 
     Raises Aborted (exit 3) or Interrupted (exit 130) after writing the checkpoint and a
     summary with status ``aborted`` / ``interrupted`` (also on the error's ``summary``).
+    ``record_folder=False`` (a rehearsal) keeps the folder out of the registry.
     """
     started = time.time()
     progress = progress or Progress(enabled=False)
     source, fmt = open_source(settings, chunk_rows)
-    out_dir = run_folder(settings)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _prepare(settings, record=record_folder)
     with RunLock(out_dir, command="run"):
         ckpt = Checkpoint.open(
             out_dir,
@@ -106,6 +113,7 @@ def run(
         except BaseException:
             progress.close()
             raise
+        ckpt.check_rows(validated.verdicts.rows_read)
         ckpt.rows_total = validated.verdicts.rows_read
         ckpt.events_total = validated.verdicts.rows_valid
         ckpt.rejected = validated.verdicts.counts()
@@ -156,15 +164,55 @@ def open_source(settings: Settings, chunk_rows: int) -> tuple[ChunkSource, str]:
     return open_chunks(path, fmt, settings.columns, chunk_rows), fmt
 
 
-def run_folder(settings: Settings) -> Path:
-    """``--out``, else ``runs/<input stem>/``."""
+def locate(settings: Settings, env: Mapping[str, str]) -> tuple[Settings, str | None]:
+    """``settings`` with its run folder decided, and a note when it was found elsewhere.
+
+    ``--out`` wins; else the folder an earlier command on this input recorded (``registry``),
+    so the same command resumes from any directory; else ``runs/<input name>/``.
+    """
     if settings.out is not None:
-        return settings.out
-    name = Path(settings.source[0]).name
-    for suffix in (".gz", ".csv", ".tsv", ".parquet", ".pq", ".parq"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return RUNS_ROOT / (name or "input")
+        return settings, None
+    known = registry.lookup(registry_key(settings), env)
+    if known is not None:
+        note = (
+            None
+            if known == default_folder(settings).resolve()
+            else (
+                f"this input's run folder is {known} (recorded by an earlier command): using it; "
+                "pass --out to choose another"
+            )
+        )
+        return replace(settings, out=known), note
+    return replace(settings, out=default_folder(settings)), None
+
+
+def default_folder(settings: Settings) -> Path:
+    """``runs/<input name>/``: the name keeps the format (``mappings-csv``, ``mappings-parquet``)
+    so two exports of one table never share a folder."""
+    first = str(settings.source[0]).rstrip("/")
+    name = _slug(first.rsplit("/", 1)[-1] or first)
+    more = len(settings.source) - 1
+    return RUNS_ROOT / (name + (f"-and-{more}-more" if more else ""))
+
+
+def registry_key(settings: Settings) -> str:
+    """The key under which the registry records this input's run folder."""
+    return registry.key_for([str(s) for s in settings.source])
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-")
+    return slug or "input"
+
+
+def _prepare(settings: Settings, *, record: bool = True) -> Path:
+    """The run folder, created (0700) and recorded for this input."""
+    located, _ = locate(settings, os.environ)
+    assert located.out is not None
+    prepare_folder(located.out)
+    if record:
+        registry.remember(registry_key(settings), located.out, os.environ)
+    return located.out
 
 
 def judge_and_report(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backfill import pipeline
-from backfill.pipeline import run_folder
+from backfill.pipeline import default_folder
 from backfill.progress import Progress
 from backfill.settings import Credentials, Settings
 from backfill.standin import (
@@ -46,10 +46,13 @@ class Rehearsal:
 
 
 def rehearsal_folder(settings: Settings) -> Path:
-    """Where a rehearsal writes: ``--out`` if given, else the run folder + ``-rehearsal``."""
+    """Where a rehearsal writes: ``--out`` if given, else ``runs/<input name>-rehearsal/``.
+
+    Never the folder of a real run (nor one the registry knows): a rehearsal starts afresh.
+    """
     if settings.out is not None:
         return settings.out
-    folder = run_folder(settings)
+    folder = default_folder(settings)
     return folder.with_name(folder.name + "-rehearsal")
 
 
@@ -95,7 +98,6 @@ def rehearse(
 ) -> Rehearsal:
     """Start the stand-in, run the real ``run`` against it from scratch, report both sides."""
     out = rehearsal_folder(settings)
-    out.mkdir(parents=True, exist_ok=True)
     received_path = out / RECEIVED_FILE
     received_path.unlink(missing_ok=True)
     user, secret = DEFAULT_SERVICE_ACCOUNT
@@ -111,7 +113,9 @@ def rehearse(
             settings, out=out, api_url=standin.url, project_id=DEFAULT_PROJECT_ID, restart=True
         )
         try:
-            summary = pipeline.run(rehearsal, Credentials(user, secret), progress=progress)
+            summary = pipeline.run(
+                rehearsal, Credentials(user, secret), progress=progress, record_folder=False
+            )
         finally:
             received = standin.state.summary()
     return Rehearsal(summary, received, received_path)

@@ -5,6 +5,11 @@ written to a temp file and renamed into place once complete. Mixpanel's own refu
 (``api_rejected``) cannot be rebuilt: the ones an earlier run recorded are carried over, and new
 ones are appended and synced to disk before the checkpoint that marks their batch done, so a
 crash can repeat a refusal (it is then skipped) but never lose one.
+
+A cell that a spreadsheet would run as a formula (one starting with ``=``, ``+``, ``-``, ``@``,
+a tab or a carriage return) is written with a ``'`` in front, the convention spreadsheets
+themselves use for "text, not a formula" (OWASP's advice for CSV exports). The raw value is the
+cell without that first ``'`` whenever the second character is one of those six.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from backfill.errors import InputError
-from backfill.files import fsync_dir
+from backfill.files import disk_errors, fsync_dir, open_private
 from backfill.read import Chunk
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.summary import Summary
@@ -43,9 +48,10 @@ class RejectsFile:
         self._tmp = out_dir / f".{REJECTS_FILE}.{os.getpid()}.tmp"
         self._carried: list[list[str]] = self._read_api_rejects() if keep_api_rejects else []
         self.api_rows: set[int] = {int(r[0]) for r in self._carried}
-        self._file: io.TextIOWrapper | None = self._tmp.open("w", encoding="utf-8", newline="")
-        self._csv = csv.writer(self._file, lineterminator="\n")
-        self._csv.writerow(REJECTS_HEADER)
+        with disk_errors(self._tmp):
+            self._file: io.TextIOWrapper | None = open_private(self._tmp, "w")
+            self._csv = csv.writer(self._file, lineterminator="\n")
+            self._csv.writerow(REJECTS_HEADER)
 
     @property
     def api_rejected(self) -> int:
@@ -54,19 +60,21 @@ class RejectsFile:
 
     def write(self, rows: Iterable[RejectRow]) -> None:
         """Add validation rejects (call in row order)."""
-        self._csv.writerows(rows)
+        with disk_errors(self._tmp):
+            self._csv.writerows(_safe(r) for r in rows)
 
     def commit(self) -> None:
         """Finish the validation part: carry over earlier refusals, move the file into place."""
         assert self._file is not None
-        self._csv.writerows(self._carried)
-        self._carried = []
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        with disk_errors(self._tmp):
+            self._csv.writerows(self._carried)
+            self._carried = []
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
         fsync_dir(self.path.parent)
-        self._file = self.path.open("a", encoding="utf-8", newline="")
+        self._file = open_private(self.path, "a")
         self._csv = csv.writer(self._file, lineterminator="\n")
 
     def add_api_rejects(self, rows: Iterable[RejectRow]) -> int:
@@ -75,9 +83,10 @@ class RejectsFile:
         for r in new:
             self.api_rows.add(r[0])
         if new:
-            self._csv.writerows(new)
             assert self._file is not None
-            self._file.flush()
+            with disk_errors(self.path):
+                self._csv.writerows(_safe(r) for r in new)
+                self._file.flush()
         return len(new)
 
     def fileno(self) -> int | None:
@@ -107,6 +116,17 @@ class RejectsFile:
                 return rows
         except FileNotFoundError:
             return []
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _safe(row: RejectRow) -> tuple[object, ...]:
+    """The row with every text cell a spreadsheet would run as a formula neutralised."""
+    return tuple(
+        "'" + cell if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) else cell
+        for cell in row
+    )
 
 
 def zero_counts() -> dict[str, int]:

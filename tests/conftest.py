@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import random
 import socket
+import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
@@ -22,6 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 
 DEFAULT_HEADER = ("anon_id", "identified_id")
+
+# The run-folder registry of every test, and of every command a test starts (they inherit the
+# environment), lives in a folder of this session, never in the machine's home; each test then
+# gets one of its own (``_own_state``) so no test finds another's run folder.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="backfill-test-state-")
 
 Row = Sequence[Any]
 WriteCsv = Callable[..., Path]
@@ -114,3 +121,9 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+@pytest.fixture(autouse=True)
+def _own_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run-folder registry of this test's own (commands it starts inherit it)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))

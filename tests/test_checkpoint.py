@@ -138,10 +138,28 @@ def test_json_round_trip_and_defensive_merge_of_a_hand_edited_list() -> None:
     """``from_json`` rebuilds ``to_json`` output and merges unsorted or overlapping input."""
     ri = intervals((1, 4), (8, 9), (20, 30))
     assert RowIntervals.from_json(ri.to_json()) == ri
-    messy = RowIntervals.from_json([[20, 30], [1, 4], [3, 9], [31, 31], ["40", "41"]])
+    messy = RowIntervals.from_json([[20, 30], [1, 4], [3, 9], [31, 31], [40, 41]])
     assert messy.to_json() == [[1, 9], [20, 31], [40, 41]]
-    assert RowIntervals.from_json(None).to_json() == []
     assert RowIntervals.from_json([]).to_json() == []
+
+
+@pytest.mark.parametrize(
+    "done",
+    [
+        None,
+        [["40", "41"]],
+        [[1, 1e30]],
+        [[1, 10**30]],
+        [[5, 2]],
+        [[0, 3]],
+        [[1, 2, 3]],
+        [[True, 2]],
+    ],
+)
+def test_malformed_done_rows_are_refused(done: object) -> None:
+    """Strings, floats, huge, reversed or zero rows in ``done`` are a damaged file (ValueError)."""
+    with pytest.raises(ValueError, match="done"):
+        RowIntervals.from_json(done)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -109,7 +109,7 @@ def sample_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     return {
         "cwd": cwd,
-        "csv": (csv_run, cwd / "runs" / "mappings"),
+        "csv": (csv_run, cwd / "runs" / "mappings-csv"),
         "parquet": (parquet_run, cwd / "custom" / "pq"),
     }
 
@@ -130,10 +130,10 @@ def test_sample_exits_0_and_prints_the_summary(sample_runs: dict[str, Any], fmt:
     assert (out / "summary.json").is_file()
 
 
-def test_default_out_is_runs_stem_under_cwd(sample_runs: dict[str, Any]) -> None:
-    """Without --out, reports go to runs/<input stem>/ in the working directory."""
+def test_default_out_is_runs_name_under_cwd(sample_runs: dict[str, Any]) -> None:
+    """Without --out, reports go to runs/<input name>/ (its format kept) in the working dir."""
     _, out = sample_runs["csv"]
-    assert out == sample_runs["cwd"] / "runs" / "mappings"
+    assert out == sample_runs["cwd"] / "runs" / "mappings-csv"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "rejects.csv",
         "summary.json",
@@ -197,12 +197,12 @@ def test_sample_rejects_rows_are_1_based_records(sample_runs: dict[str, Any]) ->
 def test_csv_gz_default_out_and_same_rejects(
     tmp_path: Path, cli: Any, sample_runs: dict[str, Any]
 ) -> None:
-    """A gzipped copy validates the same, its reports in runs/<stem without .csv.gz>/."""
+    """A gzipped copy validates the same, its reports in runs/export-csv-gz/."""
     packed = tmp_path / "export.csv.gz"
     packed.write_bytes(gzip.compress(SAMPLE_CSV.read_bytes()))
     proc = cli(packed.name, "--time-column", "merged_at", "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "runs" / "export"
+    out = tmp_path / "runs" / "export-csv-gz"
     assert (out / "rejects.csv").read_bytes() == (
         sample_runs["csv"][1] / "rejects.csv"
     ).read_bytes()

@@ -51,7 +51,7 @@ async def test_readme_rehearsal_imports_the_valid_pairs(tmp_path: Path) -> None:
     assert re.search(rf"events imported +{VALID_IN_SAMPLE} unique", out)  # the stand-in's side
     for reason in ("invalid_anon_id", "conflicting_anon_id", "cluster_limit", "invalid_time"):
         assert reason in out
-    folder = tmp_path / "runs" / "mappings-rehearsal"
+    folder = tmp_path / "runs" / "mappings-csv-rehearsal"
     received = (folder / "received.ndjson").read_text().splitlines()
     assert len(received) == VALID_IN_SAMPLE
     assert {json.loads(line)["event"] for line in received} == {"$identify"}
@@ -61,7 +61,7 @@ async def test_readme_rehearsal_imports_the_valid_pairs(tmp_path: Path) -> None:
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["events_imported"] == VALID_IN_SAMPLE
-    assert not (tmp_path / "runs" / "mappings").exists()  # never a real run's folder
+    assert not (tmp_path / "runs" / "mappings-csv").exists()  # never a real run's folder
 
 
 async def test_rehearsing_a_simplified_project_shows_the_refusal(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ async def test_rehearsal_with_faults_retries_and_completes(tmp_path: Path) -> No
         env=_env(),
     )
     assert code == 0, err
-    summary = json.loads((tmp_path / "runs/mappings-rehearsal/summary.json").read_text())
+    summary = json.loads((tmp_path / "runs/mappings-csv-rehearsal/summary.json").read_text())
     assert summary["events_imported"] == VALID_IN_SAMPLE
     assert sum(summary["retries"].values()) > 0
 

@@ -797,7 +797,7 @@ async def test_rejects_csv_holds_each_row_once_across_interrupted_and_killed_run
 async def test_status_while_running_and_after(tmp_path: Path, big: Dataset) -> None:
     """`backfill status` shows a live run's progress, then the finished run; --json parses."""
     input_path = big.copy_to(tmp_path)
-    out = tmp_path / "runs" / "mappings"  # the default --out, so status finds it alone
+    out = tmp_path / "runs" / "mappings-csv"  # the default --out, so status finds it alone
     async with serve(LEISURELY) as standin:
         args = run_args(input_path, None, standin.url)
         async with launched(args, cwd=tmp_path) as proc:
@@ -826,7 +826,7 @@ async def test_status_while_running_and_after(tmp_path: Path, big: Dataset) -> N
     assert 0 < live["events_imported"] <= live["pairs_settled"]
     assert live["finished"] is False
     assert live["events_per_s"] > 0
-    assert [s["out"] for s in json.loads(listed.stdout)] == [str(Path("runs") / "mappings")]
+    assert [s["out"] for s in json.loads(listed.stdout)] == [str(Path("runs") / "mappings-csv")]
 
     assert after.code == 0, after.stderr
     assert "finished" in after.stdout
