@@ -90,18 +90,18 @@ def test_csv_crlf_line_ends(tmp_path: Path, write_csv: Any) -> None:
 
 
 def test_csv_quoted_commas_and_line_breaks_count_as_one_record(tmp_path: Path) -> None:
-    """Quoted commas and line breaks stay in the value, and row numbers count records."""
+    """Quoted commas stay in the value; a note spanning lines is one record for row numbers."""
     path = tmp_path / "m.csv"
     path.write_text(
-        "anon_id,identified_id\n"
-        f'{U1},"Souza, Ana"\n'
-        f'{U2},"line one\nline two\nline three"\n'
-        f"{U1},last\n",
+        "anon_id,identified_id,note\n"
+        f'{U1},"Souza, Ana",\n'
+        f'{U2},u2,"line one\nline two\nline three"\n'
+        f"{U1},last,\n",
         encoding="utf-8",
     )
     assert read_all(path) == [
         (1, U1, "Souza, Ana", None),
-        (2, U2, "line one\nline two\nline three", None),
+        (2, U2, "u2", None),
         (3, U1, "last", None),
     ]
 
