@@ -221,8 +221,11 @@ def open_dataset(
         return Dataset([file], file.format, columns, chunk_rows=chunk_rows)
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
+    given = normalize_format(fmt)
+    if given is not None:
+        resolve_delimiter(given, delimiter)  # a bad option is reported before any file access
     found = find_files(list(inputs))
-    fmt = _one_format(found, normalize_format(fmt))
+    fmt = _one_format(found, given)
     sep = resolve_delimiter(fmt, delimiter)
     files = [DataFile(f.name, fmt, f.size, fs=f.fs, path=f.path) for f in found]
     empty = _check_all(files, fmt, columns, sep)

@@ -82,7 +82,7 @@ def resolve_delimiter(fmt: str, delimiter: str | None) -> str | None:
         delimiter = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(delimiter, delimiter)
         if fmt not in ("csv", "tsv"):
             raise ConfigError(f"--delimiter applies to CSV only, not to --format {fmt}")
-        if len(delimiter) != 1 or delimiter in "\"\r\n":
+        if len(delimiter) != 1 or delimiter in '"\r\n':
             raise ConfigError(
                 f"--delimiter {delimiter!r} must be one character other than a quote or a line "
                 "break: e.g. --delimiter ';' or --delimiter '|'"
