@@ -47,6 +47,11 @@ def check(file: DataFile, columns: Columns, delimiter: str) -> bool:
             f"{file.name} is not {kind} text (binary data or not UTF-8): export the mappings "
             f"as UTF-8 {kind}{hint}"
         )
+    if seen in ("jsonl", "json"):
+        raise InputError(
+            f"{file.name} looks like JSON, not {kind}: pass --format jsonl if it holds one JSON "
+            "object per line"
+        )
     header = _header(file, delimiter)
     check_columns(file.name, header, columns, _shape_hint(header, head, delimiter))
     return True
@@ -230,17 +235,19 @@ def explain(file: DataFile, delimiter: str, e: BaseException) -> InputError:
 
 
 def _too_large(file: DataFile, delimiter: str) -> InputError:
-    where = "a record"
+    what = f"a record is over {BLOCK_BYTES >> 20} MiB"
     try:
         for _ in _records(file, delimiter):
             pass
     except _TooLarge as e:
-        where = f"the record at line {e.line} (row {e.row})"
+        what = (
+            f"the record at line {e.line} (row {e.row}) holds a value over "
+            f"{_SCAN_FIELD_LIMIT // 1024} KiB"
+        )
     return InputError(
-        f"{file.name}: {where} holds a value over {_SCAN_FIELD_LIMIT // 1024} KiB (or a record "
-        f"over {BLOCK_BYTES >> 20} MiB), far too large to be an id: the delimiter is probably "
-        "wrong (--delimiter, --format tsv) or a quote is not closed. Fix that line or "
-        "re-export the file"
+        f"{file.name}: {what}, far too large to be an id: the delimiter is probably wrong "
+        "(--delimiter, --format tsv) or a quote is not closed. Fix that line or re-export the "
+        "file"
     )
 
 
