@@ -402,3 +402,96 @@ class TestFormatsOption:
         path = write_parquet(tmp_path, {"anon_id": [U1], "identified_id": ["u"]})
         with pytest.raises(ConfigError, match="CSV only"):
             open_dataset([path], delimiter=";")
+
+
+class TestInMemory:
+    def test_dataframe_values_follow_the_parquet_rules(self) -> None:
+        """Strings trimmed, ints as decimal strings, None/NaN/NA and blanks missing."""
+        import pandas as pd
+
+        df = pd.DataFrame(
+            {
+                "anon_id": [f" {U1} ", None, float("nan"), 42, U2],
+                "identified_id": pd.array([7, None, 9, 10, 2**62], dtype="Int64"),
+                "other": [1.5, 2.5, 3.5, 4.5, 5.5],
+            }
+        )
+        ds = open_dataset(df)
+        assert [f.name for f in ds.files] == ["<DataFrame>"]
+        assert [r[3:] for r in records(ds)] == [
+            (U1, "7"),
+            (None, None),
+            (None, "9"),
+            ("42", "10"),
+            (U2, str(2**62)),
+        ]
+
+    def test_arrow_table_in_chunks_reads_like_a_file(self) -> None:
+        """A multi-chunk pyarrow Table streams its rows in order, chunked as asked."""
+        part = pa.table({"anon_id": [U1, U2], "identified_id": ["a", "  "]})
+        table = pa.concat_tables([part, part, part])
+        ds = open_dataset(table, chunk_rows=4)
+        assert [len(c) for c in ds()] == [4, 2]
+        assert [r[3:] for r in records(ds)] == [(U1, "a"), (U2, None)] * 3
+        assert ds.files[0].name == "<pyarrow.Table>"
+
+    def test_fingerprint_is_the_same_for_the_same_rows_in_another_process(self) -> None:
+        """The digest of a DataFrame's chosen columns is reproducible and layout-free."""
+        import pandas as pd
+
+        code = (
+            "import pandas as pd; from backfill.read import open_dataset; "
+            f"df = pd.DataFrame({{'anon_id': ['{U1}', None], 'identified_id': [1, 2], "
+            "'x': [0, 1]}); "
+            "print(open_dataset(df).fingerprint()['files'][0]['sha256'])"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        df = pd.DataFrame({"anon_id": [U1, None], "identified_id": [1, 2], "x": [5, 6]})
+        here = open_dataset(df).fingerprint()["files"][0]
+        assert here["sha256"] == out.stdout.strip()  # other columns do not count
+        assert here["rows"] == 2
+        df.loc[1, "identified_id"] = 3
+        assert open_dataset(df).fingerprint()["files"][0]["sha256"] != here["sha256"]
+        halves = pa.concat_tables(
+            [
+                pa.table({"anon_id": [U1], "identified_id": ["a"]}),
+                pa.table({"anon_id": [U2], "identified_id": ["b"]}),
+            ]
+        )
+        whole = pa.table({"anon_id": [U1, U2], "identified_id": ["a", "b"]})
+        assert open_dataset(halves).fingerprint() == open_dataset(whole).fingerprint()
+
+    def test_float_ids_are_refused_naming_the_fix(self) -> None:
+        """A float id column, or a float among objects, is refused with the cast to use."""
+        import pandas as pd
+
+        with pytest.raises(InputError, match=r"'identified_id'.*double.*cast it"):
+            open_dataset(pd.DataFrame({"anon_id": [U1], "identified_id": [1.5]}))
+        with pytest.raises(InputError, match=r"holds float 2\.5 at row 2.*astype\('string'\)"):
+            open_dataset(pd.DataFrame({"anon_id": [U1, U2], "identified_id": ["a", 2.5]}))
+
+    def test_missing_column_and_format_option_are_refused(self) -> None:
+        """A DataFrame without the column names what it has; --format does not apply."""
+        import pandas as pd
+
+        df = pd.DataFrame({"device": [U1], "identified_id": ["a"]})
+        with pytest.raises(InputError, match=r"'anon_id' not found in <DataFrame>.*'device'"):
+            open_dataset(df)
+        with pytest.raises(InputError, match="not to a DataFrame"):
+            open_dataset(pd.DataFrame({"anon_id": [U1], "identified_id": ["a"]}), "csv")
+
+    def test_dataframe_time_column_of_datetimes(self) -> None:
+        """A datetime64 time column is read as timestamps, and judged."""
+        import pandas as pd
+
+        df = pd.DataFrame(
+            {
+                "anon_id": [U1, U2],
+                "identified_id": ["a", "b"],
+                "t": pd.to_datetime(["2024-01-01", "2999-01-01"]),
+            }
+        )
+        v = judge(open_dataset(df, columns=Columns(time="t")), now_ms=NOW_MS)
+        assert v.reasons.tolist() == [0, Reason.INVALID_TIME]

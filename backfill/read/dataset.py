@@ -134,9 +134,11 @@ class Dataset:
                 yield from jsonl.batches(file, self.columns, self.chunk_rows)
             else:
                 assert file.table is not None
-                names = self.columns.names()
-                for batch in file.table.to_batches(max_chunksize=self.chunk_rows):
-                    yield [batch.column(n) for n in names]
+                # Slices, not the table's own chunks: those may be any size, even one row.
+                table, names = file.table, self.columns.names()
+                for start in range(0, table.num_rows, self.chunk_rows):
+                    part = table.slice(start, self.chunk_rows)
+                    yield [part.column(n).combine_chunks() for n in names]
         except InputError:
             raise
         except (pa.ArrowException, OSError, EOFError) as e:
