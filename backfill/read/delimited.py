@@ -89,7 +89,7 @@ def _parse_options(delimiter: str) -> pacsv.ParseOptions:
 
 
 def _header(file: DataFile, delimiter: str) -> list[str]:
-    stream = file.open_stream()
+    stream = file.open_stream(read_ahead=False)
     try:
         reader = pacsv.open_csv(
             stream,

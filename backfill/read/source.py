@@ -63,13 +63,18 @@ class DataFile:
         """Whether the file is gzip-compressed text (by its name)."""
         return is_gzip_name(self.path or self.name)
 
-    def open_stream(self, *, decompress: bool = True) -> Any:
-        """A sequential stream of the file's bytes (decompressed when ``.gz``)."""
+    def open_stream(self, *, read_ahead: bool = True) -> Any:
+        """A sequential stream of the file's bytes (decompressed when ``.gz``).
+
+        From an object store a stream reads ahead in big ranges (one request each), unless
+        ``read_ahead`` is False: a peek at the head then costs one small request.
+        """
+        ahead = self.remote and read_ahead
         try:
             return self.fs.open_input_stream(
                 self.path,
-                compression="gzip" if decompress and self.gzipped else None,
-                buffer_size=objectstore.STREAM_BUFFER_BYTES if self.remote else None,
+                compression="gzip" if self.gzipped else None,
+                buffer_size=objectstore.STREAM_BUFFER_BYTES if ahead else None,
             )
         except (OSError, pa.ArrowException) as e:
             raise _open_error(self.name, e) from None
@@ -84,7 +89,7 @@ class DataFile:
     def head(self, size: int) -> bytes:
         """The first ``size`` bytes (decompressed for ``.gz``), for sniffing."""
         try:
-            with self.open_stream() as f:
+            with self.open_stream(read_ahead=False) as f:
                 return bytes(f.read(size))
         except (OSError, EOFError, pa.ArrowException) as e:
             hint = " (is it a valid .gz file?)" if self.gzipped else ""
