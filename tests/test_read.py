@@ -665,3 +665,18 @@ def test_text_epoch_nanoseconds_name_the_unit() -> None:
     assert [TimeStatus(s) for s in status] == [
         TimeStatus.NANOSECONDS, TimeStatus.MICROSECONDS, TimeStatus.OK,
     ]  # fmt: skip
+
+
+def test_jsonl_repeated_chosen_key_is_refused_others_not(tmp_path: Path) -> None:
+    """A chosen key twice in one object is ambiguous (refused, naming the line); another
+    repeated key is read past, as duplicate CSV columns that are not chosen are."""
+    fine = _jsonl(tmp_path, '{"x": 1, "x": 2, "anon_id": "a", "identified_id": "b"}\n')
+    assert _read_jsonl(fine) == [(1, "a", "b", None)]
+    path = _jsonl(
+        tmp_path,
+        '{"anon_id": "a", "identified_id": "b"}\n{"anon_id": "a", "anon_id": "c", '
+        '"identified_id": "b"}\n',
+        name="twice.jsonl",
+    )
+    with pytest.raises(InputError, match=r"line 2 has the key 'anon_id' more than once"):
+        _read_jsonl(path)

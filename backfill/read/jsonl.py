@@ -18,6 +18,7 @@ and chunks are the same every time.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,13 +53,14 @@ def check(file: DataFile, columns: Columns) -> bool:
             + (content_hint(head, "jsonl") or ": re-export it as JSON Lines")
         )
     keys: dict[str, None] = {}
+    chosen = frozenset(columns.names())
     sampled = 0
     for number, line in enumerate(lines, start=1):
         if sampled >= _SAMPLE_RECORDS:
             break
         if not line.strip():
             continue
-        obj = _parse(file, number, line.removeprefix(b"\xef\xbb\xbf"))
+        obj = _parse(file, number, line.removeprefix(b"\xef\xbb\xbf"), chosen)
         keys.update(dict.fromkeys(obj))
         sampled += 1
     _check_keys(file, columns, list(keys), sampled)
@@ -110,6 +112,7 @@ def _exact_batches(
     file: DataFile, names: list[str], chunk_rows: int, *, skip: int
 ) -> Iterator[list[pa.Array]]:
     values: list[list[str | None]] = [[] for _ in names]
+    chosen = frozenset(names)
     record = 0
     for number, line in enumerate(_lines(file), start=1):
         if not line.strip():
@@ -117,7 +120,7 @@ def _exact_batches(
         record += 1
         if record <= skip:
             continue
-        obj = _parse(file, number, line)
+        obj = _parse(file, number, line, chosen)
         for k, key in enumerate(names):
             values[k].append(_text(file, number, key, obj.get(key)))
         if len(values[0]) >= chunk_rows:
@@ -146,7 +149,8 @@ def _lines(file: DataFile) -> Iterator[bytes]:
         raise InputError(f"cannot read {file.name}: {_first_line(e)}{hint}") from None
 
 
-def _parse(file: DataFile, number: int, line: bytes) -> dict[str, Any]:
+def _parse(file: DataFile, number: int, line: bytes, keys: frozenset[str]) -> dict[str, Any]:
+    """One line's object; refused (naming the line) unless it is one, with ``keys`` once."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
@@ -154,7 +158,13 @@ def _parse(file: DataFile, number: int, line: bytes) -> dict[str, Any]:
             f"{file.name}: line {number} is not valid UTF-8 text (re-export it as UTF-8)"
         ) from None
     try:
-        obj = json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
+        obj = json.loads(
+            text,
+            parse_int=str,
+            parse_float=str,
+            parse_constant=str,
+            object_pairs_hook=_Object.of,
+        )
     except ValueError as e:
         msg = getattr(e, "msg", str(e))
         raise InputError(
@@ -166,7 +176,29 @@ def _parse(file: DataFile, number: int, line: bytes) -> dict[str, Any]:
             f"{file.name}: line {number} holds a JSON {_kind(obj)}, not an object: JSON Lines "
             "has one object per line"
         )
+    twice = obj.repeated & keys if isinstance(obj, _Object) else frozenset()
+    if twice:
+        listed = ", ".join(repr(k) for k in sorted(twice))
+        raise InputError(
+            f"{file.name}: line {number} has the key {listed} more than once: backfill cannot "
+            "tell which value holds the id; fix the export"
+        )
     return obj
+
+
+class _Object(dict[str, Any]):
+    """A JSON object that remembers the keys it was given more than once."""
+
+    repeated: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, Any]]) -> _Object:
+        """Build from the decoder's key/value pairs (the last of a repeated key wins)."""
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            counts = Counter(k for k, _ in pairs)
+            obj.repeated = frozenset(k for k, n in counts.items() if n > 1)
+        return obj
 
 
 def _text(file: DataFile, number: int, key: str, value: Any) -> str | None:
