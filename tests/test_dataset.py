@@ -278,6 +278,12 @@ class TestNotRegularFiles:
             open_dataset(["/dev/null"], "csv")
 
 
+def padded(text: str, size: int) -> str:
+    """``text`` (CSV ending in an empty last field and a newline) grown to ``size`` bytes by
+    filling that last field."""
+    return text[:-1] + "x" * (size - len(text.encode())) + "\n"
+
+
 class TestChangesBetweenPasses:
     def test_a_file_that_grew_is_refused_on_the_next_pass(self, tmp_path: Path) -> None:
         """More rows in a file on the second pass raise InputChanged before the extra rows."""
@@ -287,17 +293,42 @@ class TestChangesBetweenPasses:
         list(ds())
         with path.open("a", encoding="utf-8") as f:
             f.write(f"{U2},v\n")
+        with pytest.raises(InputChanged, match=r"a\.csv changed .* now has \d+ bytes"):
+            list(ds())
+
+    def test_a_grown_file_of_the_same_size_is_caught_by_its_rows(self, tmp_path: Path) -> None:
+        """Rows added while as many bytes are cut from a note keep the size: rows tell."""
+        path = tmp_path / "a.csv"
+        path.write_text(f"anon_id,identified_id,n\n{U1},u,{'x' * 40}\n", encoding="utf-8")
+        ds = open_dataset([path])
+        list(ds())
+        grown = f"anon_id,identified_id,n\n{U1},u,\n{U2},v,\n"
+        path.write_text(padded(grown, ds.files[0].size), encoding="utf-8")
+        assert path.stat().st_size == ds.files[0].size
         with pytest.raises(InputChanged, match=r"a\.csv grew"):
             list(ds())
 
-    def test_a_file_that_shrank_is_refused_before_the_next_file(self, tmp_path: Path) -> None:
-        """Fewer rows in a part stop the pass before the next part's rows are handed out."""
+    def test_an_empty_part_that_fills_up_is_refused(self, tmp_path: Path) -> None:
+        """A part empty on the first pass and not on the second is a change, not skipped."""
         paths = write_parts(tmp_path / "export", "csv")
         ds = open_dataset([tmp_path / "export"])
         list(ds())
-        paths[0].write_text(f"anon_id,identified_id\n{U1},alice\n", encoding="utf-8")
+        paths[2].write_text(f"anon_id,identified_id\n{U1},zed\n", encoding="utf-8")
+        with pytest.raises(InputChanged, match=r"part-0002\.csv changed"):
+            list(ds())
+
+    def test_a_file_that_shrank_is_refused_before_the_next_file(self, tmp_path: Path) -> None:
+        """Fewer rows in a part (same size) stop the pass before the next part's rows."""
+        first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+        first.write_text(f"anon_id,identified_id,n\n{U1},u,\n{U2},v,\n", encoding="utf-8")
+        second.write_text(f"anon_id,identified_id\n{U3},w\n", encoding="utf-8")
+        ds = open_dataset([first, second])
+        list(ds())
+        size = first.stat().st_size
+        first.write_text(padded(f"anon_id,identified_id,n\n{U1},u,\n", size), encoding="utf-8")
+        assert first.stat().st_size == size
         seen: list[Chunk] = []
-        with pytest.raises(InputChanged, match=r"part-0000\.csv shrank"):
+        with pytest.raises(InputChanged, match=r"a\.csv shrank"):
             seen.extend(ds())
         assert all(c.file_index == 0 for c in seen)
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from backfill.errors import InputError
 from backfill.read import delimited, jsonl, memory, parquet
@@ -91,6 +92,7 @@ class Dataset:
         """Stream every row from the first file's first row, in chunks."""
         row = 1
         for index, file in enumerate(self.files):
+            _check_unchanged(file)
             seen = 0
             if index not in self._empty:
                 for chunk in self._file_chunks(index, file, row):
@@ -187,6 +189,22 @@ class Dataset:
                 "files": [file_fingerprint(f) for f in self.files],
             }
         return self._fingerprint
+
+
+def _check_unchanged(file: DataFile) -> None:
+    """A file's size as when the dataset was opened: one stat (or HEAD) per file and pass."""
+    if file.table is not None:
+        return
+    try:
+        info = file.fs.get_file_info(file.path)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"cannot read {file.name}: {e}") from None
+    if info.type != pafs.FileType.File or info.size != file.size:
+        now = "is gone" if info.type != pafs.FileType.File else f"has {info.size:,} bytes"
+        raise InputChanged(
+            f"{file.name} changed while backfill was reading it (it had {file.size:,} bytes, "
+            f"now {now}): let the export finish, then run the same command again"
+        )
 
 
 def _changed(file: DataFile, now: int) -> InputChanged:
