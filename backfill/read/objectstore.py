@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,7 +51,11 @@ def split_url(url: str) -> tuple[str, str, str]:
 
 
 def filesystem(scheme: str, bucket: str, env: Mapping[str, str] | None = None) -> Any:
-    """The pyarrow filesystem for a bucket (cached per bucket and environment)."""
+    """The pyarrow filesystem for a bucket, with the credentials the environment has now.
+
+    Built afresh for each call (the caller keeps one per bucket while resolving inputs), so a
+    long-lived process that changes its credentials gets the new ones on the next dataset.
+    """
     env = os.environ if env is None else env
     if scheme == "s3":
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
@@ -61,7 +64,6 @@ def filesystem(scheme: str, bucket: str, env: Mapping[str, str] | None = None) -
     return _gcs(env.get("STORAGE_EMULATOR_HOST") or "")
 
 
-@lru_cache(maxsize=32)
 def _s3(bucket: str, endpoint: str, region: str) -> Any:
     options: dict[str, Any] = {"allow_bucket_creation": False, "allow_bucket_deletion": False}
     if endpoint:
@@ -85,7 +87,6 @@ def _s3(bucket: str, endpoint: str, region: str) -> Any:
         raise InputError(f"cannot set up S3 access: {_first_line(e)}") from None
 
 
-@lru_cache(maxsize=4)
 def _gcs(emulator: str) -> Any:
     try:
         if emulator:
@@ -101,9 +102,9 @@ def _gcs(emulator: str) -> Any:
 def version_of(fs: Any, path: str) -> dict[str, str]:
     """The store's version of an object (ETag, generation) from its metadata: no download.
 
-    S3: a HEAD request. GCS: the headers of a read that is closed before any byte is taken
-    (pyarrow's metadata request for a random-access GCS file hangs on the emulator the tests
-    use, where a stream's headers carry the same generation and ETag).
+    S3: a HEAD request. GCS: the headers of a download closed at once (pyarrow's metadata
+    request for a random-access GCS file hangs on the emulator the tests use, while a
+    stream's headers carry the same generation and ETag).
     """
     gcs = type(fs).__name__ == "GcsFileSystem"
     with fs.open_input_stream(path) if gcs else fs.open_input_file(path) as f:

@@ -129,11 +129,12 @@ def find_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Found]:
     if not inputs:
         raise InputError("no input given: name a file, a folder, a quoted pattern or a URL")
     found: dict[str, Found] = {}
+    stores: dict[tuple[str, str], Any] = {}  # one filesystem per bucket
     for item in inputs:
         text = os.fspath(item)
         if not isinstance(text, str):
             raise InputError(f"input {item!r} is not a path")
-        hits = _find_url(text) if objectstore.is_url(text) else _find_local(text)
+        hits = _find_url(text, stores) if objectstore.is_url(text) else _find_local(text)
         for hit in hits:
             found.setdefault(hit.key, hit)
     return [found[key] for key in sorted(found)]
@@ -223,9 +224,11 @@ def _empty_folder(text: str, subfolders: int) -> str:
 # --- object stores ---------------------------------------------------------------------------
 
 
-def _find_url(url: str) -> list[Found]:
+def _find_url(url: str, stores: dict[tuple[str, str], Any]) -> list[Found]:
     scheme, bucket, key = objectstore.split_url(url)
-    fs = objectstore.filesystem(scheme, bucket)
+    if (scheme, bucket) not in stores:
+        stores[(scheme, bucket)] = objectstore.filesystem(scheme, bucket)
+    fs = stores[(scheme, bucket)]
     prefix = f"{scheme}://"
     try:
         if _GLOB_CHARS.search(key):
