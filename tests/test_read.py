@@ -680,3 +680,21 @@ def test_jsonl_repeated_chosen_key_is_refused_others_not(tmp_path: Path) -> None
     )
     with pytest.raises(InputError, match=r"line 2 has the key 'anon_id' more than once"):
         _read_jsonl(path)
+
+
+def test_unclosed_quote_in_another_column_to_the_end_is_refused(tmp_path: Path) -> None:
+    """A note quote never closed would swallow the last rows silently: refused at its line."""
+    path = tmp_path / "m.csv"
+    path.write_text(
+        f'anon_id,identified_id,note\n{U1},a,ok\n{U2},b,"oops\n{U3},c,x\n{U4},d,y\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match=r"quote opened in the record at line 3 \(row 2\)"):
+        read_all(path)
+
+
+def test_stray_quote_inside_an_unquoted_value_is_read_as_a_character(tmp_path: Path) -> None:
+    """An odd number of quotes from `5" pizza` is no open quote: the file reads as before."""
+    path = tmp_path / "m.csv"
+    path.write_text(f'anon_id,identified_id,note\n{U1},a,5" pizza\n{U2},b,\n', encoding="utf-8")
+    assert ids(read_all(path)) == [(U1, "a"), (U2, "b")]

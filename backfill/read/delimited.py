@@ -17,6 +17,7 @@ import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -58,13 +59,19 @@ def check(file: DataFile, columns: Columns, delimiter: str) -> bool:
 
 
 def batches(file: DataFile, columns: Columns, delimiter: str) -> Iterator[list[pa.Array]]:
-    """The chosen columns, a parse block at a time, as raw strings."""
+    """The chosen columns, a parse block at a time, as raw strings.
+
+    The bytes pass through a quote counter on their way to pyarrow: a quote left open in any
+    column (not only an id) swallows every line after it into one value, and when it is never
+    closed pyarrow reads that as a valid last record. Well-formed CSV has an even number of
+    quotes, so an odd count triggers a scan for the unclosed one (see ``_unclosed_quote``).
+    """
     names = columns.names()
     unique = list(dict.fromkeys(names))
-    stream = file.open_stream()
+    counter = _QuoteCounter(file.open_stream())
     try:
         reader = pacsv.open_csv(
-            stream,
+            pa.PythonFile(counter, mode="r"),
             read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
             parse_options=_parse_options(delimiter),
             convert_options=pacsv.ConvertOptions(
@@ -80,7 +87,58 @@ def batches(file: DataFile, columns: Columns, delimiter: str) -> Iterator[list[p
         finally:
             reader.close()
     finally:
-        stream.close()
+        counter.close()
+    if counter.quotes % 2:
+        # After the last batch: validation reads every row before anything is sent, so a
+        # refusal here still comes before the first request.
+        _unclosed_quote(file, delimiter)
+
+
+class _QuoteCounter:
+    """A read-only file object counting the ``"`` bytes that pass through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.quotes = 0
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        """Read like the wrapped stream, counting quotes."""
+        data = bytes(self.raw.read(size))
+        if data.find(b'"') >= 0:  # memchr: a block without quotes costs next to nothing
+            self.quotes += data.count(b'"')
+        return data
+
+    def readable(self) -> bool:
+        """A readable stream, for pyarrow's PythonFile."""
+        return True
+
+    def close(self) -> None:
+        """Close the wrapped stream."""
+        self.raw.close()
+        self.closed = True
+
+
+def _unclosed_quote(file: DataFile, delimiter: str) -> None:
+    """Refuse the file if its last record ends inside an open quote (an odd count of quotes
+    may also be a stray quote inside an unquoted value, which pyarrow reads as a character:
+    then the strict scan stops early, and the file is read as pyarrow read it)."""
+    start, row, line = 1, 0, 0
+    reader = csv.reader(_lines(file), delimiter=delimiter, strict=True)
+    try:
+        for fields in reader:
+            if fields:
+                row += 1
+            line = reader.line_num
+            start = line + 1
+    except csv.Error as e:
+        if "unexpected end of data" not in str(e):
+            return
+        raise InputError(
+            f"{file.name}: a quote opened in the record at line {start} (row {row}) is never "
+            f"closed: lines {start} to {reader.line_num} were read as one record. Fix the "
+            "quoting at that line or re-export the file"
+        ) from None
 
 
 def _parse_options(delimiter: str) -> pacsv.ParseOptions:
