@@ -4,7 +4,10 @@ Every chosen column is declared a string, so nothing is inferred: ``00042``, ``1
 ``NULL`` and ``NaN`` arrive as written. A quoted value may span lines (a note column may hold
 a paragraph), so row numbers count records, not lines; an *id* never holds a line break, and
 one that does is the mark of a quote left open, which would otherwise swallow the rows after
-it into one value: the file is refused naming the line where that record starts.
+it into one value: the file is refused naming the line where that record starts. A quote
+left open in another column either breaks the field count of a later record (refused as
+malformed, naming the line) or runs to the end of the file, which an odd count of quotes
+reveals (refused, naming the line it opened on).
 
 pyarrow's errors carry no line numbers, so when a file is refused for its shape (a record
 with the wrong number of fields, a value too large, an id with a line break), the file is
