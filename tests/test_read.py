@@ -403,8 +403,7 @@ def _read_jsonl(path: Path, columns: Columns | None = None) -> list[Record]:
 
 
 def test_jsonl_values_are_read_as_written(tmp_path: Path) -> None:
-    """Numbers keep their literal text, booleans their words; null and absent keys are
-    missing; strings are trimmed, blank is missing; other keys, nested or not, are ignored."""
+    """JSON numbers and booleans keep their literal text; null, absent and blank are missing."""
     path = _jsonl(
         tmp_path,
         '{"anon_id": " 00042 ", "identified_id": 42, "extra": {"a": [1]}}\n'
@@ -630,8 +629,7 @@ def test_nul_in_the_middle_of_a_big_csv_is_kept_in_the_value(tmp_path: Path) -> 
 def test_parquet_epoch_micro_and_nanoseconds_are_invalid_time_naming_the_unit(
     tmp_path: Path, write_parquet: Any
 ) -> None:
-    """Plain int64 times in µs or ns are invalid_time with a detail naming the unit and fix;
-    timestamp[us]/[ns] columns stay understood."""
+    """Plain int64 µs/ns times are invalid_time naming the unit; timestamp[us]/[ns] are read."""
     ms = 1_704_067_200_000
     ints = pa.array([ms, ms * 1000, ms * 1_000_000, ms // 1000], pa.int64())
     path = write_parquet(
@@ -668,8 +666,7 @@ def test_text_epoch_nanoseconds_name_the_unit() -> None:
 
 
 def test_jsonl_repeated_chosen_key_is_refused_others_not(tmp_path: Path) -> None:
-    """A chosen key twice in one object is ambiguous (refused, naming the line); another
-    repeated key is read past, as duplicate CSV columns that are not chosen are."""
+    """A chosen key twice in one object is refused naming the line; other repeats are not."""
     fine = _jsonl(tmp_path, '{"x": 1, "x": 2, "anon_id": "a", "identified_id": "b"}\n')
     assert _read_jsonl(fine) == [(1, "a", "b", None)]
     path = _jsonl(
