@@ -44,6 +44,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -156,6 +157,14 @@ def token_digest(token: str | None) -> str | None:
 # --- the checkpoint ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The checkpoint's bytes at one instant, and the order in which that instant came."""
+
+    number: int
+    data: bytes
+
+
 @dataclass
 class Checkpoint:
     """The resumable state of one run folder (see the module docstring)."""
@@ -177,6 +186,9 @@ class Checkpoint:
     rows_total: int | None = None
     rejected: dict[str, int] = field(default_factory=dict)
     state: str = "running"
+    _taken: int = field(default=0, repr=False, compare=False)
+    _written: int = field(default=0, repr=False, compare=False)
+    _write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def open(
@@ -309,13 +321,24 @@ class Checkpoint:
             "run_events": self.run_events,
         }
 
-    def snapshot(self) -> bytes:
-        """The bytes to write, taken at one instant on the event loop."""
-        return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+    def snapshot(self) -> Snapshot:
+        """The state to write, taken at one instant on the event loop, numbered in order."""
+        self._taken += 1
+        return Snapshot(self._taken, (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
-    def write(self, data: bytes | None = None) -> None:
-        """Write atomically and durably (see the module docstring)."""
-        atomic_write_bytes(self.path, data if data is not None else self.snapshot())
+    def write(self, snapshot: Snapshot | None = None) -> None:
+        """Write atomically and durably (see the module docstring).
+
+        Writes may come from two threads at once (a periodic write still running when the
+        final one starts): they take turns, and a snapshot older than the one on disk is
+        dropped, so the file never goes back in time.
+        """
+        snapshot = snapshot if snapshot is not None else self.snapshot()
+        with self._write_lock:
+            if snapshot.number <= self._written:
+                return
+            atomic_write_bytes(self.path, snapshot.data)
+            self._written = snapshot.number
 
 
 #: No input has more rows than this; a count or row number past it is a damaged file.

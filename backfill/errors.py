@@ -6,6 +6,7 @@
     ├── UsageError                 exit 2: fix the command, the config, the input or the
     │   │                          environment; nothing was sent
     │   ├── InputError             the input file cannot be read as asked
+    │   │   └── InputChanged       it changed between two reads, before anything was sent
     │   ├── ConfigError            a flag, a TOML key or an environment variable is wrong
     │   ├── CheckpointMismatch     --out holds a run of another input or other settings
     │   └── RunLocked              another run is active on the same --out
@@ -19,7 +20,7 @@
     │   ├── Unreachable            no retry can help: certificate refused, name not resolved
     │   │                          or nobody listening at the canary
     │   ├── RetriesExhausted       a batch failed --max-attempts times
-    │   ├── InputChanged           the input changed after sending began: only what was
+    │   ├── InputChangedWhileSending  the input changed after sending began: only what was
     │   │                          validated was sent; the rerun refuses it naming --restart
     │   └── OutOfSpace             the disk filled up while writing the run folder
     └── Interrupted                exit 130: SIGINT/SIGTERM, checkpoint written
@@ -67,6 +68,10 @@ class InputError(UsageError):
     """The input file is missing, empty, unreadable or lacks a column."""
 
 
+class InputChanged(InputError):
+    """A file of the dataset changed (grew, shrank, was overwritten) between two reads of it."""
+
+
 class ConfigError(UsageError):
     """A flag, config key or environment variable has a wrong or missing value."""
 
@@ -109,7 +114,7 @@ class RetriesExhausted(Aborted):
     """A batch still failed after --max-attempts tries."""
 
 
-class InputChanged(Aborted):
+class InputChangedWhileSending(Aborted):
     """The input changed (grew, or was overwritten) while its validated pairs were being sent."""
 
 

@@ -4,6 +4,11 @@ A number of 1e11 or more is milliseconds, anything smaller seconds: 1e11 seconds
 year 5138, and 1e11 milliseconds in 1973, so the only values read the "wrong" way round are
 millisecond times from 1971-1973. An ISO 8601 time without a zone is UTC. Valid times are at
 or after 1971-01-01T00:00:00Z and not after the moment the run started.
+
+Epoch microseconds and nanoseconds (a plain integer column from a warehouse, not a timestamp
+type) are not units the contract knows: read as milliseconds they lie thousands of years
+ahead. Such numbers (16 digits and more) get a status of their own, so that the reject's detail
+names the unit the value most likely has and the fix.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ MIN_MS = MIN_TIME_MS
 # number is no epoch time.
 _NUMBER = r"^-?[0-9]{1,18}(\.[0-9]{1,9})?$"
 _DECIMAL = pa.decimal128(27, 9)
+_NANOS_TEXT = r"^[0-9]{19}$"
 
 
 class TimeStatus(IntEnum):
@@ -33,6 +39,14 @@ class TimeStatus(IntEnum):
     UNPARSEABLE = 2
     TOO_EARLY = 3
     FUTURE = 4
+    MICROSECONDS = 5
+    NANOSECONDS = 6
+
+
+#: A number at or above this, read as milliseconds, is past the year 5138: microseconds, most
+#: likely (now is about 1.7e15 in microseconds); at or above _NANOS_FROM, nanoseconds.
+_MICROS_FROM = 10**14
+_NANOS_FROM = 10**17
 
 
 def now_ms() -> int:
@@ -50,6 +64,7 @@ def to_epoch_ms(values: pa.Array, now: int) -> tuple[npt.NDArray[np.int64], npt.
         values = values.dictionary_decode()
         typ = values.type
     present = _bool(pc.is_valid(values))
+    numeric = np.zeros(n, dtype=np.bool_)
     if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
         # Sub-millisecond parts are dropped (safe=False), not refused.
         stamp = pc.cast(values, pa.timestamp("ms", tz=getattr(typ, "tz", None)), safe=False)
@@ -57,16 +72,23 @@ def to_epoch_ms(values: pa.Array, now: int) -> tuple[npt.NDArray[np.int64], npt.
         ms[present] = parsed[present]
         status[present] = TimeStatus.OK
     elif pa.types.is_integer(typ) or pa.types.is_floating(typ):
-        numbers = pc.cast(values, pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+        # Unsafe: integers past 2**53 (nanoseconds) lose low digits instead of failing; every
+        # valid time is far below that, so valid values stay exact.
+        numbers = pc.cast(values, pa.float64(), safe=False)
+        numbers = numbers.fill_null(0.0).to_numpy(zero_copy_only=False)
         finite = present & np.isfinite(numbers)
         ms[finite] = _scale_float(numbers[finite])
         status[finite] = TimeStatus.OK
+        numeric = finite
     else:
-        _parse_text(values, present, ms, status)
+        numeric = _parse_text(values, present, ms, status)
     status[~present] = TimeStatus.MISSING
     ok = status == TimeStatus.OK
     status[ok & (ms < MIN_MS)] = TimeStatus.TOO_EARLY
-    status[ok & (ms > now)] = TimeStatus.FUTURE
+    future = ok & (ms > now)
+    status[future] = TimeStatus.FUTURE
+    status[future & numeric & (ms >= _MICROS_FROM)] = TimeStatus.MICROSECONDS
+    status[future & numeric & (ms >= _NANOS_FROM)] = TimeStatus.NANOSECONDS
     ms[status != TimeStatus.OK] = 0
     return ms, status
 
@@ -85,6 +107,16 @@ def describe(status: TimeStatus, raw: str) -> str:
         return f"unparseable time {raw!r} (use epoch seconds, epoch ms or ISO 8601)"
     if status is TimeStatus.TOO_EARLY:
         return f"time {raw!r} is before 1971-01-01"
+    if status is TimeStatus.MICROSECONDS:
+        return (
+            f"time {raw!r} looks like epoch microseconds (as milliseconds it is far in the "
+            "future): convert it to milliseconds (divide by 1,000)"
+        )
+    if status is TimeStatus.NANOSECONDS:
+        return (
+            f"time {raw!r} looks like epoch nanoseconds (as milliseconds it is far in the "
+            "future): convert it to milliseconds (divide by 1,000,000)"
+        )
     return f"time {raw!r} is in the future"
 
 
@@ -98,7 +130,8 @@ def _parse_text(
     present: npt.NDArray[np.bool_],
     ms: npt.NDArray[np.int64],
     status: npt.NDArray[np.uint8],
-) -> None:
+) -> npt.NDArray[np.bool_]:
+    """Parse text times into ``ms``/``status``; which values were plain numbers."""
     if not pa.types.is_string(values.type):
         values = pc.cast(values, pa.string())
     numeric = _bool(pc.match_substring_regex(values, _NUMBER)) & present
@@ -123,6 +156,10 @@ def _parse_text(
         # Milliseconds hold any year pandas can parse; nanoseconds overflow past 2262.
         ms[idx[good]] = stamps[good].dt.as_unit("ms").array.asi8
         status[idx[good]] = TimeStatus.OK
+        # 19 digits is past what the number pattern reads exactly: nanoseconds, by its size.
+        nanos = _bool(pc.match_substring_regex(values, _NANOS_TEXT)) & textual
+        status[nanos] = TimeStatus.NANOSECONDS
+    return numeric
 
 
 def _scale_float(numbers: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:

@@ -974,7 +974,7 @@ def render(report: Report, args: argparse.Namespace) -> str:
         f"{platform.release()}; Python {platform.python_version()}, {versions}. "
         f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         f"backfill: {report.raw.get('revision', _revision())} at the end; measured with "
-        f"backfill/*.py sha256 {', '.join(MEASURED_WITH) or 'n/a'}. "
+        f"backfill/**/*.py sha256 {', '.join(MEASURED_WITH) or 'n/a'}. "
         f"Command: `python benchmarks/bench.py {' '.join(args.argv)}`".rstrip() + ".",
         "Wall time is the whole child process (interpreter start-up, imports and validation "
         "included); CPU is user + system from `os.wait4`; peak RSS is the child's `ru_maxrss`. "
@@ -996,14 +996,15 @@ def _versions() -> str:
 
 
 def source_digest() -> str:
-    """A short digest of backfill/*.py: which code a measurement ran."""
+    """A short digest of backfill/**/*.py: which code a measurement ran."""
     digest = hashlib.sha256()
-    for source in sorted((ROOT / "backfill").glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for source in sorted((ROOT / "backfill").rglob("*.py")):
+        name = source.relative_to(ROOT / "backfill").as_posix()
+        digest.update(name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:12]
 
 
-#: Digest of backfill/*.py -> the measurements that ran with it (normally one digest).
+#: Digest of backfill/**/*.py -> the measurements that ran with it (normally one digest).
 MEASURED_WITH: dict[str, list[str]] = {}
 
 
