@@ -188,7 +188,7 @@ def _status_parser(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace, command: str) -> Any:
-    from backfill.pipeline import locate
+    from backfill.runfolder import locate
     from backfill.settings import settings_for
 
     explicit = {o.name: getattr(args, o.name, None) for o in options_for(command)}

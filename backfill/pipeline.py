@@ -10,40 +10,30 @@ the input and streams the valid pairs to the sender, never holding them all.
 from __future__ import annotations
 
 import math
-import os
-import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backfill import registry
-from backfill.checkpoint import (
-    CHECKPOINT_FILE,
-    Checkpoint,
-    RunLock,
-    file_fingerprint,
-    token_digest,
-)
-from backfill.errors import BackfillError, Interrupted
-from backfill.files import atomic_write_json, prepare_folder, read_json_dict
+from backfill import runfolder
+from backfill.checkpoint import CHECKPOINT_FILE, Checkpoint, RunLock, token_digest
+from backfill.errors import BackfillError, InputChanged, InputChangedWhileSending, Interrupted
+from backfill.files import atomic_write_json, read_json_dict
 from backfill.progress import Progress, Snapshot
-from backfill.read import DEFAULT_CHUNK_ROWS, ChunkSource, detect_format, open_chunks
+from backfill.read import DEFAULT_CHUNK_ROWS, ChunkSource, Dataset, open_dataset
+from backfill.read.verified import Verified
 from backfill.reasons import Reason
 from backfill.report import SUMMARY_FILE, RejectsFile, reject_rows, zero_counts
 from backfill.runner import Run, Validated, drive
 from backfill.settings import Credentials, Settings
-from backfill.summary import RunStatus, Summary, ThisRun
+from backfill.summary import FileRows, RunStatus, Summary, ThisRun
 from backfill.times import iso_utc, now_ms
 from backfill.validation import judge
-
-RUNS_ROOT = Path("runs")
 
 
 def validate(
@@ -52,11 +42,11 @@ def validate(
     """The dry run: judge every row, write ``rejects.csv`` and ``summary.json``, send nothing."""
     started = time.time()
     progress = progress or Progress(enabled=False)
-    source, fmt = open_source(settings, chunk_rows)
-    out_dir = _prepare(settings)
+    dataset = open_source(settings, chunk_rows)
+    out_dir = runfolder.prepare(settings, dataset)
     with RunLock(out_dir, command="validate"):
         try:
-            validated = judge_and_report(settings, source, out_dir, progress)
+            validated = judge_and_report(settings, dataset, dataset, out_dir, progress)
         finally:
             progress.close()
         validated.rejects.close()
@@ -64,7 +54,7 @@ def validate(
         valid = validated.verdicts.rows_valid
         summary = Summary(
             status=RunStatus.VALIDATED,
-            **_counts(settings, fmt, validated, out_dir, started),
+            **_counts(settings, validated, out_dir, started),
             # A dry run in a folder where a run already sent pairs must not report zero.
             events_imported=int((earlier or {}).get("events_imported", 0)),
             batches_planned=math.ceil(valid / settings.batch_size),
@@ -94,12 +84,12 @@ def run(
     """
     started = time.time()
     progress = progress or Progress(enabled=False)
-    source, fmt = open_source(settings, chunk_rows)
-    out_dir = _prepare(settings, record=record_folder)
+    dataset = open_source(settings, chunk_rows)
+    out_dir = runfolder.prepare(settings, dataset, record=record_folder)
     with RunLock(out_dir, command="run"):
         ckpt = Checkpoint.open(
             out_dir,
-            event_identity(settings, fmt, file_fingerprint(Path(settings.source[0]))),
+            event_identity(settings, dataset),
             event_time_ms=settings.event_time_ms,
             start_ms=now_ms(),
             restart=settings.restart,
@@ -107,8 +97,14 @@ def run(
         # Written at once: the event time is fixed from now on, and `status` sees the run.
         ckpt.write()
         try:
+            # Later passes must read the bytes this one judges: only those are ever sent.
             validated = judge_and_report(
-                settings, source, out_dir, progress, keep_api_rejects=not settings.restart
+                settings,
+                dataset,
+                Verified(dataset),
+                out_dir,
+                progress,
+                keep_api_rejects=not settings.restart,
             )
         except BaseException:
             progress.close()
@@ -118,13 +114,12 @@ def run(
         ckpt.events_total = validated.verdicts.rows_valid
         ckpt.rejected = validated.verdicts.counts()
         ckpt.write()
-        return _send(settings, credentials, fmt, validated, ckpt, progress, started)
+        return _send(settings, credentials, validated, ckpt, progress, started)
 
 
 def _send(
     settings: Settings,
     credentials: Credentials,
-    fmt: str,
     validated: Validated,
     ckpt: Checkpoint,
     progress: Progress,
@@ -136,7 +131,10 @@ def _send(
     progress.follow(sending.snapshot)
     status = RunStatus.ABORTED  # whatever stops the run early, unless it says otherwise below
     try:
-        drive(sending)
+        try:
+            drive(sending)
+        except InputChanged as e:
+            raise InputChangedWhileSending(str(e)) from None
         status = RunStatus.COMPLETED
     except (Interrupted, KeyboardInterrupt):
         status = RunStatus.INTERRUPTED
@@ -146,7 +144,7 @@ def _send(
             progress.follow(lambda: Snapshot(status.value, **sending.counts()))
             progress.close()
             validated.rejects.close()
-            summary = _run_summary(settings, fmt, validated, sending, started, status, already)
+            summary = _run_summary(settings, validated, sending, started, status, already)
             if status is RunStatus.COMPLETED:
                 ckpt.state = "completed"
                 ckpt.write()
@@ -157,66 +155,20 @@ def _send(
     return summary
 
 
-def open_source(settings: Settings, chunk_rows: int) -> tuple[ChunkSource, str]:
-    """The input as a chunk source, and its format (its header checked before any work)."""
-    path = Path(settings.source[0])
-    fmt = detect_format(path, settings.format)
-    return open_chunks(path, fmt, settings.columns, chunk_rows), fmt
-
-
-def locate(settings: Settings, env: Mapping[str, str]) -> tuple[Settings, str | None]:
-    """``settings`` with its run folder decided, and a note when it was found elsewhere.
-
-    ``--out`` wins; else the folder an earlier command on this input recorded (``registry``),
-    so the same command resumes from any directory; else ``runs/<input name>/``.
-    """
-    if settings.out is not None:
-        return settings, None
-    known = registry.lookup(registry_key(settings), env)
-    if known is not None:
-        note = (
-            None
-            if known == default_folder(settings).resolve()
-            else (
-                f"this input's run folder is {known} (recorded by an earlier command): using it; "
-                "pass --out to choose another"
-            )
-        )
-        return replace(settings, out=known), note
-    return replace(settings, out=default_folder(settings)), None
-
-
-def default_folder(settings: Settings) -> Path:
-    """``runs/<input name>/``: the name keeps the format (``mappings-csv``, ``mappings-parquet``)
-    so two exports of one table never share a folder."""
-    first = str(settings.source[0]).rstrip("/")
-    name = _slug(first.rsplit("/", 1)[-1] or first)
-    more = len(settings.source) - 1
-    return RUNS_ROOT / (name + (f"-and-{more}-more" if more else ""))
-
-
-def registry_key(settings: Settings) -> str:
-    """The key under which the registry records this input's run folder."""
-    return registry.key_for([str(s) for s in settings.source])
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-")
-    return slug or "input"
-
-
-def _prepare(settings: Settings, *, record: bool = True) -> Path:
-    """The run folder, created (0700) and recorded for this input."""
-    located, _ = locate(settings, os.environ)
-    assert located.out is not None
-    prepare_folder(located.out)
-    if record:
-        registry.remember(registry_key(settings), located.out, os.environ)
-    return located.out
+def open_source(settings: Settings, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Dataset:
+    """The input as a dataset: files resolved, every header checked, before any work."""
+    return open_dataset(
+        settings.source,
+        settings.format,
+        settings.columns,
+        delimiter=settings.delimiter,
+        chunk_rows=chunk_rows,
+    )
 
 
 def judge_and_report(
     settings: Settings,
+    dataset: Dataset,
     source: ChunkSource,
     out_dir: Path,
     progress: Progress,
@@ -239,20 +191,20 @@ def judge_and_report(
     rejects = RejectsFile(out_dir, keep_api_rejects=keep_api_rejects)
     try:
         for chunk in source():
-            rejects.write(reject_rows(chunk, verdicts, started))
+            rejects.write(reject_rows(chunk, verdicts, started, dataset))
         rejects.commit()
     except BaseException:
         rejects.close()
         raise
-    return Validated(source, verdicts, started, rejects)
+    return Validated(source, dataset, verdicts, started, rejects)
 
 
-def event_identity(settings: Settings, fmt: str, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+def event_identity(settings: Settings, dataset: Dataset) -> dict[str, Any]:
     """What the checkpoint is tied to: the input, the project and every event setting."""
     return {
-        "input": dict(fingerprint),
+        "input": dataset.fingerprint(),
         "project_id": settings.project_id,
-        "format": fmt,
+        "format": dataset.format,
         "anon_column": settings.columns.anon,
         "identified_column": settings.columns.identified,
         "time_column": settings.columns.time,
@@ -262,7 +214,7 @@ def event_identity(settings: Settings, fmt: str, fingerprint: Mapping[str, Any])
 
 
 def _counts(
-    settings: Settings, fmt: str, validated: Validated, out_dir: Path, started: float
+    settings: Settings, validated: Validated, out_dir: Path, started: float
 ) -> dict[str, Any]:
     """The Summary fields every command shares."""
     v = validated.verdicts
@@ -271,8 +223,9 @@ def _counts(
     rejected[Reason.API_REJECTED.code] = validated.rejects.api_rejected
     return {
         "out": out_dir,
-        "input": ", ".join(str(s) for s in settings.source),
-        "format": fmt,
+        "input": validated.dataset.name,
+        "format": validated.dataset.format,
+        "files": tuple(FileRows(f.name, f.rows or 0) for f in validated.dataset.files),
         "rows_read": v.rows_read,
         "rows_valid": v.rows_valid,
         "rejected": rejected,
@@ -286,7 +239,6 @@ def _counts(
 
 def _run_summary(
     settings: Settings,
-    fmt: str,
     validated: Validated,
     sending: Run,
     started: float,
@@ -298,7 +250,7 @@ def _run_summary(
     send_s = max(sending.send_seconds(), 1e-9)
     return Summary(
         status=status,
-        **_counts(settings, fmt, validated, sending.out_dir, started),
+        **_counts(settings, validated, sending.out_dir, started),
         events_imported=ckpt.events_imported,
         events_total=validated.verdicts.rows_valid,
         events_settled=ckpt.events_imported + ckpt.events_refused,

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from backfill import pipeline
-from backfill.pipeline import default_folder
 from backfill.progress import Progress
+from backfill.runfolder import default_folder
 from backfill.settings import Credentials, Settings
 from backfill.standin import (
     DEFAULT_PROJECT_ID,

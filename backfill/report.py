@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from backfill.errors import InputError
 from backfill.files import disk_errors, fsync_dir, open_private
-from backfill.read import Chunk
+from backfill.read import Chunk, Dataset
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.summary import Summary
 from backfill.times import TimeStatus, to_epoch_ms
@@ -35,9 +35,10 @@ from backfill.validation import Verdicts, describe
 
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
-REJECTS_HEADER = ("row", "anon_id", "identified_id", "reason", "detail")
+REJECTS_HEADER = ("row", "anon_id", "identified_id", "reason", "detail", "file")
 
-RejectRow = tuple[int, str, str, str, str]
+#: (row within its file, anon id, identified id, reason code, detail, file name)
+RejectRow = tuple[int, str, str, str, str, str]
 
 
 class RejectsFile:
@@ -47,7 +48,7 @@ class RejectsFile:
         self.path = out_dir / REJECTS_FILE
         self._tmp = out_dir / f".{REJECTS_FILE}.{os.getpid()}.tmp"
         self._carried: list[list[str]] = self._read_api_rejects() if keep_api_rejects else []
-        self.api_rows: set[int] = {int(r[0]) for r in self._carried}
+        self.api_rows: set[tuple[str, int]] = {_where(r) for r in self._carried}
         with disk_errors(self._tmp):
             self._file: io.TextIOWrapper | None = open_private(self._tmp, "w")
             self._csv = csv.writer(self._file, lineterminator="\n")
@@ -79,9 +80,9 @@ class RejectsFile:
 
     def add_api_rejects(self, rows: Iterable[RejectRow]) -> int:
         """Append Mixpanel's refusals not already recorded; returns how many were new."""
-        new = [r for r in rows if r[0] not in self.api_rows]
+        new = [r for r in rows if (r[5], r[0]) not in self.api_rows]
         for r in new:
-            self.api_rows.add(r[0])
+            self.api_rows.add((r[5], r[0]))
         if new:
             assert self._file is not None
             with disk_errors(self.path):
@@ -107,15 +108,22 @@ class RejectsFile:
             with self.path.open(encoding="utf-8", newline="") as f:
                 reader = csv.reader(f)
                 next(reader, None)
-                seen: set[str] = set()
+                seen: set[tuple[str, int]] = set()
                 rows = []
                 for r in reader:
-                    if len(r) >= 4 and r[3] == Reason.API_REJECTED.code and r[0] not in seen:
-                        seen.add(r[0])
+                    if len(r) < 5 or r[3] != Reason.API_REJECTED.code or not r[0].isdigit():
+                        continue  # another reason, or a line torn by a crash: not a refusal
+                    if _where(r) not in seen:
+                        seen.add(_where(r))
                         rows.append(r)
                 return rows
         except FileNotFoundError:
             return []
+
+
+def _where(line: list[str]) -> tuple[str, int]:
+    """A rejects.csv line's (file, row); files of before the ``file`` column count as ""."""
+    return (line[5] if len(line) > 5 else "", int(line[0]))
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -213,8 +221,10 @@ def _retries(causes: Mapping[str, int]) -> str:
 # --- rejects.csv rows ---------------------------------------------------------------------
 
 
-def reject_rows(chunk: Chunk, verdicts: Verdicts, now: int) -> Iterator[RejectRow]:
-    """The rejects.csv rows of one chunk, with a human detail each."""
+def reject_rows(
+    chunk: Chunk, verdicts: Verdicts, now: int, dataset: Dataset
+) -> Iterator[RejectRow]:
+    """The rejects.csv rows of one chunk, with a human detail each; rows count within the file."""
     reasons = chunk_reasons(chunk, verdicts)
     bad = np.flatnonzero(reasons)
     if len(bad) == 0:
@@ -222,8 +232,7 @@ def reject_rows(chunk: Chunk, verdicts: Verdicts, now: int) -> Iterator[RejectRo
     take = pa.array(bad)
     anons = chunk.anon.take(take).to_pylist()
     idents = chunk.identified.take(take).to_pylist()
-    rows = bad + chunk.first_row
-    firsts = verdicts.first_rows(rows)
+    refs = row_references(dataset, verdicts.first_rows(bad + chunk.first_row))
     time_details: list[str] = [""] * len(bad)
     if chunk.time is not None:
         raw = chunk.time.take(take)
@@ -233,17 +242,28 @@ def reject_rows(chunk: Chunk, verdicts: Verdicts, now: int) -> Iterator[RejectRo
             describe_time(TimeStatus(s), "" if t is None else str(t))
             for s, t in zip(status.tolist(), texts, strict=True)
         ]
+    name = dataset.files[chunk.file_index].name
     for k in range(len(bad)):
         reason = Reason(int(reasons[bad[k]]))
         detail = describe(
             reason,
             anons[k],
             idents[k],
-            first_row=int(firsts[k]),
+            first_row=refs[k],
             time_detail=time_details[k],
             max_cluster_size=verdicts.max_cluster_size,
         )
-        yield (int(rows[k]), anons[k] or "", idents[k] or "", reason.code, detail)
+        row = int(bad[k]) + chunk.file_row
+        yield (row, anons[k] or "", idents[k] or "", reason.code, detail, name)
+
+
+def row_references(dataset: Dataset, rows: npt.NDArray[np.int64]) -> list[str]:
+    """Dataset rows as a person finds them: "147", or "147 of part-0002.parquet" across files."""
+    if len(dataset.files) == 1:
+        return [str(r) for r in rows.tolist()]
+    files, within = dataset.locate(np.maximum(rows, 1))
+    names = [f.name for f in dataset.files]
+    return [f"{r} of {names[i]}" for i, r in zip(files.tolist(), within.tolist(), strict=True)]
 
 
 def chunk_reasons(chunk: Chunk, verdicts: Verdicts) -> npt.NDArray[np.uint8]:

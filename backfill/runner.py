@@ -41,7 +41,7 @@ from backfill.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
 from backfill.errors import BackfillError, Interrupted
 from backfill.events import Batch, Encoder, Pairs
 from backfill.progress import Progress, Snapshot
-from backfill.read import Chunk, ChunkSource
+from backfill.read import Chunk, ChunkSource, Dataset
 from backfill.reasons import Reason
 from backfill.report import RejectsFile, chunk_reasons
 from backfill.send import SendConfig, Sender, SendStats
@@ -55,9 +55,13 @@ GRACE_S = 5.0
 
 @dataclass
 class Validated:
-    """The input judged and its rejects written: what a run sends from."""
+    """The input judged and its rejects written: what a run sends from.
+
+    ``source`` streams ``dataset`` (for a run, checked against what was judged).
+    """
 
     source: ChunkSource
+    dataset: Dataset
     verdicts: Verdicts
     now_ms: int
     rejects: RejectsFile
@@ -232,11 +236,19 @@ class Run:
 
     def _settled(self, settled: Settled) -> None:
         """Record a settled batch: refusals to rejects.csv, its span to the checkpoint."""
-        refused = [
-            (r.row, r.anon, r.identified, Reason.API_REJECTED.code, r.message)
-            for r in settled.refused
-        ]
-        self.validated.rejects.add_api_rejects(refused)
+        if settled.refused:
+            dataset = self.validated.dataset
+            rows = np.array([r.row for r in settled.refused], dtype=np.int64)
+            files, within = dataset.locate(rows)
+            self.validated.rejects.add_api_rejects(
+                (row, r.anon, r.identified, Reason.API_REJECTED.code, r.message, f.name)
+                for r, row, f in zip(
+                    settled.refused,
+                    within.tolist(),
+                    (dataset.files[i] for i in files.tolist()),
+                    strict=True,
+                )
+            )
         first, last = settled.batch.span
         self.checkpoint.settle(first, last, settled.imported, len(settled.refused))
         self._dirty = True

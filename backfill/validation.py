@@ -469,7 +469,7 @@ def describe(
     anon: str | None,
     ident: str | None,
     *,
-    first_row: int = 0,
+    first_row: int | str = 0,
     time_detail: str = "",
     max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
 ) -> str:

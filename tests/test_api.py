@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
 import pytest
 from runkit import REPO
 
@@ -81,6 +83,67 @@ def test_validate_matches_the_cli_and_prints_nothing(
     assert (summary.rows_read, summary.rows_valid) == (649, 631)
     assert dict(summary.rejected) == from_cli["rejected"]
     assert rejects(tmp_path / "api") == rejects(tmp_path / "cli")
+
+
+def sample_frame() -> pd.DataFrame:
+    """The sample mappings as a DataFrame of strings, as a warehouse query returns them."""
+    return pd.read_csv(SAMPLE, dtype=str, keep_default_na=False)
+
+
+def test_dataframe_and_table_get_the_verdicts_of_the_same_rows_as_csv(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """validate(DataFrame) and validate(Table) judge every row as the CLI judges the CSV."""
+    frame = sample_frame()
+    by_frame = backfill.validate(frame, out=tmp_path / "df", time_column="merged_at")
+    by_table = backfill.validate(
+        pa.Table.from_pandas(frame, preserve_index=False),
+        out=tmp_path / "table",
+        time_column="merged_at",
+    )
+    assert capfd.readouterr() == ("", "")
+    frame.to_csv(tmp_path / "same.csv", index=False)
+    cli = subprocess.run(
+        [
+            *(sys.executable, "-m", "backfill", "validate", str(tmp_path / "same.csv")),
+            *("--out", str(tmp_path / "cli"), "--time-column", "merged_at", "--no-progress"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert cli.returncode == 0
+
+    def lines(folder: Path) -> list[list[str]]:
+        return [line[:5] for line in rejects(folder)]  # all but the file name
+
+    assert lines(tmp_path / "df") == lines(tmp_path / "table") == lines(tmp_path / "cli")
+    assert dict(by_frame.rejected) == dict(by_table.rejected)
+    assert (by_frame.rows_read, by_frame.rows_valid) == (649, 631)
+
+
+def test_run_of_a_table_imports_every_valid_pair_and_a_rerun_resumes_it(
+    tmp_path: Path,
+    standin: Standin,
+    creds: backfill.Credentials,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """run(Table) imports every valid pair; the same rows again (from elsewhere) send nothing."""
+    table = pa.Table.from_pandas(sample_frame(), preserve_index=False)
+    monkeypatch.chdir(tmp_path)
+    options = {"credentials": creds, "api_url": standin.url, "project_id": DEFAULT_PROJECT_ID}
+    first = backfill.run(table, time_column="merged_at", **options)  # type: ignore[arg-type]
+    assert first.events_imported == 631 == standin.state.events_imported
+    assert first.out.name.startswith("table-")
+    folder = first.out.resolve()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    sent = standin.state.requests_count
+    again = backfill.run(table, time_column="merged_at", **options)  # type: ignore[arg-type]
+    assert again.out.resolve() == folder, "its content names its run folder"
+    assert again.already_complete
+    assert standin.state.requests_count == sent
 
 
 def test_run_imports_every_valid_pair_and_resumes(

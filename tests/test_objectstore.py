@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import gzip
 import io
-import itertools
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import Bucket
 
 from backfill.errors import InputError
 from backfill.read import Columns, Dataset, open_dataset
@@ -39,7 +38,6 @@ PARTS = [
     [],
     [(U3, "dave"), (U4, "erin")],
 ]
-_buckets = itertools.count()
 
 
 def parquet_bytes(rows: list[tuple[str, str]]) -> bytes:
@@ -83,53 +81,6 @@ def free_port() -> int:
 
 
 # --- S3 ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on a free loopback port, for the whole module."""
-    server_module = pytest.importorskip(
-        "moto.server", reason="moto is not installed: pip install -e '.[test]'"
-    )
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@dataclass
-class Bucket:
-    """A fresh bucket on the test server, and a client to fill it."""
-
-    name: str
-    client: Any
-
-    def put(self, key: str, body: bytes) -> None:
-        """Upload one object."""
-        self.client.put_object(Bucket=self.name, Key=key, Body=body)
-
-    def url(self, key: str = "") -> str:
-        """``s3://bucket/key``."""
-        return f"s3://{self.name}/{key}"
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Bucket:
-    """An empty bucket, with the AWS environment pointing at the loopback server."""
-    import boto3
-
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    name = f"backfill-test-{next(_buckets)}"
-    client.create_bucket(Bucket=name)
-    return Bucket(name, client)
 
 
 def put_parts(bucket: Bucket, prefix: str = "export/") -> None:

@@ -633,7 +633,7 @@ async def test_a_changed_input_is_refused_and_restart_starts_over(
     assert summary["status"] == "completed"
     assert summary["events_imported"] == len(small.valid)
     assert summary["runs"] == 1
-    assert load(out / "checkpoint.json")["identity"]["input"]["size"] == len(edited)
+    assert load(out / "checkpoint.json")["identity"]["input"]["files"][0]["size"] == len(edited)
 
 
 @pytest.mark.parametrize(
