@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -105,6 +105,7 @@ class Run:
         self._dirty = False
         self._started: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending_signals = 0
         self._ended: float | None = None
 
     def send_seconds(self) -> float:
@@ -143,18 +144,20 @@ class Run:
         checkpoint is written in every case.
         """
         self._started = time.monotonic()
-        async with self._signal_handlers():
-            saver = asyncio.create_task(self._save_periodically())
-            try:
-                await self._send_until_stopped()
-            finally:
-                self._ended = time.monotonic()
-                saver.cancel()
-                self.checkpoint.requests += self.stats.requests
-                for cause, n in self.stats.retries.items():
-                    self.checkpoint.retries[cause] = self.checkpoint.retries.get(cause, 0) + n
-                self._dirty = True
-                await self._save()
+        self._loop = asyncio.get_running_loop()
+        for _ in range(self._pending_signals):
+            self._on_signal()  # a Ctrl-C that came before the loop did
+        saver = asyncio.create_task(self._save_periodically())
+        try:
+            await self._send_until_stopped()
+        finally:
+            self._ended = time.monotonic()
+            saver.cancel()
+            self.checkpoint.requests += self.stats.requests
+            for cause, n in self.stats.retries.items():
+                self.checkpoint.retries[cause] = self.checkpoint.retries.get(cause, 0) + n
+            self._dirty = True
+            await self._save()
         if self.interrupted:
             raise Interrupted(
                 f"interrupted: {self.checkpoint.events_imported:,} events imported so far; the "
@@ -276,9 +279,13 @@ class Run:
         await asyncio.shield(asyncio.to_thread(write))
 
     def interrupt(self) -> None:
-        """Ctrl-C from another thread (a notebook's): the first asks a graceful stop."""
+        """SIGINT/SIGTERM, or Ctrl-C in a notebook: the first asks a graceful stop, the second
+        an immediate one. Safe from any thread and at any moment of the run's life."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None:
+            self._pending_signals += 1
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the run is over, written
             loop.call_soon_threadsafe(self._on_signal)
 
     def _on_signal(self) -> None:
@@ -287,29 +294,6 @@ class Run:
             self.sender.stop()
         else:
             self._hard_stop.set()
-
-    @contextlib.asynccontextmanager
-    async def _signal_handlers(self) -> AsyncIterator[None]:
-        """SIGINT/SIGTERM ask this run to stop while it sends; the old handlers come back after.
-
-        asyncio would leave SIGTERM at its default (death) on removal, hence the restore. Off
-        the main thread (a notebook's send thread) signals cannot be caught: ``interrupt``
-        serves instead.
-        """
-        loop = self._loop = asyncio.get_running_loop()
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in before:
-            loop.add_signal_handler(sig, self._on_signal)
-        try:
-            yield
-        finally:
-            for sig, handler in before.items():
-                loop.remove_signal_handler(sig)
-                if handler is not None:
-                    signal.signal(sig, handler)
 
 
 def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -390,14 +374,17 @@ def produce_batches(
 def drive(sending: Run) -> None:
     """Run ``sending.send()`` to its end, from plain code or from inside a running event loop.
 
-    A notebook (Jupyter) already runs an event loop in this thread, where ``asyncio.run``
-    refuses to start: the send then runs in a thread with a loop of its own, and a Ctrl-C
-    (KeyboardInterrupt here) asks it to stop gracefully, as SIGINT would.
+    In the main thread SIGINT and SIGTERM are caught for the whole of ``asyncio.run``, its
+    teardown included, and handed to ``sending.interrupt``: a second Ctrl-C while the loop
+    shuts down must not tear it down halfway. A notebook (Jupyter) already runs an event loop
+    in this thread, where ``asyncio.run`` refuses to start: the send then runs in a thread
+    with a loop of its own, and a Ctrl-C (KeyboardInterrupt here) asks it to stop the same way.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(sending.send())
+        with _signals_to(sending):
+            asyncio.run(sending.send())
         return
     outcome: list[BaseException] = []
 
@@ -416,3 +403,20 @@ def drive(sending: Run) -> None:
             sending.interrupt()
     if outcome:
         raise outcome[0]
+
+
+@contextlib.contextmanager
+def _signals_to(sending: Run) -> Iterator[None]:
+    """SIGINT/SIGTERM go to ``sending.interrupt`` (main thread only); the old handlers return."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in held}
+    for sig in held:
+        signal.signal(sig, lambda signum, frame: sending.interrupt())
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
