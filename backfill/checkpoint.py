@@ -399,9 +399,12 @@ def _check_identity(
 
 
 _LABELS = {
-    "input": "input file (its contents changed)",
+    "input": "input (a file's content, or the files themselves, changed)",
     "project_id": "project id",
     "token": "MIXPANEL_PROJECT_TOKEN",
+    "id_merge": "--id-merge (ID merge system)",
+    "non_uuid_anon": "--non-uuid-anon",
+    "pairing_event": "--pairing-event",
 }
 
 

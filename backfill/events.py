@@ -1,23 +1,31 @@
-"""Build and encode ``$identify`` batches: vectorised JSON, stable ``$insert_id``, gzip.
+"""Build and encode the events of each ID merge mode: vectorised JSON, stable ``$insert_id``, gzip.
 
-An event is::
+The events (SPEC, "Events sent")::
 
-    {"event":"$identify","properties":{"$anon_id":A,"$identified_id":U,"distinct_id":U,
-     "time":T,"$insert_id":I,"token":TOKEN}}
+    original:    {"event":"$identify","properties":{"$anon_id":A,"$identified_id":U,
+                  "distinct_id":U,"time":T,"$insert_id":I,"token":TOKEN}}
+    original, an anon id that is no UUID v4 under --non-uuid-anon merge:
+                 {"event":"$merge","properties":{"$distinct_ids":[U,A],"distinct_id":U,
+                  "time":T,"$insert_id":I,"token":TOKEN}}
+    simplified:  {"event":E,"properties":{"$device_id":D,"$user_id":U,"distinct_id":U,
+                  "time":T,"$insert_id":I,"token":TOKEN}}   (D: A less one leading $device:)
 
 Everything is built per batch with pyarrow string kernels rather than per event in Python:
 the JSON of all events is one ``binary_join_element_wise`` over columns, and the request body
 is that array's byte buffer with commas between events. Only identified ids that need JSON
 escaping (a quote, a backslash or a control character: rare) go through ``json.dumps``.
 
-``$insert_id`` is 32 hex digits of a 128-bit hash of ``A + "\\n" + U``, so a pair has the same
-id in every run, every resend and every version of this tool (a test pins known values): Mixpanel
-counts events with equal (event, time, distinct_id, $insert_id) once, which makes resending safe.
+``$insert_id`` is 32 hex digits of a 128-bit hash of the pair and the event kind alone
+(``$identify``: ``A + "\\n" + U``, as ever; ``$merge``: ``"$merge\\n" + A + "\\n" + U``; a
+pairing: ``"pair\\n" + D + "\\n" + U``), so a pair has the same id in every run, every resend
+and every version of this tool (a test pins known values): Mixpanel counts events with equal
+(event, time, distinct_id, $insert_id) once, which makes resending safe.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -27,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip
 
+from backfill.mixpanel import DEVICE_PREFIX, IDENTIFY_ANON_PATTERN
 from backfill.validation import hash_strings_seeds
 
 MAX_BATCH_BYTES = 2_000_000  # "2 MB" of uncompressed JSON, under 2 MiB as well
@@ -111,16 +120,33 @@ class Encoder:
         batch_size: int,
         max_bytes: int = MAX_BATCH_BYTES,
         gzip_level: int = GZIP_LEVEL,
+        id_merge: str = "original",
+        non_uuid_anon: str = "refuse",
+        pairing_event: str = "Identity Backfill",
     ) -> None:
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.gzip_level = gzip_level
         token_part = "" if token is None else ',"token":' + json.dumps(token, ensure_ascii=False)
         self._suffix = '"' + token_part + "}},"
+        self._pairing = json.dumps(pairing_event, ensure_ascii=False)
+        # Resolved once: the hot path takes no decision the settings already took.
+        self._build = (
+            self._pairings
+            if id_merge == "simplified"
+            else self._identifies_or_merges
+            if non_uuid_anon == "merge"
+            else self._identifies
+        )
 
-    def event_json(self, pairs: Pairs, insert_ids: pa.Array) -> pa.Array:
-        """The JSON text of each event, each followed by a comma."""
+    def event_json(self, pairs: Pairs) -> tuple[pa.Array, pa.Array]:
+        """The JSON text of each event (each followed by a comma), and its ``$insert_id``."""
+        return self._build(pairs)
+
+    def _identifies(self, pairs: Pairs) -> tuple[pa.Array, pa.Array]:
+        ids = insert_ids(pairs.anon, pairs.identified)
         ident = _json_strings(pairs.identified)
+        # A UUID v4 (with or without $device:) needs no escaping: no per-value check here.
         return pc.binary_join_element_wise(
             '{"event":"$identify","properties":{"$anon_id":"',
             pairs.anon,
@@ -131,17 +157,68 @@ class Encoder:
             ',"time":',
             pc.cast(pa.array(pairs.times_ms), pa.string()),
             ',"$insert_id":"',
-            insert_ids,
+            ids,
             self._suffix,
             "",
+        ), ids
+
+    def _merges(self, pairs: Pairs) -> tuple[pa.Array, pa.Array]:
+        ids = insert_ids(pairs.anon, pairs.identified, kind="$merge")
+        ident = _json_strings(pairs.identified)
+        return pc.binary_join_element_wise(
+            '{"event":"$merge","properties":{"$distinct_ids":[',
+            ident,
+            ",",
+            _json_strings(pairs.anon),
+            '],"distinct_id":',
+            ident,
+            ',"time":',
+            pc.cast(pa.array(pairs.times_ms), pa.string()),
+            ',"$insert_id":"',
+            ids,
+            self._suffix,
+            "",
+        ), ids
+
+    def _identifies_or_merges(self, pairs: Pairs) -> tuple[pa.Array, pa.Array]:
+        merge = merge_mask(pairs.anon)
+        if not merge.any():
+            return self._identifies(pairs)
+        if merge.all():
+            return self._merges(pairs)
+        (identify_json, identify_ids), (merge_json, merge_ids) = (
+            self._identifies(pairs),
+            self._merges(pairs),
         )
+        chosen = pa.array(merge)
+        return pc.if_else(chosen, merge_json, identify_json), pc.if_else(
+            chosen, merge_ids, identify_ids
+        )
+
+    def _pairings(self, pairs: Pairs) -> tuple[pa.Array, pa.Array]:
+        device = device_ids(pairs.anon)
+        ids = insert_ids(device, pairs.identified, kind="pair")
+        ident = _json_strings(pairs.identified)
+        return pc.binary_join_element_wise(
+            '{"event":' + self._pairing + ',"properties":{"$device_id":',
+            _json_strings(device),
+            ',"$user_id":',
+            ident,
+            ',"distinct_id":',
+            ident,
+            ',"time":',
+            pc.cast(pa.array(pairs.times_ms), pa.string()),
+            ',"$insert_id":"',
+            ids,
+            self._suffix,
+            "",
+        ), ids
 
     def batches(self, pairs: Pairs) -> Iterator[Batch]:
         """Cut ``pairs`` into batches of at most batch_size events and max_bytes of JSON."""
         if len(pairs) == 0:
             return
-        ids = insert_ids(pairs.anon, pairs.identified)
-        events = self.event_json(pairs, ids)
+        events, ids = self.event_json(pairs)
         offsets = _offsets(events)
         start = 0
         n = len(pairs)
@@ -178,8 +255,7 @@ class Encoder:
         )
 
     def _encode(self, pairs: Pairs) -> Batch:
-        ids = insert_ids(pairs.anon, pairs.identified)
-        events = self.event_json(pairs, ids)
+        events, ids = self.event_json(pairs)
         return self._batch(pairs, ids, events, 0, len(pairs), _offsets(events))
 
     def _batch(
@@ -204,9 +280,14 @@ def gzip_bytes(data: bytes, level: int = GZIP_LEVEL) -> bytes:
     return packed
 
 
-def insert_ids(anon: pa.Array, identified: pa.Array) -> pa.Array:
-    """32 lowercase hex digits per pair, a function of (anon id, identified id) alone."""
+def insert_ids(anon: pa.Array, identified: pa.Array, *, kind: str = "") -> pa.Array:
+    """32 lowercase hex digits per pair, a function of the pair and the event kind alone.
+
+    ``$identify`` (``kind=""``) keeps the ids of every earlier version: ``A + "\\n" + U``.
+    """
     keys = pc.binary_join_element_wise(anon, identified, "\n")
+    if kind:
+        keys = pc.binary_join_element_wise(kind, keys, "\n")
     n = len(keys)
     digest = np.empty((n, 2), dtype=">u8")
     digest[:, 0], digest[:, 1] = hash_strings_seeds(keys, _INSERT_ID_SEEDS)
@@ -216,6 +297,17 @@ def insert_ids(anon: pa.Array, identified: pa.Array) -> pa.Array:
     text[:, 1::2] = _HEX[raw & 0x0F]
     offsets = pa.py_buffer(np.arange(0, 32 * n + 1, 32, dtype=np.int32).tobytes())
     return pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(text.tobytes())])
+
+
+def merge_mask(anon: pa.Array) -> npt.NDArray[np.bool_]:
+    """Which anon ids ``$identify`` cannot merge (not a UUID v4, with or without $device:)."""
+    matches = pc.match_substring_regex(anon, IDENTIFY_ANON_PATTERN).fill_null(False)
+    return ~np.asarray(matches.to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+def device_ids(anon: pa.Array) -> pa.Array:
+    """Each anon id less one leading ``$device:``, as Simplified ID Merge's ingest reads it."""
+    return pc.replace_substring_regex(anon, "^" + re.escape(DEVICE_PREFIX), "", max_replacements=1)
 
 
 def _json_strings(values: pa.Array) -> pa.Array:

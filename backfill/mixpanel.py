@@ -51,6 +51,13 @@ MAX_ID_BYTES: Final = 255
 UUID4_PATTERN: Final = (
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 )
+#: Mixpanel's JavaScript SDK writes anonymous ids as this prefix and a UUID; Simplified ID
+#: Merge's ingest strips one such prefix from ``$device_id``.
+DEVICE_PREFIX: Final = "$device:"
+#: An anon id ``$identify`` merges (Original ID Merge): a UUID v4, with or without the prefix.
+IDENTIFY_ANON_PATTERN: Final = r"^(\$device:)?" + UUID4_PATTERN[1:]
+#: Mixpanel's identity events; a Simplified ID Merge project refuses all of them.
+IDENTITY_EVENTS: Final = frozenset({"$identify", "$create_alias", "$merge"})
 #: ``$insert_id``: at most 36 characters of ``[A-Za-z0-9-]``.
 INSERT_ID_PATTERN: Final = r"^[A-Za-z0-9-]{1,36}$"
 #: ``time`` must be at or after 1971-01-01T00:00:00Z (epoch milliseconds).

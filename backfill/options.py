@@ -28,8 +28,6 @@ VALIDATE, RUN, REHEARSE = "validate", "run", "rehearse"
 _ALL = frozenset({VALIDATE, RUN, REHEARSE})
 _SENDING = frozenset({RUN, REHEARSE})
 
-#: Names Mixpanel gives its identity events; a pairing event must not use one of them.
-IDENTITY_EVENT_NAMES: Final = frozenset({"$identify", "$create_alias", "$merge"})
 DEFAULT_PAIRING_EVENT: Final = "Identity Backfill"
 
 

@@ -210,6 +210,13 @@ def event_identity(settings: Settings, dataset: Dataset) -> dict[str, Any]:
         "time_column": settings.columns.time,
         "max_cluster_size": settings.max_cluster_size,
         "token": token_digest(settings.token),
+        "id_merge": settings.id_merge,
+        # Each mode's own setting, so changing the other mode's does not refuse the run.
+        **(
+            {"pairing_event": settings.pairing_event}
+            if settings.simplified
+            else {"non_uuid_anon": settings.non_uuid_anon}
+        ),
     }
 
 

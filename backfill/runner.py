@@ -85,7 +85,13 @@ class Run:
         self.out_dir = checkpoint.path.parent
         self.progress = progress
         self.stats = SendStats()
-        self.encoder = Encoder(token=settings.token, batch_size=settings.batch_size)
+        self.encoder = Encoder(
+            token=settings.token,
+            batch_size=settings.batch_size,
+            id_merge=settings.id_merge,
+            non_uuid_anon=settings.non_uuid_anon,
+            pairing_event=settings.pairing_event,
+        )
         config = SendConfig(
             import_url=settings.import_url,
             credentials=credentials,

@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from backfill.errors import ConfigError
-from backfill.mixpanel import MAX_CLUSTER_SIZE, MAX_EVENTS_PER_REQUEST, REGIONS
-from backfill.options import BY_NAME, IDENTITY_EVENT_NAMES, check_keys, merge
+from backfill.mixpanel import IDENTITY_EVENTS, MAX_CLUSTER_SIZE, MAX_EVENTS_PER_REQUEST, REGIONS
+from backfill.options import BY_NAME, check_keys, merge
 from backfill.read import Columns
 from backfill.times import TimeStatus, now_ms, parse_one
 
@@ -213,7 +213,7 @@ def _pairing_event(name: str) -> str:
         raise ConfigError(
             "--pairing-event must not be empty: e.g. --pairing-event 'Identity Backfill'"
         )
-    if stripped in IDENTITY_EVENT_NAMES:
+    if stripped in IDENTITY_EVENTS:
         raise ConfigError(
             f"--pairing-event {stripped!r} is one of Mixpanel's identity events, which a "
             "Simplified project refuses: choose a plain name such as 'Identity Backfill'"

@@ -59,11 +59,12 @@ from __future__ import annotations
 
 from typing import Final
 
+from backfill.mixpanel import IDENTITY_EVENTS
 from backfill.standin.app import CONFIG_KEY, STATE_KEY, make_app
 from backfill.standin.config import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, StandinConfig
 from backfill.standin.faults import FAULT_NAMES, Fault, FaultRates
 from backfill.standin.identity import NotMerged
-from backfill.standin.rules import IDENTITY_EVENTS, REFUSED_DISTINCT_IDS, SIMPLIFIED_REFUSAL
+from backfill.standin.rules import REFUSED_DISTINCT_IDS, SIMPLIFIED_REFUSAL
 from backfill.standin.running import Standin, banner, request_line, running_standin, serve
 from backfill.standin.state import EventKey, RequestRecord, StandinState
 

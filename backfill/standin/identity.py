@@ -47,10 +47,9 @@ from collections import Counter
 from enum import StrEnum
 from typing import Any, Final
 
-from backfill.mixpanel import MAX_CLUSTER_SIZE, UUID4_PATTERN
+from backfill.mixpanel import DEVICE_PREFIX, IDENTIFY_ANON_PATTERN, MAX_CLUSTER_SIZE
 
-DEVICE_PREFIX: Final = "$device:"
-_UUID4_RE: Final = re.compile(UUID4_PATTERN)
+_IDENTIFY_ANON_RE: Final = re.compile(IDENTIFY_ANON_PATTERN)
 
 
 class NotMerged(StrEnum):
@@ -64,7 +63,7 @@ class NotMerged(StrEnum):
 
 def is_mergeable_anon_id(anon: str) -> bool:
     """Whether ``$identify`` merges this ``$anon_id``: a UUID v4, or ``$device:`` + a UUID v4."""
-    return _UUID4_RE.fullmatch(anon.removeprefix(DEVICE_PREFIX)) is not None
+    return _IDENTIFY_ANON_RE.fullmatch(anon) is not None
 
 
 class Identity(ABC):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, NoReturn
 
 from backfill.mixpanel import (
+    IDENTITY_EVENTS,
     INSERT_ID_PATTERN,
     MAX_ID_BYTES,
     MIN_TIME_MS,
@@ -28,8 +29,6 @@ from backfill.mixpanel import (
 
 #: Placeholder distinct_ids Mixpanel refuses (SPEC), compared case-insensitively after strip.
 REFUSED_DISTINCT_IDS: Final = PLACEHOLDER_DISTINCT_IDS
-#: Mixpanel's identity events: a Simplified ID Merge project refuses each of them.
-IDENTITY_EVENTS: Final = frozenset({"$identify", "$create_alias", "$merge"})
 #: The one plain string a Simplified project puts in ``failed_records`` (live probes, 2026-08).
 SIMPLIFIED_REFUSAL: Final = (
     "identity events are not allowed when project is using simplified identity management"
