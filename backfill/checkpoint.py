@@ -399,7 +399,7 @@ def _check_identity(
 
 
 _LABELS = {
-    "input": "input (a file's content, or the files themselves, changed)",
+    "input": "input files (one was added, removed or changed)",
     "project_id": "project id",
     "token": "MIXPANEL_PROJECT_TOKEN",
     "id_merge": "--id-merge (ID merge system)",

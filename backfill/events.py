@@ -25,7 +25,6 @@ and every version of this tool (a test pins known values): Mixpanel counts event
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -35,7 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip
 
-from backfill.mixpanel import DEVICE_PREFIX, IDENTIFY_ANON_PATTERN
+from backfill.mixpanel import IDENTIFY_ANON_PATTERN
+from backfill.rules import device_ids
 from backfill.validation import hash_strings_seeds
 
 MAX_BATCH_BYTES = 2_000_000  # "2 MB" of uncompressed JSON, under 2 MiB as well
@@ -303,11 +303,6 @@ def merge_mask(anon: pa.Array) -> npt.NDArray[np.bool_]:
     """Which anon ids ``$identify`` cannot merge (not a UUID v4, with or without $device:)."""
     matches = pc.match_substring_regex(anon, IDENTIFY_ANON_PATTERN).fill_null(False)
     return ~np.asarray(matches.to_numpy(zero_copy_only=False), dtype=np.bool_)
-
-
-def device_ids(anon: pa.Array) -> pa.Array:
-    """Each anon id less one leading ``$device:``, as Simplified ID Merge's ingest reads it."""
-    return pc.replace_substring_regex(anon, "^" + re.escape(DEVICE_PREFIX), "", max_replacements=1)
 
 
 def _json_strings(values: pa.Array) -> pa.Array:

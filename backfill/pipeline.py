@@ -20,20 +20,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from backfill import runfolder
 from backfill.checkpoint import CHECKPOINT_FILE, Checkpoint, RunLock, token_digest
 from backfill.errors import BackfillError, InputChanged, InputChangedWhileSending, Interrupted
+from backfill.events import merge_mask
 from backfill.files import atomic_write_json, read_json_dict
 from backfill.progress import Progress, Snapshot
-from backfill.read import DEFAULT_CHUNK_ROWS, ChunkSource, Dataset, open_dataset
+from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified
 from backfill.reasons import Reason
-from backfill.report import SUMMARY_FILE, RejectsFile, reject_rows, zero_counts
+from backfill.report import SUMMARY_FILE, RejectsFile, chunk_reasons, reject_rows, zero_counts
+from backfill.rules import Rules, devices
 from backfill.runner import Run, Validated, drive
 from backfill.settings import Credentials, Settings
 from backfill.summary import FileRows, RunStatus, Summary, ThisRun
 from backfill.times import iso_utc, now_ms
-from backfill.validation import judge
+from backfill.validation import Verdicts, judge
+
+#: A cluster size no input reaches: Simplified ID Merge has no cluster limit.
+NO_CLUSTER_LIMIT = 1 << 62
 
 
 def validate(
@@ -183,20 +190,48 @@ def judge_and_report(
         rows[0] += n
         progress.tick()
 
+    rules = Rules(settings.id_merge, settings.non_uuid_anon)
     progress.follow(lambda: Snapshot("validating", rows_read=rows[0]))
     verdicts = judge(
-        source, now_ms=started, max_cluster_size=settings.max_cluster_size, on_rows=on_rows
+        devices(source) if settings.simplified else source,
+        now_ms=started,
+        # Simplified ID Merge has no 500-id cluster: no cluster_limit rule.
+        max_cluster_size=NO_CLUSTER_LIMIT if settings.simplified else settings.max_cluster_size,
+        on_rows=on_rows,
+        rules=rules,
     )
     progress.follow(lambda: Snapshot("writing rejects", rows_read=rows[0]))
     rejects = RejectsFile(out_dir, keep_api_rejects=keep_api_rejects)
+    kinds = EventKinds(settings)
     try:
         for chunk in source():
-            rejects.write(reject_rows(chunk, verdicts, started, dataset))
+            rejects.write(reject_rows(chunk, verdicts, started, dataset, rules))
+            kinds.count(chunk, verdicts)
         rejects.commit()
     except BaseException:
         rejects.close()
         raise
-    return Validated(source, dataset, verdicts, started, rejects)
+    return Validated(source, dataset, verdicts, started, rejects, kinds.counts)
+
+
+class EventKinds:
+    """How many events of each kind the valid pairs make (``$identify``, ``$merge``, pairing)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.merges = not settings.simplified and settings.non_uuid_anon == "merge"
+        self.main = settings.pairing_event if settings.simplified else "$identify"
+        self.counts: dict[str, int] = {self.main: 0}
+        if self.merges:
+            self.counts["$merge"] = 0
+
+    def count(self, chunk: Chunk, verdicts: Verdicts) -> None:
+        """Add the valid rows of ``chunk``."""
+        valid = chunk_reasons(chunk, verdicts) == Reason.VALID
+        merges = 0
+        if self.merges and valid.any():
+            merges = int(merge_mask(chunk.anon.filter(pa.array(valid))).sum())
+            self.counts["$merge"] += merges
+        self.counts[self.main] += int(valid.sum()) - merges
 
 
 def event_identity(settings: Settings, dataset: Dataset) -> dict[str, Any]:
@@ -237,6 +272,7 @@ def _counts(
         "rows_valid": v.rows_valid,
         "rejected": rejected,
         "id_merge": settings.id_merge,
+        "events_by_kind": dict(validated.events_by_kind),
         "hash_collisions_resolved": v.collisions,
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),

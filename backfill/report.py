@@ -28,10 +28,11 @@ from backfill.errors import InputError
 from backfill.files import disk_errors, fsync_dir, open_private
 from backfill.read import Chunk, Dataset
 from backfill.reasons import REJECT_REASONS, Reason
+from backfill.rules import ORIGINAL, Rules, describe
 from backfill.summary import Summary
 from backfill.times import TimeStatus, to_epoch_ms
 from backfill.times import describe as describe_time
-from backfill.validation import Verdicts, describe
+from backfill.validation import Verdicts
 
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
@@ -222,7 +223,7 @@ def _retries(causes: Mapping[str, int]) -> str:
 
 
 def reject_rows(
-    chunk: Chunk, verdicts: Verdicts, now: int, dataset: Dataset
+    chunk: Chunk, verdicts: Verdicts, now: int, dataset: Dataset, rules: Rules = ORIGINAL
 ) -> Iterator[RejectRow]:
     """The rejects.csv rows of one chunk, with a human detail each; rows count within the file."""
     reasons = chunk_reasons(chunk, verdicts)
@@ -249,6 +250,7 @@ def reject_rows(
             reason,
             anons[k],
             idents[k],
+            rules=rules,
             first_row=refs[k],
             time_detail=time_details[k],
             max_cluster_size=verdicts.max_cluster_size,

@@ -29,8 +29,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,8 @@ class Validated:
     verdicts: Verdicts
     now_ms: int
     rejects: RejectsFile
+    #: The events the valid pairs make, by kind (``$identify``, ``$merge``, a pairing event).
+    events_by_kind: Mapping[str, int] = field(default_factory=dict)
 
 
 class Run:

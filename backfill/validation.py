@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import random
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -32,23 +31,11 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from backfill.mixpanel import (
-    MAX_CLUSTER_SIZE,
-    MAX_ID_BYTES,
-    PLACEHOLDER_DISTINCT_IDS,
-    UUID4_PATTERN,
-)
-from backfill.read import Chunk, ChunkSource
+from backfill.read import ChunkSource
 from backfill.reasons import REJECT_REASONS, Reason
-from backfill.times import TimeStatus, to_epoch_ms
+from backfill.rules import DEFAULT_MAX_CLUSTER_SIZE, ORIGINAL, Rules, describe, row_reasons
 
-#: Values refused as an identified id (compared case-insensitively): Mixpanel's, and ``nan``.
-PLACEHOLDERS = PLACEHOLDER_DISTINCT_IDS | {"nan"}
-DEFAULT_MAX_CLUSTER_SIZE = MAX_CLUSTER_SIZE
-_UUID_SHAPE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
-_PLACEHOLDER_ARRAY = pa.array(sorted(PLACEHOLDERS), pa.string())
+__all__ = ["Rules", "Verdicts", "describe", "hash_strings", "judge", "row_reasons"]
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -113,37 +100,6 @@ def hash_strings_seeds(values: pa.Array, seeds: tuple[int, ...]) -> list[U64]:
             word = windows[np.minimum(at + j, end - start)] & tail
             hashes = [np.where(active, _fmix(h ^ word) + _GOLDEN, h) for h in hashes]
         return [_fmix(h) for h in hashes]
-
-
-# --- per-row rules -------------------------------------------------------------------------
-
-
-def row_reasons(chunk: Chunk, now_ms: int) -> npt.NDArray[np.uint8]:
-    """The first failing per-row rule of each row (SPEC 1-5, then invalid_time), or VALID."""
-    anon, ident = chunk.anon, chunk.identified
-    missing_anon = _mask(anon.is_null())
-    bad_anon = ~_mask(pc.match_substring_regex(anon, UUID4_PATTERN))
-    missing_ident = _mask(ident.is_null())
-    # ASCII folding only: every placeholder is ASCII, and Unicode folding would turn e.g. a
-    # Turkish dotted capital I into "i".
-    placeholder = _mask(pc.is_in(pc.ascii_lower(ident), value_set=_PLACEHOLDER_ARRAY))
-    too_long = _mask(pc.greater(pc.binary_length(ident), MAX_ID_BYTES))
-    self_merge = _mask(pc.equal(anon, ident))
-    reasons = np.zeros(len(chunk), dtype=np.uint8)
-    # Later rules first, so that each earlier rule overwrites: a row keeps its first failure.
-    if chunk.time is not None:
-        _, status = to_epoch_ms(chunk.time, now_ms)
-        reasons[status != TimeStatus.OK] = Reason.INVALID_TIME
-    reasons[self_merge] = Reason.SELF_MERGE
-    reasons[placeholder | too_long] = Reason.INVALID_IDENTIFIED_ID
-    reasons[missing_ident] = Reason.MISSING_IDENTIFIED_ID
-    reasons[bad_anon] = Reason.INVALID_ANON_ID
-    reasons[missing_anon] = Reason.MISSING_ANON_ID
-    return reasons
-
-
-def _mask(values: pa.Array) -> npt.NDArray[np.bool_]:
-    return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.bool_)
 
 
 # --- whole-file rules ----------------------------------------------------------------------
@@ -416,14 +372,19 @@ def judge(
     max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
     hasher: Hasher = hash_strings,
     on_rows: Callable[[int], None] | None = None,
+    rules: Rules = ORIGINAL,
 ) -> Verdicts:
-    """Read the whole input once (twice if hashes repeat) and decide every row's verdict."""
+    """Read the whole input once (twice if hashes repeat) and decide every row's verdict.
+
+    ``rules`` says what the per-row rules accept (by ID merge system); the source gives the
+    anon ids as they are to be compared (for Simplified: devices, see ``rules.devices``).
+    """
     if max_cluster_size < 2:
         raise ValueError("max_cluster_size must be at least 2")
     reason_parts: list[npt.NDArray[np.uint8]] = []
     anon_hashes, ident_hashes = _Column(), _Column()
     for chunk in source():
-        reasons = row_reasons(chunk, now_ms)
+        reasons = row_reasons(chunk, now_ms, rules)
         ok = reasons == Reason.VALID
         ha = np.zeros(len(chunk), dtype=np.uint64)
         hu = np.zeros(len(chunk), dtype=np.uint64)
@@ -459,55 +420,3 @@ def judge(
         ref_first=ref_first[order],
         collisions=collisions,
     )
-
-
-# --- details for the rejects report --------------------------------------------------------
-
-
-def describe(
-    reason: Reason,
-    anon: str | None,
-    ident: str | None,
-    *,
-    first_row: int | str = 0,
-    time_detail: str = "",
-    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
-) -> str:
-    """The human ``detail`` column of a rejected row."""
-    if reason is Reason.MISSING_ANON_ID:
-        return "anon id is empty"
-    if reason is Reason.INVALID_ANON_ID:
-        return _describe_anon(anon or "")
-    if reason is Reason.MISSING_IDENTIFIED_ID:
-        return "identified id is empty"
-    if reason is Reason.INVALID_IDENTIFIED_ID:
-        text = ident or ""
-        size = len(text.encode("utf-8"))
-        if size > MAX_ID_BYTES:
-            return f"identified id is {size} bytes long; Mixpanel allows {MAX_ID_BYTES}"
-        return f"identified id {text!r} is a placeholder Mixpanel refuses"
-    if reason is Reason.SELF_MERGE:
-        return "identified id equals anon id"
-    if reason is Reason.INVALID_TIME:
-        return time_detail
-    if reason is Reason.CONFLICTING_ANON_ID:
-        return f"anon id also maps to another identified id at row {first_row}"
-    if reason is Reason.DUPLICATE_PAIR:
-        return f"repeats the pair of row {first_row}"
-    if reason is Reason.CLUSTER_LIMIT:
-        return (
-            f"identified id already has {max_cluster_size - 1} anon ids "
-            f"(cluster limit {max_cluster_size} ids)"
-        )
-    return ""
-
-
-def _describe_anon(anon: str) -> str:
-    if not _UUID_SHAPE.match(anon):
-        return "not a UUID (want 8-4-4-4-12 hex digits)"
-    version = anon[14]
-    if version != "4":
-        if set(anon) <= {"0", "-"}:
-            return "nil UUID, not a UUID v4"
-        return f"UUID version {version}, not 4"
-    return f"UUID variant {anon[19]!r} is not 8, 9, a or b"

@@ -421,7 +421,10 @@ def test_token_digest_is_stable_and_never_the_token() -> None:
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ({"input": {"size": 124, "sha256": "cd" * 32}}, "input file (its contents changed)"),
+        (
+            {"input": {"size": 124, "sha256": "cd" * 32}},
+            "input files (one was added, removed or changed)",
+        ),
         ({"project_id": "2"}, "project id"),
         ({"time_column": "merged_at"}, "time_column"),
         ({"anon_column": "device_id"}, "anon_column"),
@@ -471,7 +474,7 @@ def test_several_changes_are_all_named(tmp_path: Path) -> None:
     changed = {**IDENTITY, "input": {"size": 1, "sha256": "00" * 32}, "project_id": "9"}
     with pytest.raises(CheckpointMismatch) as caught:
         open_checkpoint(tmp_path, changed)
-    assert "input file" in str(caught.value)
+    assert "input files" in str(caught.value)
     assert "project id" in str(caught.value)
 
 

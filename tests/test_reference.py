@@ -13,6 +13,7 @@ import random
 import re
 import string
 import tempfile
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -62,6 +63,13 @@ def ref_is_uuid4(value: str) -> bool:
     )
 
 
+def ref_broken(value: str) -> bool:
+    """A line break or NUL anywhere, or nothing but control/format/separator characters."""
+    if any(c in value for c in "\n\r\x00"):
+        return True
+    return all(unicodedata.category(c)[0] in "CZ" for c in value)
+
+
 def ref_time_ok(value: str | None, now_ms: int) -> bool:
     """Epoch seconds (< 1e11), epoch ms or ISO 8601 (zone-less = UTC), from 1971 up to now."""
     if value is None:
@@ -99,7 +107,11 @@ def reference(
             verdicts.append("invalid_anon_id")
         elif ident is None:
             verdicts.append("missing_identified_id")
-        elif ident.lower() in REF_PLACEHOLDERS or len(ident.encode("utf-8")) > 255:
+        elif (
+            ident.lower() in REF_PLACEHOLDERS
+            or len(ident.encode("utf-8")) > 255
+            or ref_broken(ident)
+        ):
             verdicts.append("invalid_identified_id")
         elif ident == anon:
             verdicts.append("self_merge")
