@@ -208,7 +208,7 @@ class Run:
             await self._pool(rest, batches)
 
     async def _pool(self, rest: Batch | None, batches: Iterator[Batch]) -> None:
-        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self.settings.concurrency + 2)
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self.sender.workers + 2)
         if rest is not None:
             queue.put_nowait(rest)
         feeder = asyncio.create_task(self._feed(queue, batches))
@@ -224,7 +224,7 @@ class Run:
         try:
             while (batch := await asyncio.to_thread(next, batches, None)) is not None:
                 await queue.put(batch)
-            for _ in range(self.settings.concurrency):
+            for _ in range(self.sender.workers):
                 await queue.put(None)
         except Exception:
             self.sender.stop()  # else the workers wait forever for batches that never come
