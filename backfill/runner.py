@@ -111,7 +111,7 @@ class Run:
 
     def counts(self) -> dict[str, Any]:
         """The progress counts, read from the checkpoint (all runs) and the stats (this run)."""
-        ckpt, stats = self.checkpoint, self.stats
+        ckpt, stats, pacer = self.checkpoint, self.stats, self.sender.pacer
         seconds = self.send_seconds()
         return {
             "pairs_total": self.validated.verdicts.rows_valid,
@@ -121,6 +121,22 @@ class Run:
             "sent_this_run": stats.events_sent,
             "retries": sum(stats.retries.values()),
             "rate_per_s": ckpt.run_events / seconds if seconds > 1.0 and ckpt.run_events else None,
+            "rate_limited": stats.rate_limited,
+            # Shown only while 429s hold the run below --rate.
+            "paced_per_s": pacer.rate_per_s if pacer.rate_per_s < pacer.ceiling_per_s else None,
+        }
+
+    def pacing_figures(self) -> dict[str, Any]:
+        """This run's pacing, as ``ThisRun`` fields: the rate held, the 429s and what they did."""
+        figures = self.sender.pacer.figures()
+        held, latency = figures.rate_held_per_s, figures.mean_latency_s
+        return {
+            "rate_limited": self.stats.rate_limited,
+            "rate_held_per_s": None if held is None else round(held, 1),
+            "rate_lowered": figures.rate_lowered,
+            "lowest_rate_per_s": round(figures.lowest_rate_per_s, 1),
+            "max_in_flight": figures.max_in_flight,
+            "mean_latency_s": None if latency is None else round(latency, 3),
         }
 
     def snapshot(self) -> Snapshot:

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import encode, make_pairs, send_batches
+from runkit import clean_env, encode, make_pairs, run_cli, send_batches, uuid4s
 
 from backfill.pacing import InFlight, PacedLimiter, Pacer, PacingRules
 from backfill.send import Sender
 from backfill.standin import (
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SERVICE_ACCOUNT,
     FaultRates,
     StandinConfig,
     running_standin,
@@ -341,3 +345,45 @@ async def test_shared_backoff_earns_fewer_429s_than_per_batch_backoff() -> None:
     old = await overload_429s(PacingRules(decrease_factor=1.0), concurrency=10)
     new = await overload_429s(PacingRules(), concurrency=None)
     assert new < old / 2, (old, new)
+
+
+USER, SECRET = DEFAULT_SERVICE_ACCOUNT
+
+
+async def test_a_run_against_a_rate_limited_project_imports_every_pair(tmp_path: Path) -> None:
+    """Default pacing at 3x a stand-in's limit: every pair imported, exit 0, 429s reported."""
+    pairs = [(a, f"user-35-{i}") for i, a in enumerate(uuid4s(6000, 35))]
+    source = tmp_path / "m.csv"
+    source.write_text(
+        "anon_id,identified_id\n" + "".join(f"{a},{u}\n" for a, u in pairs), encoding="utf-8"
+    )
+    out = tmp_path / "out"
+    env = clean_env(
+        {
+            "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
+            "MIXPANEL_SERVICE_ACCOUNT_SECRET": SECRET,
+            "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
+        }
+    )
+    config = StandinConfig(rate_limit_events_per_s=2000.0)
+    async with running_standin(config) as standin:
+        result = await run_cli(
+            ["run", str(source), "--out", str(out), "--api-url", standin.url, "--no-progress",
+             "--rate", "6000", "--batch-size", "200", "--retry-base-s", "0.5", "--json"],
+            env,
+            cwd=tmp_path,
+        )  # fmt: skip
+        state = standin.state
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert state.events_imported == 6000
+    assert state.identify_pairs() == set(pairs)
+    summary = json.loads(result.stdout)
+    this = summary["this_run"]
+    assert summary["status"] == "completed"
+    assert summary["events_imported"] == 6000
+    assert this["rate_limited"] == state.statuses()[429] > 0
+    assert this["rate_lowered"] >= 1
+    assert this["lowest_rate_per_s"] < 6000
+    assert this["rate_held_per_s"] > 0
+    assert "429 answers" in result.stderr or "429 answers" in result.stdout
