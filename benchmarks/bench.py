@@ -389,8 +389,9 @@ def run_child(
     this process sits in ``wait4``). ``python -m backfill`` imports the ``backfill`` of ``cwd``.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    measured_as = f"{log_dir.parent.name}/{log_dir.name}"
-    MEASURED_WITH.setdefault(source_digest(cwd), []).append(measured_as)
+    if cwd == ROOT:  # another tree's client (--compare-root) is named in its own row
+        measured_as = f"{log_dir.parent.name}/{log_dir.name}"
+        MEASURED_WITH.setdefault(source_digest(), []).append(measured_as)
     out_path, err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         busy_before = system_busy_s()
@@ -1090,17 +1091,36 @@ def _pace_json(run: PacedRun, held: float, window: float) -> dict[str, Any]:
     }
 
 
+def _client_label(client_root: Path) -> str:
+    if client_root == ROOT:
+        return ""
+    return f" [client from {client_root}, sources sha256 {source_digest(client_root)}]"
+
+
+def _versus(held: float, previous: float | None) -> str:
+    if previous is None or not previous > 0:
+        return ""
+    return f"; {held / previous:.2f}x the previous version's {previous:,.0f} events/s"
+
+
 def bench_latency(
-    report: Report, csv_path: Path, rows: int, rate: float, latency_s: float, client_root: Path
-) -> None:
+    report: Report,
+    csv_path: Path,
+    rows: int,
+    rate: float,
+    latency_s: float,
+    client_root: Path,
+    previous: float | None = None,
+) -> float:
     """Default flags against a stand-in that answers every request ``latency_s`` late: the
-    rate held while sending, as the stand-in saw the requests arrive."""
+    rate held while sending, as the stand-in saw the requests arrive (returned).
+
+    ``previous`` is the previous version's figure, for the ratio.
+    """
     label = f"latency {latency_s:g} s, --rate {rate:,.0f}, {rows:,} rows, default flags"
-    if client_root != ROOT:
-        label += f" [client from {client_root}]"
-    run = paced_run(
-        csv_path, OUT / f"latency-{latency_s:g}", rate, latency_s=latency_s, client_root=client_root
-    )
+    label += _client_label(client_root)
+    out = OUT / f"latency-{latency_s:g}-{client_root.name}"
+    run = paced_run(csv_path, out, rate, latency_s=latency_s, client_root=client_root)
     check_background(report, label, run.client, also=run.standin_cpu_s)
     held, window, accepted = held_at_standin(run.requests)
     this = run.this_run
@@ -1122,10 +1142,12 @@ def bench_latency(
             f"{float(this.get('send_s', 0)):.1f} s send phase (canary round trip included); "
             f"at most {run.server.get('max_in_flight')} requests in flight",
             f"target: ≥ 90% of --rate = {target:,.0f} events/s",
-            f"{verdict} the target; {run.summary.get('events_imported', 0):,} of "
+            f"{verdict} the target{_versus(held, previous)}; "
+            f"{run.summary.get('events_imported', 0):,} of "
             f"{run.summary.get('rows_valid', 0):,} pairs imported",
         )
     )
+    return held
 
 
 def bench_backoff(
@@ -1136,17 +1158,20 @@ def bench_backoff(
     limit: float,
     latency_s: float,
     client_root: Path,
-) -> None:
+    previous: tuple[float, float] | None = None,
+) -> tuple[float, float]:
     """Default flags at ``rate`` against a stand-in answering 429 above ``limit`` events/s:
-    every pair imported, the share of requests answered 429, the rate held."""
+    every pair imported, the share of requests answered 429, the rate held.
+
+    Returns (share of 429s, rate held); ``previous`` is the previous version's, for the ratio.
+    """
     label = f"--rate {rate:,.0f} against a 429 limit of {limit:,.0f} events/s, {rows:,} rows"
     if latency_s:
         label += f", latency {latency_s:g} s"
-    if client_root != ROOT:
-        label += f" [client from {client_root}]"
+    label += _client_label(client_root)
     run = paced_run(
         csv_path,
-        OUT / f"backoff-{limit:g}",
+        OUT / f"backoff-{limit:g}-{client_root.name}",
         rate,
         latency_s=latency_s,
         rate_limit=limit,
@@ -1180,9 +1205,16 @@ def bench_backoff(
             f"{total:,} requests answered 429 ({share:.1%})**; **{held:,.0f} events/s held** "
             f"at the stand-in over {window:.1f} s{lowered}; retries {retries}",
             f"target: every pair, < 10% 429, ≥ {0.8 * limit:,.0f} events/s held",
-            "meets the targets" if ok else "MISSES a target",
+            ("meets the targets" if ok else "MISSES a target")
+            + (
+                f"; the previous version: {previous[0]:.1%} of requests 429, "
+                f"{previous[1]:,.0f} events/s held"
+                if previous is not None
+                else ""
+            ),
         )
     )
+    return share, held
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -1306,7 +1338,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--only",
         choices=["validate", "run", "rate", "latency", "backoff"],
-        help="one benchmark only",
+        action="append",
+        help="this benchmark only (repeat for several)",
     )
     p.add_argument("--latency-rows", type=int, default=200_000, help="latency benchmark rows")
     p.add_argument("--latency-s", type=float, default=1.5, help="latency benchmark: seconds")
@@ -1324,6 +1357,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=Path,
         default=ROOT,
         help="latency/backoff: run the client from this source tree (a previous version)",
+    )
+    p.add_argument(
+        "--compare-root",
+        type=Path,
+        help="latency/backoff: also run the client from this source tree first, and compare",
     )
     p.add_argument("--rate", type=float, default=5000.0, help="rate check target, events/s")
     p.add_argument(
@@ -1372,7 +1410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = _loadavg()
     log(f"load average {load} on {os.cpu_count()} CPUs")
     report.notes.append(f"load average at the start: {load} (1, 5, 15 min)")
-    wanted = {args.only} if args.only else {"validate", "run", "rate", "latency", "backoff"}
+    wanted = set(args.only or ("validate", "run", "rate", "latency", "backoff"))
     if "validate" in wanted:
         path = ensure_input(args.rows, args.seed, parquet=args.parquet)
         bench_validate(
@@ -1410,19 +1448,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Enough rows that the valid ones (about 97.8%) take rate_seconds to send.
         rows = math.ceil(args.rate * args.rate_seconds / 0.95)
         bench_rate(report, ensure_input(rows, args.seed), args.rate)
-    client_root = args.client_root.resolve()
+    # With --compare-root, the previous version runs first and the current row gives the ratio.
+    roots = [args.client_root.resolve()]
+    if args.compare_root is not None:
+        roots.insert(0, args.compare_root.resolve())
     if "latency" in wanted:
         rows = args.latency_rows
-        bench_latency(
-            report, ensure_input(rows, args.seed), rows, args.latency_rate, args.latency_s,
-            client_root,
-        )  # fmt: skip
+        path = ensure_input(rows, args.seed)
+        held: float | None = None
+        for root in roots:
+            held = bench_latency(
+                report, path, rows, args.latency_rate, args.latency_s, root,
+                previous=held if root != roots[0] else None,
+            )  # fmt: skip
     if "backoff" in wanted:
         rows = args.backoff_rows
-        bench_backoff(
-            report, ensure_input(rows, args.seed), rows, args.backoff_rate, args.backoff_limit,
-            args.backoff_latency, client_root,
-        )  # fmt: skip
+        path = ensure_input(rows, args.seed)
+        before: tuple[float, float] | None = None
+        for root in roots:
+            before = bench_backoff(
+                report, path, rows, args.backoff_rate, args.backoff_limit, args.backoff_latency,
+                root, previous=before if root != roots[0] else None,
+            )  # fmt: skip
     report.raw["measured_with"] = MEASURED_WITH
     if len(MEASURED_WITH) > 1:
         report.warn(
