@@ -190,8 +190,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("api_url", "str", "the /import base URL; overrides --region",
            commands=frozenset({RUN}), metavar="URL", default_text="from --region",
            unit="https URL (http only to loopback)"),
-    Option("concurrency", "int", "requests in flight", commands=_SENDING, default=10, low=1,
-           high=64, metavar="N", unit="requests (1-64)"),
+    Option("concurrency", "int", "requests in flight; unset, it adapts to Mixpanel's latency "
+           "from 10 up to 20 (Mixpanel's guidance) to hold --rate; a number fixes it there "
+           "(above 20 to allow more)", commands=_SENDING, low=1, high=64, metavar="N",
+           default_text="adaptive, 10 to 20", unit="requests (1-64)"),
     Option("max_attempts", "int", "tries per batch before the run stops", commands=_SENDING,
            default=8, low=1, high=100, metavar="N", unit="tries"),
     Option("timeout", "float", "seconds per request", commands=_SENDING, default=30.0, above=0,

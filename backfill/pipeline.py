@@ -312,7 +312,7 @@ def _run_summary(
             events_refused=stats.events_refused,
             send_s=round(send_s, 3),
             events_per_s=round(stats.events_imported / send_s, 1),
-            rate_limited=stats.retries.get("429", 0),
+            **sending.pacing_figures(),
         ),
         events_per_s=round(stats.events_imported / send_s, 1),
         already_complete=already_complete and stats.requests == 0,

@@ -37,6 +37,8 @@ class Snapshot:
     sent_this_run: int = 0  # events sent by this invocation, retries included
     retries: int = 0  # this run
     rate_per_s: float | None = None  # pairs settled per second, this run
+    rate_limited: int = 0  # 429 answers, this run
+    paced_per_s: float | None = None  # the run's rate while 429s hold it below --rate
     waiting_s: float | None = None  # a long server-asked pause now under way
 
 
@@ -147,6 +149,10 @@ def _parts(snap: Snapshot, bar: bool) -> list[tuple[int, str]]:
         parts.append((3, f"{snap.rate_per_s:,.0f}/s"))
         left = max(total - snap.pairs_done, 0) / snap.rate_per_s
         parts.append((2, f"{duration(left)} left"))
+    if snap.paced_per_s is not None:
+        parts.append((3, f"paced {snap.paced_per_s:,.0f}/s"))
+    if snap.rate_limited:
+        parts.append((4, f"429s: {snap.rate_limited:,}"))
     if snap.refused:
         parts.append((4, f"{snap.refused:,} refused"))
     if snap.retries:

@@ -193,7 +193,17 @@ def _send_rows(summary: Summary) -> list[tuple[str, str, str]]:
         ("retries", _retries(this.retries), ""),
     ]
     if this.send_s >= 1 and this.events_imported:
-        rows.append(("rate held", f"{this.events_per_s:,.0f} events/s", ""))
+        held = this.rate_held_per_s or this.events_per_s
+        whole = f"({this.events_per_s:,.0f}/s over the whole send phase)"
+        rows.append(("rate held", f"{held:,.0f} events/s", whole if this.rate_held_per_s else ""))
+    if this.rate_limited:
+        lowered = (
+            f"(rate lowered {this.rate_lowered:,}x, to {this.lowest_rate_per_s:,.0f} events/s "
+            "at the lowest)"
+            if this.rate_lowered and this.lowest_rate_per_s is not None
+            else ""
+        )
+        rows.append(("429 answers", f"{this.rate_limited:,}", lowered))
     return rows
 
 

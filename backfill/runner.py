@@ -124,7 +124,7 @@ class Run:
 
     def counts(self) -> dict[str, Any]:
         """The progress counts, read from the checkpoint (all runs) and the stats (this run)."""
-        ckpt, stats = self.checkpoint, self.stats
+        ckpt, stats, pacer = self.checkpoint, self.stats, self.sender.pacer
         seconds = self.send_seconds()
         return {
             "pairs_total": self.validated.verdicts.rows_valid,
@@ -134,6 +134,22 @@ class Run:
             "sent_this_run": stats.events_sent,
             "retries": sum(stats.retries.values()),
             "rate_per_s": ckpt.run_events / seconds if seconds > 1.0 and ckpt.run_events else None,
+            "rate_limited": stats.rate_limited,
+            # Shown only while 429s hold the run below --rate.
+            "paced_per_s": pacer.rate_per_s if pacer.rate_per_s < pacer.ceiling_per_s else None,
+        }
+
+    def pacing_figures(self) -> dict[str, Any]:
+        """This run's pacing, as ``ThisRun`` fields: the rate held, the 429s and what they did."""
+        figures = self.sender.pacer.figures()
+        held, latency = figures.rate_held_per_s, figures.mean_latency_s
+        return {
+            "rate_limited": self.stats.rate_limited,
+            "rate_held_per_s": None if held is None else round(held, 1),
+            "rate_lowered": figures.rate_lowered,
+            "lowest_rate_per_s": round(figures.lowest_rate_per_s, 1),
+            "max_in_flight": figures.max_in_flight,
+            "mean_latency_s": None if latency is None else round(latency, 3),
         }
 
     def snapshot(self) -> Snapshot:
@@ -223,7 +239,7 @@ class Run:
             await self._pool(rest, batches)
 
     async def _pool(self, rest: Batch | None, batches: Iterator[Batch]) -> None:
-        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self.settings.concurrency + 2)
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self.sender.workers + 2)
         if rest is not None:
             queue.put_nowait(rest)
         feeder = asyncio.create_task(self._feed(queue, batches))
@@ -239,7 +255,7 @@ class Run:
         try:
             while (batch := await asyncio.to_thread(next, batches, None)) is not None:
                 await queue.put(batch)
-            for _ in range(self.settings.concurrency):
+            for _ in range(self.sender.workers):
                 await queue.put(None)
         except Exception:
             self.sender.stop()  # else the workers wait forever for batches that never come

@@ -1,10 +1,12 @@
 """Send batches to ``/import?strict=1&ip=0``: a worker pool on one aiohttp session, paced, retried.
 
-* One ``aiohttp.ClientSession``; ``concurrency`` workers take batches from a bounded queue,
-  so the reader never runs more than a few batches ahead of the senders.
-* An ``aiolimiter`` leaky bucket meters events, not requests, at ``rate_per_s``; every
-  attempt pays, retries included, because Mixpanel counts them. The bucket holds a tenth of a
-  second of events (at least one batch) so a run starts without a burst.
+* One ``aiohttp.ClientSession``; workers take batches from a bounded queue, so the reader
+  never runs more than a few batches ahead of the senders.
+* ``pacing.Pacer`` paces them: an ``aiolimiter`` leaky bucket meters events, not requests, at
+  the run's rate (``rate_per_s`` at most, lowered for the whole run by 429s); every attempt
+  pays, retries included, because Mixpanel counts them. A gate bounds the requests on the
+  wire: fixed at ``concurrency``, or (None) adapting from 10 to 20 to the measured latency so
+  that the bucket, not the pool, sets the pace.
 * ``tenacity`` retries 429, 408, 5xx, timeouts and dropped connections with Mixpanel's
   backoff: ``base`` (2 s) doubling to 30x base (60 s), plus 0.5x-2.5x base of jitter (1-5 s);
   a ``Retry-After`` header (seconds or an HTTP date, capped) wins. ``max_attempts`` tries,
@@ -32,7 +34,6 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from backfill.answers import Answer, Settled, TooLarge, interpret
@@ -43,6 +44,7 @@ from backfill.errors import (
     Unreachable,
 )
 from backfill.events import Batch, Encoder
+from backfill.pacing import Pacer, PacingRules
 from backfill.settings import Credentials
 
 #: A ``Retry-After`` longer than this is not waited out in full (documented in the README).
@@ -57,17 +59,22 @@ MAX_ANSWER_BYTES = 8 << 20
 
 @dataclass(frozen=True)
 class SendConfig:
-    """How to reach ``/import`` and how hard to push; fixed for the whole run."""
+    """How to reach ``/import`` and how hard to push; fixed for the whole run.
+
+    ``concurrency`` None adapts the requests in flight (10 to 20, see ``pacing``); a number
+    fixes it. ``rate_per_s`` is the most the run sends; 429s lower it for a while.
+    """
 
     import_url: str
     credentials: Credentials
     project_id: str | None
-    concurrency: int = 10
+    concurrency: int | None = None
     rate_per_s: float = 25_000.0
     max_attempts: int = 8
     timeout_s: float = 30.0
     retry_base_s: float = 2.0
     batch_size: int = 2000
+    pacing: PacingRules = field(default_factory=PacingRules)
 
     def __repr__(self) -> str:
         return (
@@ -79,9 +86,13 @@ class SendConfig:
 
 @dataclass
 class SendStats:
-    """Counters for the summary; retries are keyed by cause (429, 5xx, timeout, connection)."""
+    """Counters for the summary; retries are keyed by cause (429, 5xx, timeout, connection).
+
+    ``rate_limited`` counts every 429 answer, also one that ends a batch's last attempt.
+    """
 
     requests: int = 0
+    rate_limited: int = 0
     events_sent: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     splits: int = 0
@@ -121,8 +132,8 @@ class Sender:
         self.stats = stats if stats is not None else SendStats()
         self._rng = rng or random.Random()
         self._on_retry = on_retry
-        capacity = max(float(config.batch_size), config.rate_per_s / 10)
-        self.limiter = AsyncLimiter(capacity, capacity / config.rate_per_s)
+        #: This run's pacing: the bucket of events/s and the gate of requests in flight.
+        self.pacer = Pacer(config.rate_per_s, config.batch_size, config.concurrency, config.pacing)
         user, password = config.credentials.basic_auth
         self._headers = {
             "Authorization": aiohttp.encode_basic_auth(user, password),
@@ -147,8 +158,15 @@ class Sender:
         if session is not None:
             await session.close()
 
+    @property
+    def workers(self) -> int:
+        """How many workers ``run`` starts (each needs a ``None`` from the queue to stop)."""
+        return self.pacer.workers
+
     def _new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self.config.concurrency, enable_cleanup_closed=True)
+        # The pacer's gate bounds the requests in flight; the pool of connections only has to
+        # be as wide as the widest the gate may open.
+        connector = aiohttp.TCPConnector(limit=self.workers, enable_cleanup_closed=True)
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
 
@@ -191,13 +209,13 @@ class Sender:
                 return
 
     async def run(self, queue: asyncio.Queue[Batch | None]) -> None:
-        """Drain ``queue`` with ``concurrency`` workers; the first fatal answer stops them all.
+        """Drain ``queue`` with ``workers`` workers; the first fatal answer stops them all.
 
         Workers stop taking batches at once; requests in flight settle; then that error is
         raised here.
         """
         async with self._session_scope() as session, asyncio.TaskGroup() as group:
-            for _ in range(self.config.concurrency):
+            for _ in range(self.workers):
                 group.create_task(self._worker(session, queue))
         if self._error is not None:
             raise self._error
@@ -257,7 +275,7 @@ class Sender:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._post(session, batch)
+                    return await self._post(session, batch, canary=canary)
         except RetryableSendError as e:
             if self.stopping:
                 raise _Abandoned from None
@@ -309,28 +327,36 @@ class Sender:
         if self._on_retry is not None:
             self._on_retry()
 
-    async def _post(self, session: aiohttp.ClientSession, batch: Batch) -> Settled:
-        await self.limiter.acquire(len(batch))
-        if self.stopping:
-            raise _Abandoned
-        self.stats.requests += 1
-        self.stats.events_sent += len(batch)
-        try:
-            async with session.post(
-                self.config.import_url,
-                params=self._params,
-                data=batch.body,
-                headers=self._headers,
-                allow_redirects=False,
-            ) as response:
-                answer = Answer(
-                    response.status,
-                    await _read_capped(response, MAX_ANSWER_BYTES),
-                    response.headers.get("Retry-After"),
-                    response.headers.get("Location"),
-                )
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise _classify(e, self.config.import_url) from None
+    async def _post(
+        self, session: aiohttp.ClientSession, batch: Batch, *, canary: bool = False
+    ) -> Settled:
+        # A place on the wire first, then the events' turn in the bucket: the bucket sets the
+        # pace, and a request that has paid goes out at once.
+        async with self.pacer.slot():
+            sent_at = await self.pacer.pay(len(batch))
+            if self.stopping:
+                raise _Abandoned
+            self.stats.requests += 1
+            self.stats.events_sent += len(batch)
+            try:
+                async with session.post(
+                    self.config.import_url,
+                    params=self._params,
+                    data=batch.body,
+                    headers=self._headers,
+                    allow_redirects=False,
+                ) as response:
+                    answer = Answer(
+                        response.status,
+                        await _read_capped(response, MAX_ANSWER_BYTES),
+                        response.headers.get("Retry-After"),
+                        response.headers.get("Location"),
+                    )
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise _classify(e, self.config.import_url) from None
+        if answer.status == 429:
+            self.stats.rate_limited += 1
+        self.pacer.answered(sent_at, len(batch), answer.status, canary=canary)
         return interpret(batch, answer, self.config.import_url)
 
 

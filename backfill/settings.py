@@ -45,7 +45,8 @@ class Settings:
     project_id: str | None = None
     region: str = "us"
     api_url: str = REGIONS["us"]
-    concurrency: int = 10
+    #: Requests in flight: None adapts (10 to 20, see ``pacing``); a number fixes it.
+    concurrency: int | None = None
     rate_per_s: float = 25_000.0
     batch_size: int = MAX_EVENTS_PER_REQUEST
     max_attempts: int = 8
@@ -171,7 +172,7 @@ def build_settings(source: Source, values: Mapping[str, Any], env: Mapping[str, 
         project_id=_project_id(values.get("project_id") or env.get("MIXPANEL_PROJECT_ID")),
         region=region,
         api_url=api_url,
-        concurrency=values.get("concurrency", 10),
+        concurrency=values.get("concurrency"),
         rate_per_s=values["rate"],
         batch_size=values["batch_size"],
         max_attempts=values.get("max_attempts", 8),

@@ -43,8 +43,20 @@ class ThisRun:
     events_imported: int = 0
     events_refused: int = 0
     send_s: float = 0.0
+    #: Imported events per second of the whole send phase (the canary's round trip and the
+    #: last answers' included).
     events_per_s: float = 0.0
+    #: 429 answers (each one, retried or not).
     rate_limited: int = 0
+    #: Events Mixpanel accepted per second between the first and the last accepted request's
+    #: departure, the canary aside: the rate the run held, whatever the latency at its ends.
+    rate_held_per_s: float | None = None
+    #: How many times 429s lowered the run's rate, and the lowest it went, events/s.
+    rate_lowered: int = 0
+    lowest_rate_per_s: float | None = None
+    #: The most requests in flight at once, and their mean round trip in seconds.
+    max_in_flight: int = 0
+    mean_latency_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """Benchmarks of ``backfill``: validation against a naive pandas script, send throughput against
-the local stand-in, and how closely ``--rate`` is held. See ``benchmarks/README.md``.
+the local stand-in, how closely ``--rate`` is held, the rate held at 1.5 s of latency and against
+a project's rate limit (429s). See ``benchmarks/README.md``.
 
-    python benchmarks/bench.py                      # 2M validate, 500k send, 20M validate, rate
-    python benchmarks/bench.py --rows 200000 --send-rows 50000 --skip-big   # smoke test
+    python benchmarks/bench.py                      # all of them
+    python benchmarks/bench.py --rows 200000 --send-rows 50000 --skip-big \
+        --latency-rows 50000 --backoff-rows 100000   # smoke test
     python benchmarks/bench.py --only validate --rows 2000000 --parquet
+    python benchmarks/bench.py --only latency       # default flags, 1.5 s per request
+    python benchmarks/bench.py --only backoff --client-root /tmp/previous   # an older version
 
 Every measured command runs as its own child process; its wall time comes from this process's
 monotonic clock and its CPU time and peak RSS from ``os.wait4`` (that child's own rusage).
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -376,19 +381,22 @@ def run_child(
     *,
     env: dict[str, str] | None = None,
     on_start: Callable[[int], None] | None = None,
+    cwd: Path = ROOT,
 ) -> tuple[Measured, float]:
     """Run ``cmd`` to its end; measure it with ``os.wait4``. Returns it and its end time.
 
     stdout and stderr go to files in ``log_dir`` (a pipe could fill and stall the child while
-    this process sits in ``wait4``).
+    this process sits in ``wait4``). ``python -m backfill`` imports the ``backfill`` of ``cwd``.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    MEASURED_WITH.setdefault(source_digest(), []).append(f"{log_dir.parent.name}/{log_dir.name}")
+    if cwd == ROOT:  # another tree's client (--compare-root) is named in its own row
+        measured_as = f"{log_dir.parent.name}/{log_dir.name}"
+        MEASURED_WITH.setdefault(source_digest(), []).append(measured_as)
     out_path, err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         busy_before = system_busy_s()
         started = time.monotonic()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=ROOT)
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
         if on_start is not None:
             on_start(proc.pid)
         watchdog = threading.Timer(CHILD_TIMEOUT_S, proc.kill)
@@ -532,20 +540,25 @@ def standin_summary(printed: str) -> dict[str, Any]:
     return json.loads(match.group(1)) if match else {}
 
 
-def serve_logged(log_path: Path) -> None:
-    """Serve the stand-in like ``backfill serve --port 0``; on SIGTERM, dump its request log.
+def serve_logged(log_path: Path, latency_s: float = 0.0, rate_limit: float | None = None) -> None:
+    """Serve the stand-in like ``backfill serve --port 0 [--latency S] [--rate-limit R]``; on
+    SIGTERM, dump its request log.
 
     The log (arrival and finish times on this process's monotonic clock, events, status) is
-    what the rate check measures the achieved rate from.
+    what the rate, latency and backoff benchmarks measure the rate held from.
     """
-    from backfill.standin import StandinConfig, banner, running_standin
+    from backfill.standin import FaultRates, StandinConfig, banner, running_standin
+
+    config = StandinConfig(
+        faults=FaultRates.failing(0.0, latency_s=latency_s), rate_limit_events_per_s=rate_limit
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with running_standin(StandinConfig(), "127.0.0.1", 0) as standin:
+        async with running_standin(config, "127.0.0.1", 0) as standin:
             print(banner(standin), flush=True)
             await stop.wait()
             requests = [
@@ -641,8 +654,16 @@ def bench_validate(
         wait_for_quiet()
         log(f"{label}: backfill validate ({attempt + 1}/{repeat})")
         ours, _ = run_child(
-            [PYTHON, "-m", "backfill", "validate", str(path), "--out", str(out / "backfill"),
-             "--no-progress"],
+            [
+                PYTHON,
+                "-m",
+                "backfill",
+                "validate",
+                str(path),
+                "--out",
+                str(out / "backfill"),
+                "--no-progress",
+            ],
             out / "backfill-logs",
         )
         ours.check("backfill validate")
@@ -848,9 +869,20 @@ def bench_run(report: Report, csv_path: Path, rows: int, rate: float, repeat: in
             "standin_cpu_at_ready_s": round(r.standin_cpu_at_ready_s, 3),
             "standin_cpu_during_send_s": r.standin_cpu_s if r.standin_cpu_sampled else None,
             "client_cpu_during_send_s": r.client_send_cpu_s,
-            "summary": {k: r.summary.get(k) for k in (
-                "status", "rows_read", "rows_valid", "events_imported", "requests", "retries",
-                "elapsed_s", "events_per_s", "this_run")},
+            "summary": {
+                k: r.summary.get(k)
+                for k in (
+                    "status",
+                    "rows_read",
+                    "rows_valid",
+                    "events_imported",
+                    "requests",
+                    "retries",
+                    "elapsed_s",
+                    "events_per_s",
+                    "this_run",
+                )
+            },
             "standin_summary": r.server,
         }
         for r in runs
@@ -957,6 +989,234 @@ def bench_rate(report: Report, csv_path: Path, rate: float) -> None:
     )
 
 
+def held_at_standin(requests: list[dict[str, Any]]) -> tuple[float, float, int]:
+    """The rate held as the stand-in saw it: (events/s, window s, accepted requests).
+
+    Accepted requests (200/400 with records imported) but the one-event canary, by arrival:
+    every one but the last was paid for between the first arrival and the last.
+    """
+    accepted = sorted(
+        (r for r in requests if r["status"] in (200, 400) and r["imported"]),
+        key=lambda r: r["arrived_s"],
+    )
+    if accepted and accepted[0]["events"] == 1:
+        accepted = accepted[1:]  # the canary goes alone, a round trip before the pool starts
+    if len(accepted) < 2:
+        return float("nan"), 0.0, len(accepted)
+    window = accepted[-1]["arrived_s"] - accepted[0]["arrived_s"]
+    paid = sum(r["events"] for r in accepted[:-1])
+    return (paid / window if window > 0 else float("nan")), window, len(accepted)
+
+
+@dataclass
+class PacedRun:
+    """One ``backfill run`` with default pacing against a logged stand-in in its own process."""
+
+    client: Measured
+    summary: dict[str, Any]
+    requests: list[dict[str, Any]]
+    server: dict[str, Any]
+    #: CPU seconds the stand-in used after its start-up (not counted as background load).
+    standin_cpu_s: float
+
+    @property
+    def this_run(self) -> dict[str, Any]:
+        """The client's ``this_run`` (empty if it wrote no summary)."""
+        this = self.summary.get("this_run")
+        return this if isinstance(this, dict) else {}
+
+
+def paced_run(
+    csv_path: Path,
+    out: Path,
+    rate: float,
+    *,
+    latency_s: float = 0.0,
+    rate_limit: float | None = None,
+    client_root: Path = ROOT,
+) -> PacedRun:
+    """Serve a logged stand-in (latency, rate limit), run the client to its end, stop both.
+
+    The client gets only ``--rate`` beyond the run's plumbing: every pacing flag at its default.
+    A client that exits non-zero is measured all the same (an old version may abort).
+    """
+    out = fresh_dir(out)
+    log_path = out / "requests.json"
+    wait_for_quiet()
+    serve = [PYTHON, str(Path(__file__).resolve()), "--serve-logged", str(log_path)]
+    serve += ["--serve-latency", f"{latency_s:g}"]
+    if rate_limit is not None:
+        serve += ["--serve-rate-limit", f"{rate_limit:g}"]
+    standin = StandinProcess(serve, out / "standin-logs")
+    log(
+        f"paced run of {csv_path.name} at --rate {rate:g} against {standin.url} "
+        f"(latency {latency_s:g} s, rate limit {rate_limit}; client from {client_root})"
+    )
+    try:
+        client, _ = run_child(
+            [PYTHON, "-m", "backfill", "run", str(csv_path), "--api-url", standin.url,
+             "--out", str(out / "run"), "--no-progress", "--restart", "--rate", f"{rate:g}"],
+            out / "client-logs",
+            env=client_env(),
+            cwd=client_root,
+        )  # fmt: skip
+    finally:
+        served, printed = standin.stop()
+    summary_path = out / "run" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    logged = json.loads(log_path.read_text()) if log_path.exists() else {}
+    return PacedRun(
+        client,
+        summary,
+        logged.get("requests", []),
+        standin_summary(printed),
+        served.cpu_s - standin.cpu_at_ready,
+    )
+
+
+def _pace_json(run: PacedRun, held: float, window: float) -> dict[str, Any]:
+    statuses = Counter(r["status"] for r in run.requests)
+    return {
+        "client": _measured_json(run.client),
+        "status": run.summary.get("status"),
+        "rows_valid": run.summary.get("rows_valid"),
+        "events_imported": run.summary.get("events_imported"),
+        "this_run": run.this_run,
+        "standin_requests": len(run.requests),
+        "standin_statuses": {str(k): v for k, v in statuses.items()},
+        "standin_max_in_flight": run.server.get("max_in_flight"),
+        "standin_events_imported": run.server.get("events_imported"),
+        "standin_held_events_per_s": held,
+        "standin_window_s": window,
+    }
+
+
+def _client_label(client_root: Path) -> str:
+    if client_root == ROOT:
+        return ""
+    return f" [client from {client_root}, sources sha256 {source_digest(client_root)}]"
+
+
+def _versus(held: float, previous: float | None) -> str:
+    if previous is None or not previous > 0:
+        return ""
+    return f"; {held / previous:.2f}x the previous version's {previous:,.0f} events/s"
+
+
+def bench_latency(
+    report: Report,
+    csv_path: Path,
+    rows: int,
+    rate: float,
+    latency_s: float,
+    client_root: Path,
+    previous: float | None = None,
+) -> float:
+    """Default flags against a stand-in that answers every request ``latency_s`` late: the
+    rate held while sending, as the stand-in saw the requests arrive (returned).
+
+    ``previous`` is the previous version's figure, for the ratio.
+    """
+    label = f"latency {latency_s:g} s, --rate {rate:,.0f}, {rows:,} rows, default flags"
+    label += _client_label(client_root)
+    out = OUT / f"latency-{latency_s:g}-{client_root.name}"
+    run = paced_run(csv_path, out, rate, latency_s=latency_s, client_root=client_root)
+    check_background(report, label, run.client, also=run.standin_cpu_s)
+    held, window, accepted = held_at_standin(run.requests)
+    this = run.this_run
+    report.raw[f"latency_{latency_s:g}_{client_root.name}"] = _pace_json(run, held, window)
+    if run.client.returncode != 0 or run.summary.get("status") != "completed":
+        report.warn(f"{label}: exit {run.client.returncode}, status {run.summary.get('status')}")
+    target = 0.9 * rate
+    verdict = "meets" if held >= target else "MISSES"
+    client_held = this.get("rate_held_per_s")
+    client_text = "client: "
+    if isinstance(client_held, int | float):
+        client_text += f"held {client_held:,.0f}/s, "
+    report.rows.append(
+        Row(
+            label,
+            f"**{held:,.0f} events/s** held at the stand-in ({held / rate:.0%} of --rate) over "
+            f"{window:.1f} s, {accepted} requests; {client_text}"
+            f"{float(this.get('events_per_s', 0)):,.0f}/s over its whole "
+            f"{float(this.get('send_s', 0)):.1f} s send phase (canary round trip included); "
+            f"at most {run.server.get('max_in_flight')} requests in flight",
+            f"target: ≥ 90% of --rate = {target:,.0f} events/s",
+            f"{verdict} the target{_versus(held, previous)}; "
+            f"{run.summary.get('events_imported', 0):,} of "
+            f"{run.summary.get('rows_valid', 0):,} pairs imported",
+        )
+    )
+    return held
+
+
+def bench_backoff(
+    report: Report,
+    csv_path: Path,
+    rows: int,
+    rate: float,
+    limit: float,
+    latency_s: float,
+    client_root: Path,
+    previous: tuple[float, float] | None = None,
+) -> tuple[float, float]:
+    """Default flags at ``rate`` against a stand-in answering 429 above ``limit`` events/s:
+    every pair imported, the share of requests answered 429, the rate held.
+
+    Returns (share of 429s, rate held); ``previous`` is the previous version's, for the ratio.
+    """
+    label = f"--rate {rate:,.0f} against a 429 limit of {limit:,.0f} events/s, {rows:,} rows"
+    if latency_s:
+        label += f", latency {latency_s:g} s"
+    label += _client_label(client_root)
+    run = paced_run(
+        csv_path,
+        OUT / f"backoff-{limit:g}-{client_root.name}",
+        rate,
+        latency_s=latency_s,
+        rate_limit=limit,
+        client_root=client_root,
+    )
+    check_background(report, label, run.client, also=run.standin_cpu_s)
+    held, window, _ = held_at_standin(run.requests)
+    this = run.this_run
+    report.raw[f"backoff_{limit:g}_{client_root.name}"] = _pace_json(run, held, window)
+    total = len(run.requests)
+    limited = sum(1 for r in run.requests if r["status"] == 429)
+    share = limited / total if total else float("nan")
+    valid = int(run.summary.get("rows_valid", 0))
+    imported = int(run.summary.get("events_imported", 0))
+    status = run.summary.get("status")
+    everything = status == "completed" and imported == valid
+    if not everything:
+        report.warn(f"{label}: status {status}, {imported:,} of {valid:,} pairs imported")
+    ok = everything and share < 0.10 and held >= 0.8 * limit
+    lowest = this.get("lowest_rate_per_s")
+    lowered = (
+        f"; rate lowered {this.get('rate_lowered')}x, lowest {lowest:,.0f}/s"
+        if isinstance(lowest, int | float)
+        else ""
+    )
+    retries = run.summary.get("retries") or {}
+    report.rows.append(
+        Row(
+            label,
+            f"status {status}: {imported:,} of {valid:,} pairs imported; **{limited:,} of "
+            f"{total:,} requests answered 429 ({share:.1%})**; **{held:,.0f} events/s held** "
+            f"at the stand-in over {window:.1f} s{lowered}; retries {retries}",
+            f"target: every pair, < 10% 429, ≥ {0.8 * limit:,.0f} events/s held",
+            ("meets the targets" if ok else "MISSES a target")
+            + (
+                f"; the previous version: {previous[0]:.1%} of requests 429, "
+                f"{previous[1]:,.0f} events/s held"
+                if previous is not None
+                else ""
+            ),
+        )
+    )
+    return share, held
+
+
 # --- the table -------------------------------------------------------------------------------
 
 
@@ -975,7 +1235,8 @@ def render(report: Report, args: argparse.Namespace) -> str:
         f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         f"backfill: {report.raw.get('revision', _revision())} at the end; measured with "
         f"backfill/**/*.py sha256 {', '.join(MEASURED_WITH) or 'n/a'}. "
-        f"Command: `python benchmarks/bench.py {' '.join(args.argv)}`".rstrip() + ".",
+        f"Command: `python benchmarks/bench.py {' '.join(args.argv)}`".rstrip()
+        + ".",
         "Wall time is the whole child process (interpreter start-up, imports and validation "
         "included); CPU is user + system from `os.wait4`; peak RSS is the child's `ru_maxrss`. "
         "The stand-in's CPU excludes its own start-up (imports), which ends before the run.",
@@ -995,11 +1256,11 @@ def _versions() -> str:
     )
 
 
-def source_digest() -> str:
-    """A short digest of backfill/**/*.py: which code a measurement ran."""
+def source_digest(root: Path = ROOT) -> str:
+    """A short digest of ``root``'s backfill/**/*.py: which code a measurement ran."""
     digest = hashlib.sha256()
-    for source in sorted((ROOT / "backfill").rglob("*.py")):
-        name = source.relative_to(ROOT / "backfill").as_posix()
+    for source in sorted((root / "backfill").rglob("*.py")):
+        name = source.relative_to(root / "backfill").as_posix()
         digest.update(name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -1013,12 +1274,24 @@ def _revision() -> str:
     try:
         head = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(ROOT), "status", "--porcelain", "--",
-             "backfill"],
-            capture_output=True, text=True, check=True,
+            [
+                "git",
+                "--no-optional-locks",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--",
+                "backfill",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         head, dirty = "unknown", ""
@@ -1053,8 +1326,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The benchmark's options."""
     p = argparse.ArgumentParser(
         description="Benchmark backfill: validate vs naive pandas, run throughput, --rate.",
-        epilog="Smoke test: python benchmarks/bench.py --rows 200000 --send-rows 50000 "
-        "--skip-big",
+        epilog="Smoke test: python benchmarks/bench.py --rows 200000 --send-rows 50000 --skip-big "
+        "--latency-rows 50000 --backoff-rows 100000",
     )
     p.add_argument("--rows", type=int, default=2_000_000, help="validate benchmark rows")
     p.add_argument("--send-rows", type=int, default=500_000, help="run benchmark rows")
@@ -1063,7 +1336,34 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--skip-big-naive", action="store_true", help="big validate: backfill only, no pandas"
     )
-    p.add_argument("--only", choices=["validate", "run", "rate"], help="one benchmark only")
+    p.add_argument(
+        "--only",
+        choices=["validate", "run", "rate", "latency", "backoff"],
+        action="append",
+        help="this benchmark only (repeat for several)",
+    )
+    p.add_argument("--latency-rows", type=int, default=200_000, help="latency benchmark rows")
+    p.add_argument("--latency-s", type=float, default=1.5, help="latency benchmark: seconds")
+    p.add_argument("--latency-rate", type=float, default=20_000.0, help="its --rate")
+    p.add_argument("--backoff-rows", type=int, default=400_000, help="backoff benchmark rows")
+    p.add_argument(
+        "--backoff-limit", type=float, default=10_000.0, help="its stand-in's 429 limit, events/s"
+    )
+    p.add_argument("--backoff-rate", type=float, default=25_000.0, help="its --rate")
+    p.add_argument(
+        "--backoff-latency", type=float, default=0.0, help="its stand-in's latency, seconds"
+    )
+    p.add_argument(
+        "--client-root",
+        type=Path,
+        default=ROOT,
+        help="latency/backoff: run the client from this source tree (a previous version)",
+    )
+    p.add_argument(
+        "--compare-root",
+        type=Path,
+        help="latency/backoff: also run the client from this source tree first, and compare",
+    )
     p.add_argument("--rate", type=float, default=5000.0, help="rate check target, events/s")
     p.add_argument(
         "--rate-seconds", type=float, default=12.0, help="rate check: seconds of events to send"
@@ -1085,9 +1385,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--no-results-file", action="store_true", help="do not write results.md")
     p.add_argument("--serve-logged", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--serve-latency", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--serve-rate-limit", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.argv = list(argv)
-    for name in ("rows", "send_rows", "big_rows"):
+    for name in ("rows", "send_rows", "big_rows", "latency_rows", "backoff_rows"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.repeat < 1:
@@ -1101,7 +1403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen benchmarks, print the table and write results.md."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.serve_logged is not None:
-        serve_logged(args.serve_logged)
+        serve_logged(args.serve_logged, args.serve_latency, args.serve_rate_limit)
         return 0
     global QUIET_WAIT_S
     QUIET_WAIT_S = args.wait_quiet
@@ -1109,7 +1411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = _loadavg()
     log(f"load average {load} on {os.cpu_count()} CPUs")
     report.notes.append(f"load average at the start: {load} (1, 5, 15 min)")
-    wanted = {args.only} if args.only else {"validate", "run", "rate"}
+    wanted = set(args.only or ("validate", "run", "rate", "latency", "backoff"))
     if "validate" in wanted:
         path = ensure_input(args.rows, args.seed, parquet=args.parquet)
         bench_validate(
@@ -1147,6 +1449,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Enough rows that the valid ones (about 97.8%) take rate_seconds to send.
         rows = math.ceil(args.rate * args.rate_seconds / 0.95)
         bench_rate(report, ensure_input(rows, args.seed), args.rate)
+    # With --compare-root, the previous version runs first and the current row gives the ratio.
+    roots = [args.client_root.resolve()]
+    if args.compare_root is not None:
+        roots.insert(0, args.compare_root.resolve())
+    if "latency" in wanted:
+        rows = args.latency_rows
+        path = ensure_input(rows, args.seed)
+        held: float | None = None
+        for root in roots:
+            held = bench_latency(
+                report, path, rows, args.latency_rate, args.latency_s, root,
+                previous=held if root != roots[0] else None,
+            )  # fmt: skip
+    if "backoff" in wanted:
+        rows = args.backoff_rows
+        path = ensure_input(rows, args.seed)
+        before: tuple[float, float] | None = None
+        for root in roots:
+            before = bench_backoff(
+                report, path, rows, args.backoff_rate, args.backoff_limit, args.backoff_latency,
+                root, previous=before if root != roots[0] else None,
+            )  # fmt: skip
     report.raw["measured_with"] = MEASURED_WITH
     if len(MEASURED_WITH) > 1:
         report.warn(

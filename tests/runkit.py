@@ -91,9 +91,13 @@ async def send_batches(
     credentials: Credentials = GOOD,
     encoder: Encoder | None = None,
     canary: Batch | None = None,
+    on_sender: Callable[[Sender], None] | None = None,
     **config: Any,
 ) -> tuple[list[Settled], SendStats]:
-    """Send ``batches`` (after ``canary``, if given) with a real Sender; what settled, stats."""
+    """Send ``batches`` (after ``canary``, if given) with a real Sender; what settled, stats.
+
+    ``on_sender`` is handed the Sender before anything is sent (to watch its pacer).
+    """
     settings: dict[str, Any] = {"concurrency": 4, "retry_base_s": 0.01, "max_attempts": 8}
     settings.update(config)
     cfg = SendConfig(
@@ -108,10 +112,12 @@ async def send_batches(
         stats=stats,
         rng=random.Random(1),
     )
+    if on_sender is not None:
+        on_sender(sender)
     queue: asyncio.Queue[Batch | None] = asyncio.Queue()
     for b in batches:
         queue.put_nowait(b)
-    for _ in range(cfg.concurrency):
+    for _ in range(sender.workers):
         queue.put_nowait(None)
     async with sender:
         if canary is not None:

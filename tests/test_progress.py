@@ -159,6 +159,22 @@ def test_render_shows_bar_rate_and_time_left() -> None:
     assert "10 s left" in line
 
 
+def test_render_shows_the_paced_rate_and_429s_while_they_slow_the_run() -> None:
+    """After 429s the line says how many and the rate the run is paced at now."""
+    snap = Snapshot(
+        "sending",
+        pairs_total=1000,
+        pairs_done=500,
+        rate_per_s=50.0,
+        rate_limited=7,
+        paced_per_s=8575.0,
+    )
+    line = render(snap, 200, bar=True)
+    assert "paced 8,575/s" in line
+    assert "429s: 7" in line
+    assert "paced" not in render(Snapshot("sending", pairs_total=10, rate_per_s=5.0), 200, bar=True)
+
+
 def test_validating_line_counts_rows() -> None:
     """Before sending, the line shows the phase and the rows read."""
     assert render(Snapshot("validating", rows_read=1234), 200, bar=True) == (

@@ -23,7 +23,7 @@ from backfill.errors import (
     UnexpectedAnswer,
 )
 from backfill.events import Batch, Encoder, gzip_bytes
-from backfill.send import SendConfig, SendStats
+from backfill.send import SendConfig, Sender, SendStats
 from backfill.settings import Credentials
 from backfill.standin import (
     DEFAULT_SERVICE_ACCOUNT,
@@ -337,7 +337,16 @@ def test_default_backoff_base_is_mixpanels_two_seconds() -> None:
     cfg = SendConfig(import_url="https://api.mixpanel.com/import", credentials=GOOD, project_id="1")
     assert cfg.retry_base_s == 2.0
     assert cfg.max_attempts == 8
-    assert cfg.concurrency == 10
+
+
+def test_default_concurrency_adapts_from_ten_up_to_twenty() -> None:
+    """Unset, concurrency adapts: the gate starts at SPEC's 10 and may open up to 20."""
+    cfg = SendConfig(import_url="https://api.mixpanel.com/import", credentials=GOOD, project_id="1")
+    assert cfg.concurrency is None
+    sender = Sender(cfg, Encoder(token=None, batch_size=cfg.batch_size), lambda settled: None)
+    assert sender.pacer.adaptive
+    assert sender.pacer.gate.limit == 10
+    assert sender.workers == 20
 
 
 async def test_rate_limiter_holds_the_event_rate() -> None:
