@@ -73,13 +73,19 @@ def validate_input(
         progress.tick()
 
     progress.phase("validating")
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    # Temp files of a big input go next to the reports: a disk the user chose for this run,
+    # where the system's temp folder may be a small RAM disk.
     verdicts = judge(
-        source, now_ms=started, max_cluster_size=settings.max_cluster_size, on_rows=on_rows
+        source,
+        now_ms=started,
+        max_cluster_size=settings.max_cluster_size,
+        on_rows=on_rows,
+        spill_dir=settings.out_dir,
     )
     counters.rows_total = verdicts.rows_read
     counters.rejected = verdicts.rows_read - verdicts.rows_valid
     progress.phase("writing rejects")
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
     rejects = RejectsFile(settings.out_dir, keep_api_rejects=keep_api_rejects)
     try:
         for chunk in source():
@@ -88,6 +94,8 @@ def validate_input(
     except BaseException:
         rejects.close()
         raise
+    finally:
+        verdicts.close()  # the references were for the report; sending needs the reasons only
     counters.rejected = verdicts.rows_read - verdicts.rows_valid + rejects.api_rejected
     return Validated(source, verdicts, started, rejects)
 
