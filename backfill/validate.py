@@ -524,12 +524,29 @@ class _Index:
 
     def undo(self) -> None:
         """Forget the decisions of rules 6-8 (they alone set these reasons)."""
-        for reason in (
-            Reason.CONFLICTING_ANON_ID,
-            Reason.DUPLICATE_PAIR,
-            Reason.CLUSTER_LIMIT,
-        ):
-            self.reasons[self.reasons == reason] = Reason.VALID
+        decided = (Reason.CONFLICTING_ANON_ID, Reason.DUPLICATE_PAIR, Reason.CLUSTER_LIMIT)
+        whole_file = np.isin(np.arange(256), decided)
+        for block in _blocks(self.reasons):
+            block[whole_file[block]] = Reason.VALID
+
+
+#: Rows per block of a pass over every reason byte: a whole-array temporary would cost a
+#: byte per row (a mask) or eight (``bincount`` counts through a copy of 64-bit integers).
+_BLOCK_ROWS = 1 << 20
+
+
+def _blocks(reasons: npt.NDArray[np.uint8]) -> Iterator[npt.NDArray[np.uint8]]:
+    """Views of ``reasons`` in blocks, for passes whose temporaries must stay small."""
+    for lo in range(0, len(reasons), _BLOCK_ROWS):
+        yield reasons[lo : lo + _BLOCK_ROWS]
+
+
+def _tally(reasons: npt.NDArray[np.uint8]) -> I64:
+    """How many rows have each reason (indexed by reason)."""
+    tally = np.zeros(len(Reason), dtype=np.int64)
+    for block in _blocks(reasons):
+        tally += np.bincount(block, minlength=len(Reason))[: len(Reason)]
+    return tally
 
 
 # --- verification of hash equality ---------------------------------------------------------
@@ -645,11 +662,11 @@ class Verdicts:
     @property
     def rows_valid(self) -> int:
         """How many rows passed every rule."""
-        return int(np.count_nonzero(self.reasons == Reason.VALID))
+        return int(_tally(self.reasons)[Reason.VALID])
 
     def counts(self) -> dict[str, int]:
         """Rejected rows per reason code, every code present (zero when none)."""
-        tally = np.bincount(self.reasons, minlength=len(Reason))
+        tally = _tally(self.reasons)
         return {r.code: int(tally[r]) for r in REJECT_REASONS if r is not Reason.API_REJECTED}
 
     def first_rows(self, rows: I64) -> I64:

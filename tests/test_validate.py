@@ -15,7 +15,7 @@ import pytest
 from backfill.read import Columns, open_chunks
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.times import TimeStatus, to_epoch_ms
-from backfill.validate import Hasher, Verdicts, describe, hash_strings, judge
+from backfill.validate import Hasher, References, Verdicts, describe, hash_strings, judge
 
 NOW_MS = 1_760_000_000_000  # 2025-10-09T08:53:20Z: "now" for every test
 GOOD_TIME = "1704067200"  # 2024-01-01T00:00:00Z in epoch seconds
@@ -717,6 +717,16 @@ def test_counts_cover_every_code_and_sum_to_the_rejects(
     assert all(n > 0 for n in counts.values()), counts
     assert sum(counts.values()) == v.rows_read - v.rows_valid
     assert v.rows_read == len(rows)
+
+
+def test_counts_of_many_rows_add_up_across_blocks(tmp_path: Path) -> None:
+    """counts() and rows_valid of millions of rows (counted block by block) are exact."""
+    reasons = np.random.default_rng(1).integers(0, 10, size=3_000_007, dtype=np.uint8)
+    refs = References(len(reasons), limit_bytes=0, spill_dir=tmp_path)
+    v = Verdicts(reasons=reasons, max_cluster_size=500, references=refs)
+    tally = np.bincount(reasons, minlength=len(Reason))
+    assert v.rows_valid == tally[Reason.VALID]
+    assert v.counts() == {r.code: int(tally[r]) for r in Reason if 0 < r < Reason.API_REJECTED}
 
 
 def test_verdicts_are_indexed_by_record_not_by_line(tmp_path: Path) -> None:
