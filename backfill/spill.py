@@ -12,7 +12,7 @@ A store holds records: numeric columns of fixed dtypes, optionally one string co
   pages of a fresh array cost nothing, so a small input uses little, and reading back is a view,
   never a copy.
 * **On disk.** When the next batch would pass the limit, the store opens one temporary file and
-  flushes: the buffered records are grouped by partition (a mix of the key, modulo
+  flushes: the buffered records are grouped by partition (a mix of the key, spread evenly over
   ``partitions``) and each partition's records are appended as one segment, whose place the
   store remembers. Later flushes append more segments; nothing is rewritten.
 * **Reading.** ``units`` yields each partition's records in the order they were added (file
@@ -64,12 +64,6 @@ class Records:
 
     def __len__(self) -> int:
         return len(self.numbers[0])
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the records take in memory (strings: offsets and characters)."""
-        size = sum(column.nbytes for column in self.numbers)
-        return size + (0 if self.text is None else int(self.text.nbytes))
 
 
 def key_mix(keys: npt.NDArray[Any]) -> U64:
@@ -283,7 +277,7 @@ class Store:
         return _scale(key_mix(records.numbers[self._key]) & np.uint64(0xFFFFFFFF), ways)
 
     def _segment_bytes(self, n: int, text_bytes: int) -> int:
-        size = n * sum(d.itemsize for d in self._dtypes)
+        size = n * self._record_bytes
         return size + ((n + 1) * 8 + text_bytes if self._has_text else 0)
 
     def _read_segment(self, offset: int, n: int, text_bytes: int) -> Records:
