@@ -9,7 +9,8 @@
     │   │   └── InputChanged       it changed between two reads, before anything was sent
     │   ├── ConfigError            a flag, a TOML key or an environment variable is wrong
     │   ├── CheckpointMismatch     --out holds a run of another input or other settings
-    │   └── RunLocked              another run is active on the same --out
+    │   ├── RunLocked              another run is active on the same --out
+    │   └── TempSpaceError         no room (or no right) to write validation's temporary files
     ├── Aborted                    exit 3: the run stopped; the checkpoint is kept and the
     │   │                          same command resumes; the stopped request's rows are not done
     │   ├── AuthRefused            Mixpanel refused the credentials (401/403)
@@ -82,6 +83,10 @@ class CheckpointMismatch(UsageError):
 
 class RunLocked(UsageError):
     """Another backfill process holds the lock on the same --out folder."""
+
+
+class TempSpaceError(UsageError):
+    """Validation's temporary files cannot be written: the disk is full or the folder refuses."""
 
 
 class Aborted(BackfillError):

@@ -39,9 +39,6 @@ from backfill.summary import FileRows, RunStatus, Summary, ThisRun
 from backfill.times import iso_utc, now_ms
 from backfill.validation import Verdicts, judge
 
-#: A cluster size no input reaches: Simplified ID Merge has no cluster limit.
-NO_CLUSTER_LIMIT = 1 << 62
-
 
 def validate(
     settings: Settings, *, progress: Progress | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
@@ -196,9 +193,12 @@ def judge_and_report(
         devices(source) if settings.simplified else source,
         now_ms=started,
         # Simplified ID Merge has no 500-id cluster: no cluster_limit rule.
-        max_cluster_size=NO_CLUSTER_LIMIT if settings.simplified else settings.max_cluster_size,
+        max_cluster_size=None if settings.simplified else settings.max_cluster_size,
         on_rows=on_rows,
         rules=rules,
+        # Temp files of a big input go next to the reports: a disk the user chose for this
+        # run, where the system's temp folder may be a small RAM disk.
+        spill_dir=out_dir,
     )
     progress.follow(lambda: Snapshot("writing rejects", rows_read=rows[0]))
     rejects = RejectsFile(out_dir, keep_api_rejects=keep_api_rejects)
@@ -211,6 +211,8 @@ def judge_and_report(
     except BaseException:
         rejects.close()
         raise
+    finally:
+        verdicts.close()  # the references were for the report; sending needs the reasons only
     return Validated(source, dataset, verdicts, started, rejects, kinds.counts)
 
 

@@ -68,14 +68,14 @@ ORIGINAL = Rules()
 def row_reasons(chunk: Chunk, now_ms: int, rules: Rules = ORIGINAL) -> npt.NDArray[np.uint8]:
     """The first failing per-row rule of each row (SPEC 1-5, then invalid_time), or VALID."""
     anon, ident = chunk.anon, chunk.identified
-    missing_anon = _mask(anon.is_null())
+    missing_anon = bool_mask(anon.is_null())
     if rules.uuid_only:
-        bad_anon = ~_mask(pc.match_substring_regex(anon, IDENTIFY_ANON_PATTERN))
+        bad_anon = ~bool_mask(pc.match_substring_regex(anon, IDENTIFY_ANON_PATTERN))
     else:
         bad_anon = _unusable(anon)
-    missing_ident = _mask(ident.is_null())
+    missing_ident = bool_mask(ident.is_null())
     bad_ident = _unusable(ident)
-    self_merge = _mask(pc.equal(anon, ident))
+    self_merge = bool_mask(pc.equal(anon, ident))
     reasons = np.zeros(len(chunk), dtype=np.uint8)
     # Later rules first, so that each earlier rule overwrites: a row keeps its first failure.
     if chunk.time is not None:
@@ -109,17 +109,18 @@ def _unusable(ids: pa.Array) -> npt.NDArray[np.bool_]:
     """A placeholder (any ASCII case), over 255 bytes, or a broken or invisible value."""
     # ASCII folding only: every placeholder is ASCII, and Unicode folding would turn e.g. a
     # Turkish dotted capital I into "i".
-    placeholder = _mask(pc.is_in(pc.ascii_lower(ids), value_set=_PLACEHOLDER_ARRAY))
-    too_long = _mask(pc.greater(pc.binary_length(ids), MAX_ID_BYTES))
+    placeholder = bool_mask(pc.is_in(pc.ascii_lower(ids), value_set=_PLACEHOLDER_ARRAY))
+    too_long = bool_mask(pc.greater(pc.binary_length(ids), MAX_ID_BYTES))
     return placeholder | too_long | _broken(ids)
 
 
 def _broken(ids: pa.Array) -> npt.NDArray[np.bool_]:
-    broken = _mask(pc.match_substring_regex(ids, _BROKEN))
-    return broken | _mask(pc.match_substring_regex(ids, _INVISIBLE_ONLY))
+    broken = bool_mask(pc.match_substring_regex(ids, _BROKEN))
+    return broken | bool_mask(pc.match_substring_regex(ids, _INVISIBLE_ONLY))
 
 
-def _mask(values: pa.Array) -> npt.NDArray[np.bool_]:
+def bool_mask(values: pa.Array) -> npt.NDArray[np.bool_]:
+    """A pyarrow boolean array as numpy booleans, null as False."""
     return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.bool_)
 
 

@@ -2,243 +2,195 @@
 
 Per-row rules (SPEC 1-5 and ``invalid_time``) are vectorised over a chunk with pyarrow
 compute. The whole-file rules (conflict, duplicate, cluster limit) need to see every row, so
-the first pass keeps only a fingerprint per row: one reason byte and two 64-bit hashes (anon
-id, identified id), about 17 bytes a row whatever the strings' length.
+the first pass keeps one reason byte per row and, for each row passing rules 1-5, a
+fingerprint: its row number and two 64-bit hashes (anon id, identified id).
 
-Deciding from hashes alone would be wrong when two different strings share a hash, so the
-decisions take two steps. First they are made from the hashes, with numpy sorts. Then a
-verification pass re-reads the file and compares the real strings of just the rows whose
-verdict rested on two hashes being equal: rows in an anon-hash group of two or more, and rows
-of an identified-hash group big enough to reach the cluster limit. Each hash value keeps the
-first string seen with it; a different string with the same hash gets a fresh value never used
-by any other row. If any collision was found, the decisions are made again on the refined
-values, which are now exact. Hashes that differ prove strings differ, so nothing else needs a
-look. Memory is the fingerprint plus one string per repeated value, not the file's strings.
+**Memory flat in the row count.** The fingerprints go into two stores (``backfill.spill``):
+one keyed by the anon hash (row, anon hash, identified hash) for rules 6-7, one keyed by the
+identified hash (row, identified hash) for rule 8. A store stays in memory while it fits its
+share of ``index_memory_bytes``; past that it moves to a temp file in hash partitions, and is
+read back one unit at a time. Every rule is a group-by on one hash, taken in file order, and a
+unit holds every row of each hash it holds, in file order: so rules 6-7 are decided unit by
+unit of the anon store, then rule 8 unit by unit of the identified store, counting the rows
+the first step left valid. Memory is the reason bytes (one per row) plus about
+``index_memory_bytes``; the disk holds about 40 bytes per passing row for the time it runs.
 
-The verdicts are independent of chunk size: every rule is a function of the row's own values
-or of whole-file groups taken in file order.
+**Exact despite hashes.** Deciding from hashes alone would be wrong when two different
+strings share a hash, so the decisions take two steps. First they are made from the hashes,
+with numpy sorts, and the rows whose verdict rested on two hashes being equal are marked (one
+bit per row): rows of an anon-hash group of two or more, and rows of an identified-hash group
+big enough to reach the cluster limit. Then a verification pass re-reads the file and compares
+the real strings of the marked rows, grouped by hash in the same way (in memory, or in
+partitions on disk). Each hash value keeps the first string seen with it; each other string
+with the same hash gets a tie number, and (hash, tie) is exact. If any collision was found,
+the decisions are made again with each (hash, tie) given a value no other row of its unit has.
+Hashes that differ prove strings differ, so nothing else needs a look.
+
+The row each conflict or duplicate refers to (``Verdicts.first_rows``, the reject detail) is
+kept by ``References``, in memory or, for a file of mostly repeats, on disk by row range.
+
+The verdicts are independent of chunk size, partitions and memory budget: every rule is a
+function of the row's own values or of whole-file groups taken in file order.
 """
 
 from __future__ import annotations
 
-import bisect
-import random
+import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from backfill.hashing import Hasher, hash_strings, hash_strings_seeds
 from backfill.read import ChunkSource
-from backfill.reasons import REJECT_REASONS, Reason
-from backfill.rules import DEFAULT_MAX_CLUSTER_SIZE, ORIGINAL, Rules, describe, row_reasons
+from backfill.reasons import Reason
+from backfill.rules import (
+    DEFAULT_MAX_CLUSTER_SIZE,
+    ORIGINAL,
+    Rules,
+    bool_mask,
+    describe,
+    row_reasons,
+)
+from backfill.spill import Records, Store
+from backfill.verdicts import References, Verdicts, blocks
 
-__all__ = ["Rules", "Verdicts", "describe", "hash_strings", "judge", "row_reasons"]
+__all__ = [
+    "Hasher",
+    "Rules",
+    "Verdicts",
+    "describe",
+    "hash_strings",
+    "hash_strings_seeds",
+    "judge",
+    "row_reasons",
+]
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
-Hasher = Callable[[pa.Array], U64]
-
-# --- hashing -------------------------------------------------------------------------------
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-#: Masks keeping the first k bytes of a little-endian word, for k = 0..8.
-_TAIL_MASKS = np.array(
-    [0, *((1 << (8 * k)) - 1 for k in range(1, 8)), (1 << 64) - 1], dtype=np.uint64
-)
-
-
-def _fmix(h: U64) -> U64:
-    h ^= h >> np.uint64(30)
-    h *= _M1
-    h ^= h >> np.uint64(27)
-    h *= _M2
-    h ^= h >> np.uint64(31)
-    return h
-
-
-def hash_strings(values: pa.Array, seed: int = 0) -> U64:
-    """A 64-bit hash of each string's UTF-8 bytes (nulls hash like empty strings)."""
-    return hash_strings_seeds(values, (seed,))[0]
-
-
-def hash_strings_seeds(values: pa.Array, seeds: tuple[int, ...]) -> list[U64]:
-    """One 64-bit hash per string and seed, sharing one pass over the bytes.
-
-    Vectorised over the Arrow buffers: word ``j`` of every string is gathered at once through
-    an unaligned 8-byte window view of the data, masked to the string's length, and mixed in,
-    with the length folded in first so that trailing NUL bytes cannot alias. Little-endian on
-    every machine, so the same string always gets the same value: ``$insert_id`` relies on it.
-    """
-    if not pa.types.is_string(values.type):
-        values = pc.cast(values, pa.string())
-    n = len(values)
-    if n == 0:
-        return [np.zeros(0, dtype=np.uint64) for _ in seeds]
-    buffers = values.buffers()
-    offsets = np.frombuffer(buffers[1], dtype="<i4")[values.offset : values.offset + n + 1]
-    start, end = int(offsets[0]), int(offsets[-1])
-    padded = np.zeros(end - start + 8, dtype=np.uint8)
-    if end > start:
-        padded[: end - start] = np.frombuffer(buffers[2], dtype=np.uint8)[start:end]
-    windows = np.ndarray((end - start + 1,), dtype="<u8", buffer=padded, strides=(1,))
-    at = (offsets[:-1] - start).astype(np.int64)
-    lengths = np.diff(offsets).astype(np.int64)
-    longest = int(lengths.max())
-    folded = lengths.astype(np.uint64) * _M2
-    hashes = [np.full(n, np.uint64(seed) ^ _GOLDEN, dtype=np.uint64) ^ folded for seed in seeds]
-    with np.errstate(over="ignore"):
-        for j in range(0, max(longest, 1), 8):
-            # Only strings that still have bytes at j take a round (every string takes the
-            # first): a string's hash must not depend on the strings hashed beside it.
-            active = (lengths > j) | (j == 0)
-            tail = _TAIL_MASKS[np.clip(lengths - j, 0, 8)]
-            word = windows[np.minimum(at + j, end - start)] & tail
-            hashes = [np.where(active, _fmix(h ^ word) + _GOLDEN, h) for h in hashes]
-        return [_fmix(h) for h in hashes]
 
 
 # --- whole-file rules ----------------------------------------------------------------------
 
+#: Memory the fingerprint index may use at once, records and working space (roughly).
+DEFAULT_INDEX_MEMORY_BYTES = 256 << 20
+#: Hash partitions of an index that outgrew memory.
+DEFAULT_PARTITIONS = 64
 
-class _Column:
-    """A 64-bit hash per row, kept as the per-chunk arrays the first pass made.
 
-    Joining them into one array would hold the index twice for a moment (the allocator keeps
-    the freed parts), and the index is most of the memory a big file needs.
+@dataclass(frozen=True)
+class _Budget:
+    """How ``index_memory_bytes`` is shared out.
+
+    The two fingerprint stores (by anon hash, by identified hash) get a quarter each; a unit
+    read back to be judged gets a quarter, since judging it takes about twice its size again
+    (a sorted copy, positions, the repeated rows); the strings to verify and the reference
+    table get an eighth each.
     """
 
-    def __init__(self) -> None:
-        self.parts: list[U64] = []
-        self._starts: list[int] = [0]
+    store_bytes: int
+    unit_bytes: int
+    small_bytes: int
 
-    def append(self, part: U64) -> None:
-        self.parts.append(part)
-        self._starts.append(self._starts[-1] + len(part))
+    @classmethod
+    def of(cls, total: int) -> _Budget:
+        """The shares of ``total`` bytes."""
+        return cls(store_bytes=total // 4, unit_bytes=max(total // 4, 1), small_bytes=total // 8)
 
-    def __len__(self) -> int:
-        return self._starts[-1]
 
-    def _spans(self) -> Iterator[tuple[int, int, U64]]:
-        for k, part in enumerate(self.parts):
-            yield self._starts[k], self._starts[k + 1], part
+class _RowBits:
+    """One bit per row: the rows whose verdict rested on equal hashes."""
 
-    def masked(self, mask: npt.NDArray[np.bool_]) -> U64:
-        """The values where ``mask`` holds, in row order (one new array, filled part by part)."""
-        out = np.empty(int(np.count_nonzero(mask)), dtype=np.uint64)
-        at = 0
-        for lo, hi, part in self._spans():
-            piece = part[mask[lo:hi]]
-            out[at : at + len(piece)] = piece
-            at += len(piece)
-        return out
+    def __init__(self, rows: int) -> None:
+        self._bits = np.zeros((rows + 7) // 8, dtype=np.uint8)
 
-    def take(self, rows: I64) -> U64:
-        """The values at ``rows`` (any order)."""
-        out = np.empty(len(rows), dtype=np.uint64)
-        if len(rows) == 0:
-            return out
-        part_of = np.searchsorted(np.asarray(self._starts), rows, side="right") - 1
-        order = np.argsort(part_of, kind="stable")
-        bounds = np.searchsorted(part_of[order], np.arange(len(self.parts) + 1))
-        for k in range(len(self.parts)):
-            sel = order[bounds[k] : bounds[k + 1]]
-            if len(sel):
-                out[sel] = self.parts[k][rows[sel] - self._starts[k]]
-        return out
+    def set(self, rows: I64) -> None:
+        """Mark ``rows`` (0-based)."""
+        bits = np.left_shift(np.uint8(1), (rows & 7).astype(np.uint8))
+        np.bitwise_or.at(self._bits, rows >> 3, bits)
 
-    def members(self, mask: npt.NDArray[np.bool_], sorted_set: U64) -> I64:
-        """Ascending rows where ``mask`` holds and the value is in ``sorted_set``."""
-        if len(sorted_set) == 0:
+    def any(self) -> bool:
+        """Whether any row is marked."""
+        return bool(self._bits.any())
+
+    def within(self, lo: int, hi: int) -> I64:
+        """The marked rows in ``[lo, hi)``, counted from ``lo``."""
+        if hi <= lo:
             return np.zeros(0, dtype=np.int64)
-        found: list[I64] = []
-        for lo, hi, part in self._spans():
-            pos = np.searchsorted(sorted_set, part)
-            pos[pos == len(sorted_set)] = 0
-            hit = (sorted_set[pos] == part) & mask[lo:hi]
-            found.append(np.flatnonzero(hit) + lo)
-        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-
-    def __getitem__(self, row: int) -> int:
-        k = bisect.bisect_right(self._starts, row) - 1
-        return int(self.parts[k][row - self._starts[k]])
-
-    def __setitem__(self, row: int, value: int) -> None:
-        k = bisect.bisect_right(self._starts, row) - 1
-        self.parts[k][row - self._starts[k]] = value
-
-    def contains(self, value: int) -> bool:
-        """Whether any row holds ``value``."""
-        probe = np.uint64(value)
-        return any(bool(np.any(part == probe)) for part in self.parts)
+        bits = np.unpackbits(self._bits[lo >> 3 : (hi + 7) >> 3], bitorder="little")
+        return np.flatnonzero(bits[lo & 7 : (lo & 7) + hi - lo])
 
 
 @dataclass
-class _Decisions:
-    conflict: I64
-    conflict_first: I64
-    duplicate: I64
-    duplicate_first: I64
-    cluster: I64
-    #: Rows whose verdict rested on equal anon hashes / equal identified hashes.
-    check_anon: I64
-    check_ident: I64
+class _Ties:
+    """Rows whose string shares its hash with a different string seen earlier.
+
+    ``ties[k]`` numbers the distinct strings of one hash value in order of first appearance
+    (the first, 0, is not listed): the pair (hash, tie) is exact where the hash alone was not.
+    Kept in memory: with 64-bit hashes, 10^8 distinct strings hold a colliding pair about once
+    in 3,000 inputs, so this is empty in practice (the tests' colliding hashers fill it).
+    """
+
+    rows: I64
+    ties: I64
+    collisions: int
+
+    @classmethod
+    def none(cls) -> _Ties:
+        """No collision."""
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0)
+
+    def apply(self, rows: I64, keys: U64) -> U64:
+        """``keys`` of ``rows`` (one unit), each tied row's (key, tie) given its own new value.
+
+        A new value is unused by every key of the unit, and groups never span units, so it
+        stands for its string alone.
+        """
+        if len(self.rows) == 0:
+            return keys
+        pos = np.searchsorted(self.rows, rows)
+        pos[pos == len(self.rows)] = 0
+        hit = self.rows[pos] == rows
+        if not hit.any():
+            return keys
+        pairs = np.stack([keys[hit], self.ties[pos[hit]].astype(np.uint64)], axis=1)
+        distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
+        out = keys.copy()
+        out[hit] = _fresh_values(len(distinct), keys)[inverse.ravel()]
+        return out
 
 
-def _decide(
-    passing: npt.NDArray[np.bool_], ha: _Column, hu: _Column, max_cluster_size: int
-) -> _Decisions:
-    """Rules 6-8 over all passing rows, judged by hash equality (indices are row - 1)."""
-    repeated = _repeated_values(ha, passing, 2)
-    grouped = ha.members(passing, repeated)
-    grouped_hashes = ha.take(grouped)
-    order = np.argsort(grouped_hashes, kind="stable")
-    idx = grouped[order]  # anon groups, file order within each
-    starts, sizes = _runs(grouped_hashes[order])
-    group_of = np.repeat(np.arange(len(starts)), sizes)
-    ident = hu.take(idx)
-    # A group conflicts when some identified hash differs from its first row's; the first such
-    # row is what the first row's own reject detail points at.
-    differs = ident != ident[starts][group_of]
-    positions = np.where(differs, np.arange(len(idx)), len(idx))
-    first_other = (
-        np.minimum.reduceat(positions, starts) if len(starts) else np.zeros(0, dtype=np.int64)
-    )
-    conflicted = first_other < len(idx)
-    first = idx[starts][group_of]
-    is_conflict = conflicted[group_of]
-    is_duplicate = ~is_conflict & (idx != first)
-    other = idx[np.minimum(first_other, len(idx) - 1)][group_of] if len(idx) else first
-    refs = np.where(idx == first, other, first)
+def _fresh_values(n: int, taken: U64) -> U64:
+    """``n`` distinct 64-bit values, none of them in ``taken`` (deterministic)."""
+    rng = np.random.default_rng(0x5EED)
+    values = rng.integers(0, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
+    while True:
+        bad = np.isin(values, taken)
+        _, first = np.unique(values, return_index=True)
+        repeated = np.ones(n, dtype=np.bool_)
+        repeated[first] = False
+        bad |= repeated
+        if not bad.any():
+            return values
+        values[bad] = rng.integers(
+            0, np.iinfo(np.uint64).max, size=int(bad.sum()), dtype=np.uint64, endpoint=True
+        )
 
-    survivors = passing.copy()
-    survivors[idx[is_conflict | is_duplicate]] = False
 
-    limit = max_cluster_size - 1  # the identified id itself is one of the cluster's ids
-    heavy = _repeated_values(hu, passing, max_cluster_size)
-    big = hu.members(passing, heavy)
-    kept = big[survivors[big]]
-    kept_hashes = hu.take(kept)
-    order = np.argsort(kept_hashes, kind="stable")
-    ranked = kept[order]
-    starts, sizes = _runs(kept_hashes[order])
-    rank = np.arange(len(ranked)) - np.repeat(starts, sizes)
+@dataclass
+class _TiesFound:
+    """What the verification found, for anon ids and for identified ids."""
 
-    dup_order = np.argsort(idx[is_duplicate])
-    conflict_order = np.argsort(idx[is_conflict])
-    return _Decisions(
-        conflict=idx[is_conflict][conflict_order],
-        conflict_first=refs[is_conflict][conflict_order],
-        duplicate=idx[is_duplicate][dup_order],
-        duplicate_first=first[is_duplicate][dup_order],
-        cluster=np.sort(ranked[rank >= limit]),
-        check_anon=grouped,
-        check_ident=big,
-    )
+    anon: _Ties
+    ident: _Ties
+
+    @property
+    def collisions(self) -> int:
+        return self.anon.collisions + self.ident.collisions
 
 
 def _runs(sorted_values: U64) -> tuple[I64, I64]:
@@ -253,14 +205,13 @@ def _runs(sorted_values: U64) -> tuple[I64, I64]:
     return starts, np.diff(np.append(starts, n))
 
 
-def _repeated_values(values: _Column, mask: npt.NDArray[np.bool_], at_least: int) -> U64:
-    """The distinct values among ``values[mask]`` occurring at least ``at_least`` times, sorted.
+def _repeated_values(values: U64, at_least: int) -> U64:
+    """The distinct values occurring at least ``at_least`` times, sorted.
 
-    Memory matters here (this runs over every row): one masked copy sorted in place, and a
-    boolean per row; a run of ``k`` or more equal values is where ``v[i] == v[i + k - 1]``.
+    One sorted copy (sorting is several times faster than an argsort of everything); a run of
+    ``k`` or more equal values is where ``v[i] == v[i + k - 1]``.
     """
-    ordered = values.masked(mask)
-    ordered.sort()
+    ordered = np.sort(values)
     n = len(ordered)
     if n < at_least:
         return np.zeros(0, dtype=np.uint64)
@@ -270,153 +221,322 @@ def _repeated_values(values: _Column, mask: npt.NDArray[np.bool_], at_least: int
     return np.unique(hits)
 
 
+_PREFILTER_BITS = 20
+
+
+def _members(values: U64, sorted_set: U64) -> I64:
+    """Ascending positions of the values that are in ``sorted_set``.
+
+    A table of the set's top bits first rules out most values at the cost of one lookup each
+    (the set is usually a few % of the values); only the rest pay for a binary search.
+    """
+    if len(sorted_set) == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.uint64(64 - _PREFILTER_BITS)
+    table = np.zeros(1 << _PREFILTER_BITS, dtype=np.bool_)
+    table[sorted_set >> shift] = True
+    maybe: I64 = np.flatnonzero(table[values >> shift])
+    candidates = values[maybe]
+    pos = np.searchsorted(sorted_set, candidates)
+    pos[pos == len(sorted_set)] = 0
+    found: I64 = maybe[sorted_set[pos] == candidates]
+    return found
+
+
+def _judge_anon_unit(
+    rows: I64,
+    ha: U64,
+    hu: U64,
+    reasons: npt.NDArray[np.uint8],
+    references: References,
+    check: _RowBits | None,
+) -> None:
+    """Rules 6-7 in one unit of rows (every row of an anon hash is in the same unit)."""
+    sel = _members(ha, _repeated_values(ha, 2))
+    if len(sel) == 0:
+        return
+    if check is not None:
+        check.set(rows[sel])
+    grouped = ha[sel]
+    order = np.argsort(grouped, kind="stable")
+    at = sel[order]
+    idx = rows[at]  # anon groups, file order within each
+    starts, sizes = _runs(grouped[order])
+    group_of = np.repeat(np.arange(len(starts)), sizes)
+    ident = hu[at]
+    # A group conflicts when some identified hash differs from its first row's; the first such
+    # row is what the first row's own reject detail points at.
+    differs = ident != ident[starts][group_of]
+    positions = np.where(differs, np.arange(len(idx)), len(idx))
+    first_other = np.minimum.reduceat(positions, starts)
+    conflicted = first_other < len(idx)
+    first = idx[starts][group_of]
+    is_conflict = conflicted[group_of]
+    is_duplicate = ~is_conflict & (idx != first)
+    other = idx[np.minimum(first_other, len(idx) - 1)][group_of]
+    refs = np.where(idx == first, other, first)
+    reasons[idx[is_conflict]] = Reason.CONFLICTING_ANON_ID
+    reasons[idx[is_duplicate]] = Reason.DUPLICATE_PAIR
+    repeat = is_conflict | is_duplicate
+    references.add(idx[repeat], refs[repeat])
+
+
+def _judge_cluster_unit(
+    rows: I64,
+    hu: U64,
+    reasons: npt.NDArray[np.uint8],
+    max_cluster_size: int,
+    check: _RowBits | None,
+) -> None:
+    """Rule 8 in one unit of rows (every row of an identified hash is in the same unit).
+
+    Groups big enough to matter are found among all passing rows, not only the survivors of
+    rules 6-7: after a collision is resolved a group can only split, so the rows to verify
+    must cover every group that could reach the limit.
+    """
+    sel = _members(hu, _repeated_values(hu, max_cluster_size))
+    if len(sel) == 0:
+        return
+    if check is not None:
+        check.set(rows[sel])
+    kept = sel[reasons[rows[sel]] == Reason.VALID]
+    keys = hu[kept]
+    order = np.argsort(keys, kind="stable")
+    ranked = rows[kept[order]]
+    starts, sizes = _runs(keys[order])
+    rank = np.arange(len(ranked)) - np.repeat(starts, sizes)
+    # The identified id itself is one of the cluster's ids.
+    reasons[ranked[rank >= max_cluster_size - 1]] = Reason.CLUSTER_LIMIT
+
+
+@dataclass
+class _Index:
+    """The fingerprints of the passing rows, by anon hash and by identified hash."""
+
+    reasons: npt.NDArray[np.uint8]
+    by_anon: Store
+    by_ident: Store | None
+    max_cluster_size: int | None
+    unit_bytes: int
+
+    def decide(
+        self, references: References, *, check: _RowBits | None, ties: _TiesFound | None
+    ) -> None:
+        """Rules 6-8 for every passing row, unit by unit; ``check`` collects rows to verify."""
+        for unit in self.by_anon.units(self.unit_bytes):
+            rows, ha, hu = unit.numbers
+            if ties is not None:
+                ha, hu = ties.anon.apply(rows, ha), ties.ident.apply(rows, hu)
+            _judge_anon_unit(rows, ha, hu, self.reasons, references, check)
+        if self.by_ident is None or self.max_cluster_size is None:
+            return
+        # Only now: the cluster rule counts the rows that survived rules 6-7 in every unit.
+        for unit in self.by_ident.units(self.unit_bytes):
+            rows, hu = unit.numbers
+            if ties is not None:
+                hu = ties.ident.apply(rows, hu)
+            _judge_cluster_unit(rows, hu, self.reasons, self.max_cluster_size, check)
+
+    def undo(self) -> None:
+        """Forget the decisions of rules 6-8 (they alone set these reasons)."""
+        decided = (Reason.CONFLICTING_ANON_ID, Reason.DUPLICATE_PAIR, Reason.CLUSTER_LIMIT)
+        whole_file = np.isin(np.arange(256), decided)
+        for block in blocks(self.reasons):
+            block[whole_file[block]] = Reason.VALID
+
+
+#: Rows per block of a pass over every reason byte: a whole-array temporary would cost a
+#: byte per row (a mask) or eight (``bincount`` counts through a copy of 64-bit integers).
 # --- verification of hash equality ---------------------------------------------------------
 
 
-@dataclass
-class _Refiner:
-    """Gives each distinct string sharing a hash value its own value (the first keeps it)."""
+def _verify(
+    source: ChunkSource,
+    check: _RowBits,
+    hasher: Hasher,
+    *,
+    budget: _Budget,
+    partitions: int,
+    spill_dir: Path | None,
+) -> _TiesFound:
+    """Compare the real strings of the rows in ``check``, grouped by hash, in a second read.
 
-    hashes: _Column
-    rng: random.Random = field(default_factory=lambda: random.Random(0x5EED))
-    first_seen: dict[int, str] = field(default_factory=dict)
-    fresh: dict[tuple[int, str], int] = field(default_factory=dict)
-    collisions: int = 0
-
-    def see(self, i: int, text: str) -> None:
-        key = self.hashes[i]
-        seen = self.first_seen.setdefault(key, text)
-        if seen == text:
-            return
-        value = self.fresh.get((key, text))
-        if value is None:
-            value = self._unused_value()
-            self.fresh[(key, text)] = value
-            self.collisions += 1
-        self.hashes[i] = value
-
-    def _unused_value(self) -> int:
-        taken = set(self.fresh.values())
-        while True:
-            value = self.rng.getrandbits(64)
-            if value not in taken and not self.hashes.contains(value):
-                return value
-
-
-def _verify(source: ChunkSource, decisions: _Decisions, ha: _Column, hu: _Column) -> int:
-    """Compare the real strings behind equal hashes; refine ``ha``/``hu`` in place.
-
-    Returns how many distinct colliding strings were found (0 almost always).
+    Both ids of every marked row are compared: an anon group's rows are judged on their
+    identified hashes too. A marked row that was marked for its identified id alone has an
+    anon hash no other passing row has, so comparing its anon string finds nothing new.
     """
-    rows = np.union1d(decisions.check_anon, decisions.check_ident)
-    if len(rows) == 0:
-        return 0
-    anon_too = np.isin(rows, decisions.check_anon)
-    anons, idents = _Refiner(ha), _Refiner(hu)
-    for chunk in source():
-        lo, hi = np.searchsorted(rows, [chunk.first_row - 1, chunk.end_row - 1])
-        if lo == hi:
+    if not check.any():
+        return _TiesFound(_Ties.none(), _Ties.none())
+    with (
+        Store(
+            (np.int64, np.uint64),
+            key=1,
+            text=True,
+            partitions=partitions,
+            limit_bytes=budget.small_bytes,
+            spill_dir=spill_dir,
+        ) as anons,
+        Store(
+            (np.int64, np.uint64),
+            key=1,
+            text=True,
+            partitions=partitions,
+            limit_bytes=budget.small_bytes,
+            spill_dir=spill_dir,
+        ) as idents,
+    ):
+        for chunk in source():
+            local = check.within(chunk.first_row - 1, chunk.end_row - 1)
+            if len(local) == 0:
+                continue
+            take = pa.array(local)
+            rows = local + (chunk.first_row - 1)
+            anon, ident = chunk.anon.take(take), chunk.identified.take(take)
+            anons.add(Records((rows, hasher(anon)), anon))
+            idents.add(Records((rows, hasher(ident)), ident))
+        return _TiesFound(
+            _find_ties(anons.units(budget.unit_bytes)), _find_ties(idents.units(budget.unit_bytes))
+        )
+
+
+def _find_ties(units: Iterator[Records]) -> _Ties:
+    """Rows whose string differs from the first string with the same hash, numbered."""
+    found_rows: list[int] = []
+    found_ties: list[int] = []
+    collisions = 0
+    for unit in units:
+        rows, hashes = unit.numbers
+        text = unit.text
+        assert text is not None
+        sel = _members(hashes, _repeated_values(hashes, 2))
+        if len(sel) == 0:
             continue
-        local = pa.array(rows[lo:hi] - (chunk.first_row - 1))
-        a_values = chunk.anon.take(local).to_pylist()
-        u_values = chunk.identified.take(local).to_pylist()
-        for k, i in enumerate(rows[lo:hi].tolist()):
-            if anon_too[lo + k]:
-                anons.see(i, a_values[k])
-            idents.see(i, u_values[k])
-    return anons.collisions + idents.collisions
-
-
-# --- the verdict ---------------------------------------------------------------------------
-
-
-@dataclass
-class Verdicts:
-    """One reason byte per row (index row - 1), plus the row each repeat refers back to."""
-
-    reasons: npt.NDArray[np.uint8]
-    max_cluster_size: int
-    ref_rows: I64
-    ref_first: I64
-    collisions: int = 0
-
-    @property
-    def rows_read(self) -> int:
-        """How many rows the input has."""
-        return len(self.reasons)
-
-    @property
-    def rows_valid(self) -> int:
-        """How many rows passed every rule."""
-        return int(np.count_nonzero(self.reasons == Reason.VALID))
-
-    def counts(self) -> dict[str, int]:
-        """Rejected rows per reason code, every code present (zero when none)."""
-        tally = np.bincount(self.reasons, minlength=len(Reason))
-        return {r.code: int(tally[r]) for r in REJECT_REASONS if r is not Reason.API_REJECTED}
-
-    def first_rows(self, rows: I64) -> I64:
-        """The row a conflict or duplicate row refers to: the pair it repeats, or a row
-        with the same anon id and another identified id."""
-        if len(self.ref_rows) == 0:
-            return np.zeros(len(rows), dtype=np.int64)
-        pos = np.searchsorted(self.ref_rows, rows - 1)
-        pos[pos >= len(self.ref_rows)] = 0
-        return self.ref_first[pos] + 1
+        order = sel[np.argsort(hashes[sel], kind="stable")]
+        starts, sizes = _runs(hashes[order])
+        firsts = order[np.repeat(starts, sizes)]
+        same = bool_mask(pc.equal(text.take(pa.array(order)), text.take(pa.array(firsts))))
+        if same.all():
+            continue
+        # A real collision (rare): number the distinct strings of each such hash in order.
+        group_of = np.repeat(np.arange(len(starts)), sizes)
+        for g in np.unique(group_of[~same]).tolist():
+            members = order[starts[g] : starts[g] + sizes[g]]
+            distinct: dict[str, int] = {}
+            values = text.take(pa.array(members)).to_pylist()
+            for row, value in zip(rows[members].tolist(), values, strict=True):
+                tie = distinct.setdefault(value, len(distinct))
+                if tie:
+                    found_rows.append(row)
+                    found_ties.append(tie)
+            collisions += len(distinct) - 1
+    rows_found = np.array(found_rows, dtype=np.int64)
+    order = np.argsort(rows_found)
+    return _Ties(rows_found[order], np.array(found_ties, dtype=np.int64)[order], collisions)
 
 
 def judge(
     source: ChunkSource,
     *,
     now_ms: int,
-    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
+    max_cluster_size: int | None = DEFAULT_MAX_CLUSTER_SIZE,
     hasher: Hasher = hash_strings,
     on_rows: Callable[[int], None] | None = None,
+    spill_dir: Path | None = None,
+    index_memory_bytes: int = DEFAULT_INDEX_MEMORY_BYTES,
+    partitions: int = DEFAULT_PARTITIONS,
     rules: Rules = ORIGINAL,
 ) -> Verdicts:
     """Read the whole input once (twice if hashes repeat) and decide every row's verdict.
 
     ``rules`` says what the per-row rules accept (by ID merge system); the source gives the
     anon ids as they are to be compared (for Simplified: devices, see ``rules.devices``).
+
+    ``max_cluster_size=None`` turns the cluster rule off. The fingerprint index stays in
+    memory while it fits ``index_memory_bytes``, else it goes to temp files in ``spill_dir``
+    (default: the system's temp folder) in ``partitions`` hash partitions; the files have no
+    name and vanish with the process, whatever way it ends. Memory is then one byte per row
+    (the reasons) plus about ``index_memory_bytes``, whatever the row count.
     """
-    if max_cluster_size < 2:
+    if max_cluster_size is not None and max_cluster_size < 2:
         raise ValueError("max_cluster_size must be at least 2")
-    reason_parts: list[npt.NDArray[np.uint8]] = []
-    anon_hashes, ident_hashes = _Column(), _Column()
+    if index_memory_bytes < 0 or partitions < 1:
+        raise ValueError("index_memory_bytes must be at least 0 and partitions at least 1")
+    budget = _Budget.of(index_memory_bytes)
+    with contextlib.ExitStack() as stack:
+        by_anon = stack.enter_context(
+            Store(
+                (np.int64, np.uint64, np.uint64),
+                key=1,
+                partitions=partitions,
+                limit_bytes=budget.store_bytes,
+                spill_dir=spill_dir,
+            )
+        )
+        by_ident = None
+        if max_cluster_size is not None:
+            by_ident = stack.enter_context(
+                Store(
+                    (np.int64, np.uint64),
+                    key=1,
+                    partitions=partitions,
+                    limit_bytes=budget.store_bytes,
+                    spill_dir=spill_dir,
+                )
+            )
+        reasons = _first_pass(source, now_ms, hasher, on_rows, by_anon, by_ident, rules)
+        index = _Index(reasons, by_anon, by_ident, max_cluster_size, budget.unit_bytes)
+        spilled = by_anon.disk_bytes + (0 if by_ident is None else by_ident.disk_bytes)
+        references = References(len(reasons), limit_bytes=budget.small_bytes, spill_dir=spill_dir)
+        try:
+            check = _RowBits(len(reasons))
+            index.decide(references, check=check, ties=None)
+            ties = _verify(
+                source, check, hasher, budget=budget, partitions=partitions, spill_dir=spill_dir
+            )
+            del check
+            if ties.collisions:
+                # Made again on keys that are now exact where it matters.
+                index.undo()
+                references.reset()
+                index.decide(references, check=None, ties=ties)
+            references.finish()
+        except BaseException:
+            references.close()
+            raise
+    return Verdicts(
+        reasons=reasons,
+        max_cluster_size=max_cluster_size,
+        references=references,
+        collisions=ties.collisions,
+        spilled_bytes=spilled + references.disk_bytes,
+    )
+
+
+def _first_pass(
+    source: ChunkSource,
+    now_ms: int,
+    hasher: Hasher,
+    on_rows: Callable[[int], None] | None,
+    by_anon: Store,
+    by_ident: Store | None,
+    rules: Rules,
+) -> npt.NDArray[np.uint8]:
+    """Per-row rules for every row; each passing row's fingerprint into the stores."""
+    # A bytearray grows in place (realloc), where joining per-chunk arrays would hold the
+    # reasons twice for a moment.
+    reasons = bytearray()
     for chunk in source():
-        reasons = row_reasons(chunk, now_ms, rules)
-        ok = reasons == Reason.VALID
-        ha = np.zeros(len(chunk), dtype=np.uint64)
-        hu = np.zeros(len(chunk), dtype=np.uint64)
+        chunk_reasons = row_reasons(chunk, now_ms, rules)
+        ok = chunk_reasons == Reason.VALID
         if ok.any():
             keep = pa.array(ok)
-            ha[ok] = hasher(chunk.anon.filter(keep))
-            hu[ok] = hasher(chunk.identified.filter(keep))
-        reason_parts.append(reasons)
-        anon_hashes.append(ha)
-        ident_hashes.append(hu)
+            rows = np.flatnonzero(ok) + (chunk.first_row - 1)
+            ha = hasher(chunk.anon.filter(keep))
+            hu = hasher(chunk.identified.filter(keep))
+            by_anon.add(Records((rows, ha, hu)))
+            if by_ident is not None:
+                by_ident.add(Records((rows, hu)))
+        reasons += chunk_reasons.data
         if on_rows is not None:
             on_rows(len(chunk))
-    reasons_all = np.concatenate(reason_parts) if reason_parts else np.zeros(0, np.uint8)
-    del reason_parts
-    passing = reasons_all == Reason.VALID
-
-    decisions = _decide(passing, anon_hashes, ident_hashes, max_cluster_size)
-    collisions = _verify(source, decisions, anon_hashes, ident_hashes)
-    if collisions:
-        decisions = _decide(passing, anon_hashes, ident_hashes, max_cluster_size)
-    del anon_hashes, ident_hashes
-
-    reasons_all[decisions.conflict] = Reason.CONFLICTING_ANON_ID
-    reasons_all[decisions.duplicate] = Reason.DUPLICATE_PAIR
-    reasons_all[decisions.cluster] = Reason.CLUSTER_LIMIT
-    ref_rows = np.concatenate([decisions.conflict, decisions.duplicate])
-    ref_first = np.concatenate([decisions.conflict_first, decisions.duplicate_first])
-    order = np.argsort(ref_rows)
-    return Verdicts(
-        reasons=reasons_all,
-        max_cluster_size=max_cluster_size,
-        ref_rows=ref_rows[order],
-        ref_first=ref_first[order],
-        collisions=collisions,
-    )
+    return np.frombuffer(reasons, dtype=np.uint8)

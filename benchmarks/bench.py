@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +56,7 @@ DATA = HERE / "data"
 OUT = HERE / "out"
 RESULTS = HERE / "results.md"
 NAIVE = HERE / "naive_validate.py"
+MEASURE = HERE / "measure.py"
 PYTHON = sys.executable
 GENERATOR_VERSION = 1
 GEN_CHUNK_ROWS = 1_000_000
@@ -383,23 +384,39 @@ def run_child(
     on_start: Callable[[int], None] | None = None,
     cwd: Path = ROOT,
 ) -> tuple[Measured, float]:
-    """Run ``cmd`` to its end; measure it with ``os.wait4``. Returns it and its end time.
+    """Run ``cmd`` to its end through ``measure.py``. Returns it, measured, and its end time.
 
+    ``measure.py`` runs the command and measures it with ``os.wait4``: a command started from
+    this process directly would inherit this process's own peak RSS (see measure.py).
     stdout and stderr go to files in ``log_dir`` (a pipe could fill and stall the child while
-    this process sits in ``wait4``). ``python -m backfill`` imports the ``backfill`` of ``cwd``.
+    this process waits). ``on_start`` gets the command's pid, not measure.py's.
+    ``python -m backfill`` imports the ``backfill`` of ``cwd``.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     if cwd == ROOT:  # another tree's client (--compare-root) is named in its own row
         measured_as = f"{log_dir.parent.name}/{log_dir.name}"
         MEASURED_WITH.setdefault(source_digest(), []).append(measured_as)
     out_path, err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
+    report_path = log_dir / "rusage.json"
+    pid_path = Path(f"{report_path}.pid")
+    for stale in (report_path, pid_path):
+        stale.unlink(missing_ok=True)
     with out_path.open("wb") as out, err_path.open("wb") as err:
         busy_before = system_busy_s()
         started = time.monotonic()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            [PYTHON, "-S", str(MEASURE), str(report_path), *cmd],
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # the watchdog kills the command with it
+        )
         if on_start is not None:
-            on_start(proc.pid)
-        watchdog = threading.Timer(CHILD_TIMEOUT_S, proc.kill)
+            child = _wait_for_pid(pid_path, proc)
+            if child is not None:
+                on_start(child)
+        watchdog = threading.Timer(CHILD_TIMEOUT_S, _kill_group, (proc.pid,))
         watchdog.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
@@ -408,18 +425,47 @@ def run_child(
         ended = time.monotonic()
         busy_after = system_busy_s()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    try:
+        child_usage = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        # measure.py itself failed or was killed: report what it used, marked as failed.
+        child_usage = {
+            "returncode": proc.returncode or -1,
+            "wall_s": ended - started,
+            "user_s": usage.ru_utime,
+            "sys_s": usage.ru_stime,
+            "maxrss_kib": usage.ru_maxrss,
+        }
     measured = Measured(
         cmd=list(cmd),
-        returncode=proc.returncode,
-        wall_s=ended - started,
-        user_s=usage.ru_utime,
-        sys_s=usage.ru_stime,
-        maxrss_kib=usage.ru_maxrss,
+        returncode=int(child_usage["returncode"]),
+        wall_s=float(child_usage["wall_s"]),
+        user_s=float(child_usage["user_s"]),
+        sys_s=float(child_usage["sys_s"]),
+        maxrss_kib=int(child_usage["maxrss_kib"]),
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
         machine_busy_s=busy_after - busy_before,
     )
     return measured, ended
+
+
+def _wait_for_pid(pid_path: Path, launcher: subprocess.Popen[bytes]) -> int | None:
+    """The pid measure.py wrote once its command started (None if it never did)."""
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            return int(pid_path.read_text())
+        # WNOWAIT: look without reaping; the caller reaps it with wait4 for its rusage.
+        if os.waitid(os.P_PID, launcher.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+            return None
+        time.sleep(0.01)
+    return None
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 #: Seconds ``wait_for_quiet`` may wait before each measurement (set from --wait-quiet).
@@ -641,10 +687,10 @@ def _speed_text(theirs_s: float, ours_s: float) -> str:
 
 def bench_validate(
     report: Report, path: Path, rows: int, label: str, *, naive: bool = True, repeat: int = 1
-) -> None:
+) -> Measured:
     """``backfill validate`` against the naive pandas script on the same file.
 
-    With ``repeat`` > 1 the two alternate and each keeps its fastest run.
+    With ``repeat`` > 1 the two alternate and each keeps its fastest run, which is returned.
     """
     warm_cache(path)
     out = fresh_dir(OUT / f"validate-{rows}{path.suffix.replace('.', '-')}")
@@ -697,7 +743,7 @@ def bench_validate(
         report.warn(f"{label}: backfill read {summary['rows_read']:,} rows, expected {rows:,}")
     if not naive:
         report.rows.append(Row(label, ours_text, "–", f"{total:,} rejected ({total / rows:.2%})"))
-        return
+        return ours
 
     theirs = theirs_runs[-1]
     report.raw[key]["naive"] = [_measured_json(m) for m in theirs_runs]
@@ -707,7 +753,7 @@ def bench_validate(
         report.rows.append(
             Row(label, ours_text, f"naive pandas failed (exit {theirs.returncode})", "")
         )
-        return
+        return ours
     theirs = _best(theirs_runs)
     check_background(report, f"{label}, naive pandas", theirs)
     naive_rejected = json.loads(theirs.stdout.strip().splitlines()[-1])["rejected"]
@@ -740,6 +786,65 @@ def bench_validate(
             f"{_speed_text(theirs.wall_s, ours.wall_s)} naive, "
             f"{_ratio(ours.rss_mib / theirs.rss_mib)} its peak RSS, "
             f"{_ratio(ours.cpu_s / theirs.cpu_s)} its CPU; {agreement}",
+        )
+    )
+    return ours
+
+
+@contextlib.contextmanager
+def cpu_hogs(n: int) -> Iterator[list[int]]:
+    """``n`` processes spinning on a core each, for as long as the block runs; their pids."""
+    procs = [subprocess.Popen([PYTHON, "-S", "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def bench_validate_busy(
+    report: Report, path: Path, rows: int, hogs: int, quiet: Measured, repeat: int = 1
+) -> None:
+    """``backfill validate`` again with ``hogs`` CPU hogs running: peak RSS against quiet.
+
+    The validator then gets a fraction of a core, while its reader thread would read on: the
+    peak must not grow with the wait.
+    """
+    warm_cache(path)
+    out = fresh_dir(OUT / f"validate-{rows}-{hogs}-hogs")
+    label = f"validate {rows:,} rows (CSV), {hogs} CPU hogs"
+    runs: list[tuple[Measured, float]] = []
+    with cpu_hogs(hogs) as pids:
+        time.sleep(1.0)  # let them take the cores first
+        for attempt in range(repeat):
+            log(f"{label}: backfill validate ({attempt + 1}/{repeat})")
+            before = sum(_proc_cpu_s(pid) or 0.0 for pid in pids)
+            ours, _ = run_child(
+                [PYTHON, "-m", "backfill", "validate", str(path), "--out",
+                 str(out / "backfill"), "--no-progress"],
+                out / "backfill-logs",
+            )  # fmt: skip
+            ours.check("backfill validate")
+            runs.append((ours, sum(_proc_cpu_s(pid) or 0.0 for pid in pids) - before))
+    ours, hogs_cpu = min(runs, key=lambda r: r[0].wall_s)
+    check_background(report, label, ours, also=hogs_cpu)
+    report.raw[f"validate_{rows}_{hogs}_hogs"] = {
+        "backfill": [_measured_json(m, also=c) for m, c in runs],
+        "hogs_cpu_s": [round(c, 3) for _, c in runs],
+    }
+    report.rows.append(
+        Row(
+            label,
+            f"{_fmt_s(ours.wall_s)} wall, {_fmt_s(ours.cpu_s)} CPU, "
+            f"{_fmt_mib(ours.rss_mib)} peak RSS; the hogs used {hogs_cpu / ours.wall_s:.2f} "
+            "cores meanwhile",
+            f"quiet: {_fmt_s(quiet.wall_s)} wall, {_fmt_s(quiet.cpu_s)} CPU, "
+            f"{_fmt_mib(quiet.rss_mib)} peak RSS",
+            f"peak RSS {_ratio(ours.rss_mib / quiet.rss_mib)} the quiet run's "
+            f"({(ours.rss_mib - quiet.rss_mib) / quiet.rss_mib:+.0%}); "
+            f"CPU {_ratio(ours.cpu_s / quiet.cpu_s)}",
         )
     )
 
@@ -1331,7 +1436,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--rows", type=int, default=2_000_000, help="validate benchmark rows")
     p.add_argument("--send-rows", type=int, default=500_000, help="run benchmark rows")
-    p.add_argument("--big-rows", type=int, default=20_000_000, help="big validate rows")
+    p.add_argument(
+        "--big-rows",
+        type=int,
+        nargs="+",
+        default=[20_000_000],
+        metavar="ROWS",
+        help="big validate rows (one run per size given)",
+    )
+    p.add_argument(
+        "--hogs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also validate the --rows input with N busy-loop processes running",
+    )
     p.add_argument("--skip-big", action="store_true", help="no big validate")
     p.add_argument(
         "--skip-big-naive", action="store_true", help="big validate: backfill only, no pandas"
@@ -1389,9 +1508,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--serve-rate-limit", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.argv = list(argv)
-    for name in ("rows", "send_rows", "big_rows", "latency_rows", "backoff_rows"):
+    for name in ("rows", "send_rows", "latency_rows", "backoff_rows"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if min(args.big_rows) < 1:
+        p.error("--big-rows must be at least 1")
+    if args.hogs < 0:
+        p.error("--hogs must be at least 0")
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     if args.rate <= 0 or args.rate_seconds <= 0 or args.send_rate <= 0:
@@ -1414,9 +1537,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = set(args.only or ("validate", "run", "rate", "latency", "backoff"))
     if "validate" in wanted:
         path = ensure_input(args.rows, args.seed, parquet=args.parquet)
-        bench_validate(
+        quiet = bench_validate(
             report, path, args.rows, f"validate {args.rows:,} rows (CSV)", repeat=args.repeat
         )
+        if args.hogs:
+            bench_validate_busy(report, path, args.rows, args.hogs, quiet, repeat=args.repeat)
         if args.parquet:
             pq_path = data_path(args.rows, args.seed, ".parquet")
             warm_cache(pq_path)
@@ -1428,13 +1553,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 naive=False,
                 repeat=args.repeat,
             )
-        if not args.skip_big:
-            big = ensure_input(args.big_rows, args.seed)
+        for big_rows in [] if args.skip_big else args.big_rows:
+            big = ensure_input(big_rows, args.seed)
             bench_validate(
                 report,
                 big,
-                args.big_rows,
-                f"validate {args.big_rows:,} rows (CSV)",
+                big_rows,
+                f"validate {big_rows:,} rows (CSV)",
                 naive=not args.skip_big_naive,
             )
     if "run" in wanted:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -277,14 +278,16 @@ def judged(
     chunk_rows: int,
     max_cluster_size: int,
     hasher: Hasher = hash_strings,
+    **options: Any,
 ) -> list[str]:
-    """``judge``'s reason code for each row of the file."""
+    """``judge``'s reason code for each row of the file (``options``: more of judge's)."""
     columns = Columns(time="merged_at" if timed else None)
     verdicts = judge(
         open_chunks(path, fmt, columns, chunk_rows),
         now_ms=NOW_MS,
         max_cluster_size=max_cluster_size,
         hasher=hasher,
+        **options,
     )
     return [Reason(int(r)).code for r in verdicts.reasons]
 
@@ -343,8 +346,47 @@ def _breaks(value: str) -> bool:
     return "\n" in value.strip() or "\r" in value.strip()
 
 
+@pytest.mark.parametrize(
+    ("chunk_rows", "hasher", "index_memory_bytes", "partitions"),
+    [
+        pytest.param(7, hash_strings, 0, 3, id="chunk7-no-memory-3-partitions"),
+        pytest.param(1, terrible_hasher, 300, 2, id="chunk1-colliding-hash-300-bytes-2"),
+        pytest.param(10_000, terrible_hasher, 0, 1, id="chunk10000-colliding-hash-no-memory-1"),
+    ],
+)
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_judge_with_the_index_on_disk_matches_the_reference(
+    chunk_rows: int,
+    hasher: Hasher,
+    index_memory_bytes: int,
+    partitions: int,
+    data: st.DataObject,
+) -> None:
+    """With the index on disk in few partitions and next to no memory, judge still agrees."""
+    check_random_file(
+        data,
+        chunk_rows=chunk_rows,
+        idents=MIXED_IDENTS,
+        hasher=hasher,
+        index_memory_bytes=index_memory_bytes,
+        partitions=partitions,
+    )
+
+
 def check_random_file(
-    data: st.DataObject, *, chunk_rows: int, idents: list[object], hasher: Hasher
+    data: st.DataObject,
+    *,
+    chunk_rows: int,
+    idents: list[object],
+    hasher: Hasher,
+    **options: Any,
 ) -> None:
     """Draw a random file, judge it, and compare every row with the reference."""
     rows = data.draw(random_rows(idents), label="rows")
@@ -367,13 +409,15 @@ def check_random_file(
             chunk_rows=chunk_rows,
             max_cluster_size=max_cluster_size,
             hasher=hasher,
+            **options,
         )
     assert got == expected
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_bigger_random_tables_match_the_reference(tmp_path: Path, seed: int) -> None:
-    """Seeded tables of 600 rows with many ids and full clusters agree with the reference."""
+    """Seeded tables of 600 rows with many ids and full clusters agree with the reference,
+    with the index in memory and on disk."""
     rng = random.Random(seed)
     anons = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(250)]
     anons += [a.upper() for a in anons[:20]] + ["", "nope", anons[0].replace("-", "")]
@@ -389,6 +433,9 @@ def test_bigger_random_tables_match_the_reference(tmp_path: Path, seed: int) -> 
             got = judged(path, "csv", timed=timed, chunk_rows=10_000, max_cluster_size=5,
                          hasher=hasher)  # fmt: skip
             assert got == expected
+            on_disk = judged(path, "csv", timed=timed, chunk_rows=64, max_cluster_size=5,
+                             hasher=hasher, index_memory_bytes=4000, partitions=3)  # fmt: skip
+            assert on_disk == expected
 
 
 def _sample_rows() -> list[RawRow]:

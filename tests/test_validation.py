@@ -16,6 +16,7 @@ from backfill.read import Columns, open_chunks
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.times import TimeStatus, to_epoch_ms
 from backfill.validation import Hasher, Verdicts, describe, hash_strings, judge
+from backfill.verdicts import References
 
 NOW_MS = 1_760_000_000_000  # 2025-10-09T08:53:20Z: "now" for every test
 GOOD_TIME = "1704067200"  # 2024-01-01T00:00:00Z in epoch seconds
@@ -52,15 +53,16 @@ def judge_rows(
     rows: Sequence[Sequence[str | None]],
     *,
     chunk_rows: int = 10_000,
-    max_cluster_size: int = 500,
+    max_cluster_size: int | None = 500,
     hasher: Hasher = hash_strings,
+    **options: Any,
 ) -> Verdicts:
     """Write ``rows`` to a CSV (a third field is the time column) and judge it."""
     timed = len(rows[0]) == 3
     header = ("anon_id", "identified_id", "t") if timed else ("anon_id", "identified_id")
     path = write_csv(directory, rows, header=header, name=f"v{next(_files)}.csv")
     source = open_chunks(path, "csv", Columns(time="t" if timed else None), chunk_rows)
-    return judge(source, now_ms=NOW_MS, max_cluster_size=max_cluster_size, hasher=hasher)
+    return judge(source, now_ms=NOW_MS, max_cluster_size=max_cluster_size, hasher=hasher, **options)
 
 
 def reasons_of(directory: Path, write_csv: Any, rows: Sequence[Sequence[str | None]], **kw: Any):
@@ -320,9 +322,9 @@ def test_duplicate_pair_keeps_the_first(tmp_path: Path, write_csv: Any, new_uuid
 
 
 def test_first_rows_is_safe_without_conflicts_or_duplicates(tmp_path: Path, write_csv: Any) -> None:
-    """first_rows can be asked about any rejected row, even with no repeat in the file."""
+    """first_rows can be asked about any row, even with no repeat in the file: 0 for none."""
     v = judge_rows(tmp_path, write_csv, [(U, "alice"), ("", "bob")])
-    assert len(v.first_rows(np.array([2]))) == 1
+    assert v.first_rows(np.array([1, 2, 3])).tolist() == [0, 0, 0]
 
 
 def test_repeats_of_invalid_rows_keep_their_own_reason(check: Any) -> None:
@@ -385,6 +387,28 @@ def test_default_cluster_limit_is_500_ids(tmp_path: Path, write_csv: Any, new_uu
     )
     assert np.flatnonzero(v.reasons).tolist() == [499, 500, 501]
     assert v.counts()["cluster_limit"] == 3
+
+
+@pytest.mark.parametrize("index_memory_bytes", [256 << 20, 0], ids=["in-memory", "on-disk"])
+def test_no_cluster_rule_when_max_cluster_size_is_none(
+    tmp_path: Path, write_csv: Any, new_uuid: Any, index_memory_bytes: int
+) -> None:
+    """max_cluster_size=None: any number of anon ids join one identified id; 6-7 still apply."""
+    a, b = new_uuid(), new_uuid()
+    rows = [(new_uuid(), "kiosk") for _ in range(600)]
+    rows += [(a, "alice"), (a, "alice"), (b, "x"), (b, "y"), (new_uuid(), "null")]
+    v = judge_rows(
+        tmp_path,
+        write_csv,
+        rows,
+        max_cluster_size=None,
+        index_memory_bytes=index_memory_bytes,
+        spill_dir=tmp_path,
+    )
+    expected = [VALID] * 601 + [DUP, CONFLICT, CONFLICT, INVALID_IDENT]
+    assert [Reason(int(r)) for r in v.reasons] == expected
+    assert v.max_cluster_size is None
+    assert v.first_rows(np.array([602, 603, 604])).tolist() == [601, 604, 603]
 
 
 def test_max_cluster_size_below_two_is_refused(tmp_path: Path, write_csv: Any) -> None:
@@ -609,6 +633,44 @@ def test_colliding_hashes_give_the_same_verdicts(
     assert rough.collisions > 0
 
 
+@pytest.mark.parametrize(
+    ("index_memory_bytes", "partitions"),
+    [(0, 1), (0, 3), (300, 2), (400, 64)],
+    ids=["no-memory-1-partition", "no-memory-3", "300-bytes-2", "400-bytes-64"],
+)
+@pytest.mark.parametrize("chunk_rows", [1, 7, 10_000])
+@pytest.mark.parametrize("hasher", [hash_strings, terrible_hasher, constant_hasher])
+def test_index_on_disk_gives_the_same_verdicts(
+    tmp_path: Path,
+    write_csv: Any,
+    new_uuid: Any,
+    index_memory_bytes: int,
+    partitions: int,
+    chunk_rows: int,
+    hasher: Hasher,
+) -> None:
+    """Index on disk, any partitions and budget, colliding or not: the same verdicts and refs."""
+    rows = _busy_rows(new_uuid)
+    exact = judge_rows(tmp_path, write_csv, rows, max_cluster_size=3)
+    spilled = judge_rows(
+        tmp_path,
+        write_csv,
+        rows,
+        max_cluster_size=3,
+        chunk_rows=chunk_rows,
+        hasher=hasher,
+        index_memory_bytes=index_memory_bytes,
+        partitions=partitions,
+        spill_dir=tmp_path,
+    )
+    assert exact.spilled_bytes == 0
+    assert spilled.spilled_bytes > 0
+    assert spilled.reasons.tolist() == exact.reasons.tolist()
+    every = np.arange(1, len(rows) + 1)
+    assert spilled.first_rows(every).tolist() == exact.first_rows(every).tolist()
+    assert (spilled.collisions > 0) == (hasher is not hash_strings)
+
+
 def test_hash_strings_distinguishes_strings() -> None:
     """Different strings (NULs, order, multibyte) hash differently; equal ones equally."""
     values = pa.array(["", "a", "a\x00", "\x00a", "b", "ab", "ba", "é", "x" * 300, "a"])
@@ -655,6 +717,16 @@ def test_counts_cover_every_code_and_sum_to_the_rejects(
     assert all(n > 0 for n in counts.values()), counts
     assert sum(counts.values()) == v.rows_read - v.rows_valid
     assert v.rows_read == len(rows)
+
+
+def test_counts_of_many_rows_add_up_across_blocks(tmp_path: Path) -> None:
+    """counts() and rows_valid of millions of rows (counted block by block) are exact."""
+    reasons = np.random.default_rng(1).integers(0, 10, size=3_000_007, dtype=np.uint8)
+    refs = References(len(reasons), limit_bytes=0, spill_dir=tmp_path)
+    v = Verdicts(reasons=reasons, max_cluster_size=500, references=refs)
+    tally = np.bincount(reasons, minlength=len(Reason))
+    assert v.rows_valid == tally[Reason.VALID]
+    assert v.counts() == {r.code: int(tally[r]) for r in Reason if 0 < r < Reason.API_REJECTED}
 
 
 def test_verdicts_are_indexed_by_record_not_by_line(tmp_path: Path) -> None:
