@@ -23,10 +23,11 @@ from typing import Any
 import pyarrow as pa
 
 from backfill import runfolder
-from backfill.checkpoint import CHECKPOINT_FILE, Checkpoint, RunLock, token_digest
+from backfill.checkpoint import CHECKPOINT_FILE, Checkpoint, token_digest
 from backfill.errors import BackfillError, InputChanged, InputChangedWhileSending, Interrupted
 from backfill.events import merge_mask
 from backfill.files import atomic_write_json, read_json_dict
+from backfill.lock import RunLock
 from backfill.progress import Progress, Snapshot
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified

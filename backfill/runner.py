@@ -345,54 +345,60 @@ def produce_batches(
     Runs in a worker thread, one ``next()`` at a time; the queue it feeds bounds how far ahead
     of the senders it gets.
     """
-    verdicts = validated.verdicts
-    rows_total = verdicts.rows_read
-
-    def pairs_of(chunk: Chunk) -> Pairs | None:
-        rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
-        ok = chunk_reasons(chunk, verdicts) == Reason.VALID
-        ok &= ~done.contains(rows)
-        if not ok.any():
-            return None
-        idx = np.flatnonzero(ok)
-        take = pa.array(idx)
-        if time_column:
-            assert chunk.time is not None
-            times = to_epoch_ms(chunk.time.take(take), validated.now_ms)[0]
-        else:
-            times = np.full(len(idx), event_time_ms, dtype=np.int64)
-        return Pairs(rows[idx], chunk.anon.take(take), chunk.identified.take(take), times)
-
-    def batches() -> Iterator[Batch]:
-        carry: list[Pairs] = []
-        carried = 0
-        size = encoder.batch_size
-        for chunk in validated.source():
-            pairs = pairs_of(chunk)
-            if pairs is None:
-                continue
-            carry.append(pairs)
-            carried += len(pairs)
-            if carried < size:
-                continue
-            whole = Pairs.concat(carry)
-            full = carried - carried % size
-            yield from encoder.batches(whole.slice(0, full))
-            carry = [whole.slice(full, carried)] if full < carried else []
-            carried -= full
-        if carried:
-            yield from encoder.batches(Pairs.concat(carry))
-
+    pairs = (
+        _pairs_to_send(chunk, validated, done, event_time_ms if not time_column else None)
+        for chunk in validated.source()
+    )
     # Hold one batch back so that the last one's span can reach the end of the file.
     start = 1
     previous: Batch | None = None
-    for batch in batches():
+    for batch in _full_batches(pairs, encoder):
         if previous is not None:
             yield replace(previous, span=(start, previous.last_row))
             start = previous.last_row + 1
         previous = batch
     if previous is not None:
-        yield replace(previous, span=(start, rows_total))
+        yield replace(previous, span=(start, validated.verdicts.rows_read))
+
+
+def _pairs_to_send(
+    chunk: Chunk, validated: Validated, done: RowIntervals, event_time_ms: int | None
+) -> Pairs | None:
+    """The valid rows of ``chunk`` not yet done, with their times (None if there are none)."""
+    rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
+    ok = chunk_reasons(chunk, validated.verdicts) == Reason.VALID
+    ok &= ~done.contains(rows)
+    if not ok.any():
+        return None
+    idx = np.flatnonzero(ok)
+    take = pa.array(idx)
+    if event_time_ms is None:
+        assert chunk.time is not None
+        times = to_epoch_ms(chunk.time.take(take), validated.now_ms)[0]
+    else:
+        times = np.full(len(idx), event_time_ms, dtype=np.int64)
+    return Pairs(rows[idx], chunk.anon.take(take), chunk.identified.take(take), times)
+
+
+def _full_batches(chunks: Iterator[Pairs | None], encoder: Encoder) -> Iterator[Batch]:
+    """Batches of ``batch_size`` events across chunk ends; only the last may be smaller."""
+    carry: list[Pairs] = []
+    carried = 0
+    size = encoder.batch_size
+    for pairs in chunks:
+        if pairs is None:
+            continue
+        carry.append(pairs)
+        carried += len(pairs)
+        if carried < size:
+            continue
+        whole = Pairs.concat(carry)
+        full = carried - carried % size
+        yield from encoder.batches(whole.slice(0, full))
+        carry = [whole.slice(full, carried)] if full < carried else []
+        carried -= full
+    if carried:
+        yield from encoder.batches(Pairs.concat(carry))
 
 
 def drive(sending: Run) -> None:

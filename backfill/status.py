@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backfill.checkpoint import CHECKPOINT_FILE, LOCK_FILE, Checkpoint, active_holder
+from backfill.checkpoint import CHECKPOINT_FILE, Checkpoint
 from backfill.errors import InputError
 from backfill.files import read_json_dict
+from backfill.lock import LOCK_FILE, active_holder
 from backfill.reasons import Reason
 from backfill.report import SUMMARY_FILE, duration
 from backfill.summary import Summary

@@ -36,15 +36,16 @@ function of the row's own values or of whole-file groups taken in file order.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from backfill.collisions import RowBits, TiesFound, verify
+from backfill.groups import members, repeated_values, runs
 from backfill.hashing import Hasher, hash_strings, hash_strings_seeds
 from backfill.read import ChunkSource
 from backfill.reasons import Reason
@@ -52,7 +53,6 @@ from backfill.rules import (
     DEFAULT_MAX_CLUSTER_SIZE,
     ORIGINAL,
     Rules,
-    bool_mask,
     describe,
     row_reasons,
 )
@@ -102,157 +102,16 @@ class _Budget:
         return cls(store_bytes=total // 4, unit_bytes=max(total // 4, 1), small_bytes=total // 8)
 
 
-class _RowBits:
-    """One bit per row: the rows whose verdict rested on equal hashes."""
-
-    def __init__(self, rows: int) -> None:
-        self._bits = np.zeros((rows + 7) // 8, dtype=np.uint8)
-
-    def set(self, rows: I64) -> None:
-        """Mark ``rows`` (0-based)."""
-        bits = np.left_shift(np.uint8(1), (rows & 7).astype(np.uint8))
-        np.bitwise_or.at(self._bits, rows >> 3, bits)
-
-    def any(self) -> bool:
-        """Whether any row is marked."""
-        return bool(self._bits.any())
-
-    def within(self, lo: int, hi: int) -> I64:
-        """The marked rows in ``[lo, hi)``, counted from ``lo``."""
-        if hi <= lo:
-            return np.zeros(0, dtype=np.int64)
-        bits = np.unpackbits(self._bits[lo >> 3 : (hi + 7) >> 3], bitorder="little")
-        return np.flatnonzero(bits[lo & 7 : (lo & 7) + hi - lo])
-
-
-@dataclass
-class _Ties:
-    """Rows whose string shares its hash with a different string seen earlier.
-
-    ``ties[k]`` numbers the distinct strings of one hash value in order of first appearance
-    (the first, 0, is not listed): the pair (hash, tie) is exact where the hash alone was not.
-    Kept in memory: with 64-bit hashes, 10^8 distinct strings hold a colliding pair about once
-    in 3,000 inputs, so this is empty in practice (the tests' colliding hashers fill it).
-    """
-
-    rows: I64
-    ties: I64
-    collisions: int
-
-    @classmethod
-    def none(cls) -> _Ties:
-        """No collision."""
-        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0)
-
-    def apply(self, rows: I64, keys: U64) -> U64:
-        """``keys`` of ``rows`` (one unit), each tied row's (key, tie) given its own new value.
-
-        A new value is unused by every key of the unit, and groups never span units, so it
-        stands for its string alone.
-        """
-        if len(self.rows) == 0:
-            return keys
-        pos = np.searchsorted(self.rows, rows)
-        pos[pos == len(self.rows)] = 0
-        hit = self.rows[pos] == rows
-        if not hit.any():
-            return keys
-        pairs = np.stack([keys[hit], self.ties[pos[hit]].astype(np.uint64)], axis=1)
-        distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
-        out = keys.copy()
-        out[hit] = _fresh_values(len(distinct), keys)[inverse.ravel()]
-        return out
-
-
-def _fresh_values(n: int, taken: U64) -> U64:
-    """``n`` distinct 64-bit values, none of them in ``taken`` (deterministic)."""
-    rng = np.random.default_rng(0x5EED)
-    values = rng.integers(0, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
-    while True:
-        bad = np.isin(values, taken)
-        _, first = np.unique(values, return_index=True)
-        repeated = np.ones(n, dtype=np.bool_)
-        repeated[first] = False
-        bad |= repeated
-        if not bad.any():
-            return values
-        values[bad] = rng.integers(
-            0, np.iinfo(np.uint64).max, size=int(bad.sum()), dtype=np.uint64, endpoint=True
-        )
-
-
-@dataclass
-class _TiesFound:
-    """What the verification found, for anon ids and for identified ids."""
-
-    anon: _Ties
-    ident: _Ties
-
-    @property
-    def collisions(self) -> int:
-        return self.anon.collisions + self.ident.collisions
-
-
-def _runs(sorted_values: U64) -> tuple[I64, I64]:
-    """Start index and length of each run of equal values in a sorted array."""
-    n = len(sorted_values)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    change = np.empty(n, dtype=np.bool_)
-    change[0] = True
-    np.not_equal(sorted_values[1:], sorted_values[:-1], out=change[1:])
-    starts = np.flatnonzero(change)
-    return starts, np.diff(np.append(starts, n))
-
-
-def _repeated_values(values: U64, at_least: int) -> U64:
-    """The distinct values occurring at least ``at_least`` times, sorted.
-
-    One sorted copy (sorting is several times faster than an argsort of everything); a run of
-    ``k`` or more equal values is where ``v[i] == v[i + k - 1]``.
-    """
-    ordered = np.sort(values)
-    n = len(ordered)
-    if n < at_least:
-        return np.zeros(0, dtype=np.uint64)
-    span = at_least - 1
-    hits = ordered[: n - span][ordered[span:] == ordered[: n - span]]
-    del ordered
-    return np.unique(hits)
-
-
-_PREFILTER_BITS = 20
-
-
-def _members(values: U64, sorted_set: U64) -> I64:
-    """Ascending positions of the values that are in ``sorted_set``.
-
-    A table of the set's top bits first rules out most values at the cost of one lookup each
-    (the set is usually a few % of the values); only the rest pay for a binary search.
-    """
-    if len(sorted_set) == 0:
-        return np.zeros(0, dtype=np.int64)
-    shift = np.uint64(64 - _PREFILTER_BITS)
-    table = np.zeros(1 << _PREFILTER_BITS, dtype=np.bool_)
-    table[sorted_set >> shift] = True
-    maybe: I64 = np.flatnonzero(table[values >> shift])
-    candidates = values[maybe]
-    pos = np.searchsorted(sorted_set, candidates)
-    pos[pos == len(sorted_set)] = 0
-    found: I64 = maybe[sorted_set[pos] == candidates]
-    return found
-
-
 def _judge_anon_unit(
     rows: I64,
     ha: U64,
     hu: U64,
     reasons: npt.NDArray[np.uint8],
     references: References,
-    check: _RowBits | None,
+    check: RowBits | None,
 ) -> None:
     """Rules 6-7 in one unit of rows (every row of an anon hash is in the same unit)."""
-    sel = _members(ha, _repeated_values(ha, 2))
+    sel = members(ha, repeated_values(ha, 2))
     if len(sel) == 0:
         return
     if check is not None:
@@ -261,7 +120,7 @@ def _judge_anon_unit(
     order = np.argsort(grouped, kind="stable")
     at = sel[order]
     idx = rows[at]  # anon groups, file order within each
-    starts, sizes = _runs(grouped[order])
+    starts, sizes = runs(grouped[order])
     group_of = np.repeat(np.arange(len(starts)), sizes)
     ident = hu[at]
     # A group conflicts when some identified hash differs from its first row's; the first such
@@ -286,7 +145,7 @@ def _judge_cluster_unit(
     hu: U64,
     reasons: npt.NDArray[np.uint8],
     max_cluster_size: int,
-    check: _RowBits | None,
+    check: RowBits | None,
 ) -> None:
     """Rule 8 in one unit of rows (every row of an identified hash is in the same unit).
 
@@ -294,7 +153,7 @@ def _judge_cluster_unit(
     rules 6-7: after a collision is resolved a group can only split, so the rows to verify
     must cover every group that could reach the limit.
     """
-    sel = _members(hu, _repeated_values(hu, max_cluster_size))
+    sel = members(hu, repeated_values(hu, max_cluster_size))
     if len(sel) == 0:
         return
     if check is not None:
@@ -303,7 +162,7 @@ def _judge_cluster_unit(
     keys = hu[kept]
     order = np.argsort(keys, kind="stable")
     ranked = rows[kept[order]]
-    starts, sizes = _runs(keys[order])
+    starts, sizes = runs(keys[order])
     rank = np.arange(len(ranked)) - np.repeat(starts, sizes)
     # The identified id itself is one of the cluster's ids.
     reasons[ranked[rank >= max_cluster_size - 1]] = Reason.CLUSTER_LIMIT
@@ -320,7 +179,7 @@ class _Index:
     unit_bytes: int
 
     def decide(
-        self, references: References, *, check: _RowBits | None, ties: _TiesFound | None
+        self, references: References, *, check: RowBits | None, ties: TiesFound | None
     ) -> None:
         """Rules 6-8 for every passing row, unit by unit; ``check`` collects rows to verify."""
         for unit in self.by_anon.units(self.unit_bytes):
@@ -347,93 +206,6 @@ class _Index:
 
 #: Rows per block of a pass over every reason byte: a whole-array temporary would cost a
 #: byte per row (a mask) or eight (``bincount`` counts through a copy of 64-bit integers).
-# --- verification of hash equality ---------------------------------------------------------
-
-
-def _verify(
-    source: ChunkSource,
-    check: _RowBits,
-    hasher: Hasher,
-    *,
-    budget: _Budget,
-    partitions: int,
-    spill_dir: Path | None,
-) -> _TiesFound:
-    """Compare the real strings of the rows in ``check``, grouped by hash, in a second read.
-
-    Both ids of every marked row are compared: an anon group's rows are judged on their
-    identified hashes too. A marked row that was marked for its identified id alone has an
-    anon hash no other passing row has, so comparing its anon string finds nothing new.
-    """
-    if not check.any():
-        return _TiesFound(_Ties.none(), _Ties.none())
-    with (
-        Store(
-            (np.int64, np.uint64),
-            key=1,
-            text=True,
-            partitions=partitions,
-            limit_bytes=budget.small_bytes,
-            spill_dir=spill_dir,
-        ) as anons,
-        Store(
-            (np.int64, np.uint64),
-            key=1,
-            text=True,
-            partitions=partitions,
-            limit_bytes=budget.small_bytes,
-            spill_dir=spill_dir,
-        ) as idents,
-    ):
-        for chunk in source():
-            local = check.within(chunk.first_row - 1, chunk.end_row - 1)
-            if len(local) == 0:
-                continue
-            take = pa.array(local)
-            rows = local + (chunk.first_row - 1)
-            anon, ident = chunk.anon.take(take), chunk.identified.take(take)
-            anons.add(Records((rows, hasher(anon)), anon))
-            idents.add(Records((rows, hasher(ident)), ident))
-        return _TiesFound(
-            _find_ties(anons.units(budget.unit_bytes)), _find_ties(idents.units(budget.unit_bytes))
-        )
-
-
-def _find_ties(units: Iterator[Records]) -> _Ties:
-    """Rows whose string differs from the first string with the same hash, numbered."""
-    found_rows: list[int] = []
-    found_ties: list[int] = []
-    collisions = 0
-    for unit in units:
-        rows, hashes = unit.numbers
-        text = unit.text
-        assert text is not None
-        sel = _members(hashes, _repeated_values(hashes, 2))
-        if len(sel) == 0:
-            continue
-        order = sel[np.argsort(hashes[sel], kind="stable")]
-        starts, sizes = _runs(hashes[order])
-        firsts = order[np.repeat(starts, sizes)]
-        same = bool_mask(pc.equal(text.take(pa.array(order)), text.take(pa.array(firsts))))
-        if same.all():
-            continue
-        # A real collision (rare): number the distinct strings of each such hash in order.
-        group_of = np.repeat(np.arange(len(starts)), sizes)
-        for g in np.unique(group_of[~same]).tolist():
-            members = order[starts[g] : starts[g] + sizes[g]]
-            distinct: dict[str, int] = {}
-            values = text.take(pa.array(members)).to_pylist()
-            for row, value in zip(rows[members].tolist(), values, strict=True):
-                tie = distinct.setdefault(value, len(distinct))
-                if tie:
-                    found_rows.append(row)
-                    found_ties.append(tie)
-            collisions += len(distinct) - 1
-    rows_found = np.array(found_rows, dtype=np.int64)
-    order = np.argsort(rows_found)
-    return _Ties(rows_found[order], np.array(found_ties, dtype=np.int64)[order], collisions)
-
-
 def judge(
     source: ChunkSource,
     *,
@@ -463,43 +235,27 @@ def judge(
         raise ValueError("index_memory_bytes must be at least 0 and partitions at least 1")
     budget = _Budget.of(index_memory_bytes)
     with contextlib.ExitStack() as stack:
-        by_anon = stack.enter_context(
-            Store(
-                (np.int64, np.uint64, np.uint64),
-                key=1,
-                partitions=partitions,
-                limit_bytes=budget.store_bytes,
-                spill_dir=spill_dir,
-            )
-        )
-        by_ident = None
-        if max_cluster_size is not None:
-            by_ident = stack.enter_context(
+
+        def store(*columns: type) -> Store:
+            return stack.enter_context(
                 Store(
-                    (np.int64, np.uint64),
+                    columns,
                     key=1,
                     partitions=partitions,
                     limit_bytes=budget.store_bytes,
                     spill_dir=spill_dir,
                 )
             )
+
+        # Rules 6-7 group by anon hash (row, anon, identified); rule 8 by identified hash.
+        by_anon = store(np.int64, np.uint64, np.uint64)
+        by_ident = None if max_cluster_size is None else store(np.int64, np.uint64)
         reasons = _first_pass(source, now_ms, hasher, on_rows, by_anon, by_ident, rules)
         index = _Index(reasons, by_anon, by_ident, max_cluster_size, budget.unit_bytes)
         spilled = by_anon.disk_bytes + (0 if by_ident is None else by_ident.disk_bytes)
         references = References(len(reasons), limit_bytes=budget.small_bytes, spill_dir=spill_dir)
         try:
-            check = _RowBits(len(reasons))
-            index.decide(references, check=check, ties=None)
-            ties = _verify(
-                source, check, hasher, budget=budget, partitions=partitions, spill_dir=spill_dir
-            )
-            del check
-            if ties.collisions:
-                # Made again on keys that are now exact where it matters.
-                index.undo()
-                references.reset()
-                index.decide(references, check=None, ties=ties)
-            references.finish()
+            ties = _decide(index, references, source, hasher, budget, partitions, spill_dir)
         except BaseException:
             references.close()
             raise
@@ -510,6 +266,37 @@ def judge(
         collisions=ties.collisions,
         spilled_bytes=spilled + references.disk_bytes,
     )
+
+
+def _decide(
+    index: _Index,
+    references: References,
+    source: ChunkSource,
+    hasher: Hasher,
+    budget: _Budget,
+    partitions: int,
+    spill_dir: Path | None,
+) -> TiesFound:
+    """Rules 6-8 from the hashes, checked on the strings; made again if two strings collided."""
+    check = RowBits(len(index.reasons))
+    index.decide(references, check=check, ties=None)
+    ties = verify(
+        source,
+        check,
+        hasher,
+        unit_bytes=budget.unit_bytes,
+        small_bytes=budget.small_bytes,
+        partitions=partitions,
+        spill_dir=spill_dir,
+    )
+    del check
+    if ties.collisions:
+        # Made again on keys that are now exact where it matters.
+        index.undo()
+        references.reset()
+        index.decide(references, check=None, ties=ties)
+    references.finish()
+    return ties
 
 
 def _first_pass(

@@ -21,19 +21,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backfill import checkpoint as checkpoint_module
+from backfill import lock as lock_module
 from backfill.checkpoint import (
     CHECKPOINT_FILE,
-    LOCK_FILE,
     Checkpoint,
     RowIntervals,
-    RunLock,
-    active_holder,
     file_fingerprint,
     token_digest,
 )
 from backfill.errors import EXIT_USAGE, CheckpointMismatch, RunLocked, UsageError
 from backfill.files import atomic_write_bytes
+from backfill.lock import LOCK_FILE, RunLock, active_holder
 
 REPO = Path(__file__).resolve().parent.parent
 START_MS = 1_700_000_000_000
@@ -569,7 +567,7 @@ def _lock_holder_child(folder: Path) -> subprocess.Popen[bytes]:
         """
         import sys, time
         from pathlib import Path
-        from backfill.checkpoint import RunLock
+        from backfill.lock import RunLock
         with RunLock(Path(sys.argv[1]), command="run"):
             print("locked", flush=True)
             time.sleep(120)
@@ -633,7 +631,7 @@ def test_a_status_probe_never_makes_a_starting_run_fail(
             starter[0].start()
             time.sleep(0.02)
 
-    monkeypatch.setattr(checkpoint_module.fcntl, "flock", flock)
+    monkeypatch.setattr(lock_module.fcntl, "flock", flock)
     assert active_holder(tmp_path) is None
     monkeypatch.undo()
     starter[0].join(timeout=10)
