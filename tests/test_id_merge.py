@@ -1,0 +1,217 @@
+"""Both of Mixpanel's ID merge systems, end to end through ``python -m backfill`` against a
+stand-in project on the same system: what is refused, what is sent, what merges."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runkit import CliResult, clean_env, uuid4s
+
+from backfill.rehearse import standin_thread
+from backfill.standin import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, Standin, StandinConfig
+
+USER, SECRET = DEFAULT_SERVICE_ACCOUNT
+CREDENTIALS = {
+    "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
+    "MIXPANEL_SERVICE_ACCOUNT_SECRET": SECRET,
+    "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
+}
+P1, P2, P3, D1, D2, S1 = uuid4s(6, 90)
+LEGACY = "13bbf7943e584-0885c2531-5c793977-3e8000-13bbf7943e64cf"
+IOS = uuid4s(1, 91)[0].upper()
+#: A web export: plain UUIDs, $device:-prefixed UUIDs, a legacy mixpanel-js id, an upper-case
+#: iOS UUID; a device that maps to two users once its prefix is read as Simplified reads it;
+#: placeholders on either side.
+ROWS = [
+    (P1, "alice"),  # 1
+    ("$device:" + D1, "bob"),  # 2
+    (LEGACY, "carol"),  # 3
+    (IOS, "dave"),  # 4
+    (P2, "erin"),  # 5
+    ("$device:" + S1, "frank"),  # 6: the same device as row 7 under Simplified
+    (S1, "grace"),  # 7
+    ("undefined", "heidi"),  # 8: a placeholder anon id
+    (P3, "null"),  # 9: a placeholder identified id
+    ("$device:" + D2, "ivan"),  # 10
+]
+
+
+def write_rows(path: Path) -> Path:
+    """ROWS as a mapping CSV."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["anon_id", "identified_id"])
+        writer.writerows(ROWS)
+    return path
+
+
+def backfill(*args: str | Path, cwd: Path) -> CliResult:
+    """``python -m backfill ARGS --no-progress`` in ``cwd``, with the stand-in's credentials."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "backfill", *map(str, args), "--no-progress"],
+        cwd=cwd,
+        env=clean_env(CREDENTIALS),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def rejects(out: Path) -> dict[int, tuple[str, str]]:
+    """rejects.csv as row -> (reason, detail)."""
+    with (out / "rejects.csv").open(encoding="utf-8", newline="") as f:
+        return {int(r["row"]): (r["reason"], r["detail"]) for r in csv.DictReader(f)}
+
+
+def events(standin: Standin) -> list[dict[str, Any]]:
+    """Every event the stand-in stored."""
+    return list(standin.state.store.values())
+
+
+@pytest.fixture
+def simplified() -> Iterator[Standin]:
+    """A stand-in project on Simplified ID Merge."""
+    with standin_thread(StandinConfig(id_merge="simplified")) as standin:
+        yield standin
+
+
+@pytest.fixture
+def original() -> Iterator[Standin]:
+    """A stand-in project on Original ID Merge."""
+    with standin_thread(StandinConfig()) as standin:
+        yield standin
+
+
+def test_simplified_sends_one_pairing_event_per_pair_and_binds_every_device(
+    tmp_path: Path, simplified: Standin
+) -> None:
+    """--id-merge simplified: one pairing event per valid pair, the prefix stripped, each device
+    bound to its user, no identity event; conflicts and placeholders refused; a rerun sends
+    nothing."""
+    source = write_rows(tmp_path / "m.csv")
+    args = ("run", source, "--out", "o", "--api-url", simplified.url, "--id-merge", "simplified")
+    result = backfill(*args, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    found = rejects(tmp_path / "o")
+    assert {row: reason for row, (reason, _) in found.items()} == {
+        6: "conflicting_anon_id",
+        7: "conflicting_anon_id",
+        8: "invalid_anon_id",
+        9: "invalid_identified_id",
+    }
+    stored = events(simplified)
+    assert {e["event"] for e in stored} == {"Identity Backfill"}
+    devices = {(e["properties"]["$device_id"], e["properties"]["$user_id"]) for e in stored}
+    assert devices == {
+        (P1, "alice"),
+        (D1, "bob"),
+        (LEGACY, "carol"),
+        (IOS, "dave"),
+        (P2, "erin"),
+        (D2, "ivan"),
+    }
+    assert all(e["properties"]["distinct_id"] == e["properties"]["$user_id"] for e in stored)
+    assert simplified.state.merged_pairs() == devices
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["events_by_kind"] == {"Identity Backfill": 6}
+    assert summary["events_imported"] == 6
+    sent = simplified.state.requests_count
+    again = backfill(*args, cwd=tmp_path)
+    assert again.code == 0, again.stderr
+    assert simplified.state.requests_count == sent, "a finished run sends nothing more"
+
+
+def test_original_sends_device_prefixed_uuids_as_written_and_refuses_legacy_ids(
+    tmp_path: Path, original: Standin
+) -> None:
+    """Original: $device:<uuid4> is sent as written and merges; a legacy id is invalid_anon_id,
+    its detail naming the format and --non-uuid-anon merge."""
+    source = write_rows(tmp_path / "m.csv")
+    result = backfill("run", source, "--out", "o", "--api-url", original.url, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    found = rejects(tmp_path / "o")
+    assert found[3][0] == "invalid_anon_id"
+    assert "not a UUID" in found[3][1]
+    assert "--non-uuid-anon merge" in found[3][1]
+    assert found[8][0] == "invalid_anon_id"
+    assert "--non-uuid-anon" not in found[8][1], "a placeholder cannot be rescued"
+    assert 6 not in found, "$device:X and X are two ids for Original"
+    anon_ids = {e["properties"]["$anon_id"] for e in events(original)}
+    assert {"$device:" + D1, "$device:" + D2, "$device:" + S1, IOS} <= anon_ids
+    assert original.state.merged_pairs() >= {("$device:" + D1, "bob"), (IOS, "dave")}
+
+
+def test_merge_mode_sends_legacy_ids_as_merges_of_exactly_two_ids(
+    tmp_path: Path, original: Standin
+) -> None:
+    """--non-uuid-anon merge: a legacy id arrives as $merge of [user, anon]; conflicts and
+    placeholders are still refused; the summary counts the kinds apart."""
+    other = LEGACY[::-1]
+    rows = [(P1, "alice"), (LEGACY, "carol"), (other, "oscar"), (other, "mallory"), ("nil", "x")]
+    source = tmp_path / "m.csv"
+    with source.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([("anon_id", "identified_id"), *rows])
+    args = ("run", source, "--out", "o", "--api-url", original.url, "--non-uuid-anon", "merge")
+    result = backfill(*args, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert {row: reason for row, (reason, _) in rejects(tmp_path / "o").items()} == {
+        3: "conflicting_anon_id",
+        4: "conflicting_anon_id",
+        5: "invalid_anon_id",
+    }
+    (merge,) = [e for e in events(original) if e["event"] == "$merge"]
+    assert merge["properties"]["$distinct_ids"] == ["carol", LEGACY]
+    assert merge["properties"]["distinct_id"] == "carol"
+    assert (LEGACY, "carol") in original.state.merged_pairs()
+    assert {e["event"] for e in events(original)} == {"$identify", "$merge"}
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["events_by_kind"] == {"$identify": 1, "$merge": 1}
+    assert summary["events_imported"] == 2
+
+
+def test_validate_reports_what_each_mode_would_send(tmp_path: Path) -> None:
+    """The dry run counts the events by kind for the chosen mode, in the table and the JSON."""
+    source = write_rows(tmp_path / "m.csv")
+    for extra, kinds in (
+        ((), {"$identify": 7}),  # $device:S1 and S1: two ids for Original
+        (("--non-uuid-anon", "merge"), {"$identify": 7, "$merge": 1}),
+        (("--id-merge", "simplified", "--pairing-event", "Linked"), {"Linked": 6}),
+    ):
+        result = backfill("validate", source, "--out", "v", "--json", *extra, cwd=tmp_path)
+        assert result.code == 0, result.stderr
+        assert json.loads(result.stdout)["events_by_kind"] == kinds
+        assert "events" in result.stderr
+
+
+def test_a_changed_id_merge_system_is_refused_naming_restart(
+    tmp_path: Path, original: Standin
+) -> None:
+    """A run folder made for Original refuses a Simplified rerun: exit 2 naming --restart."""
+    source = write_rows(tmp_path / "m.csv")
+    first = backfill("run", source, "--out", "o", "--api-url", original.url, cwd=tmp_path)
+    assert first.code == 0, first.stderr
+    sent = original.state.requests_count
+    again = backfill("run", source, "--out", "o", "--api-url", original.url,
+                     "--id-merge", "simplified", cwd=tmp_path)  # fmt: skip
+    assert again.code == 2
+    assert "--id-merge" in again.stderr
+    assert "--restart" in again.stderr
+    assert original.state.requests_count == sent
+
+
+@pytest.mark.parametrize("name", ["$identify", "$merge", "$create_alias", " "])
+def test_a_pairing_event_named_like_an_identity_event_is_refused(tmp_path: Path, name: str) -> None:
+    """--pairing-event cannot be one of Mixpanel's identity events (or empty): exit 2."""
+    source = write_rows(tmp_path / "m.csv")
+    result = backfill("validate", source, "--id-merge", "simplified", "--pairing-event", name,
+                      cwd=tmp_path)  # fmt: skip
+    assert result.code == 2
+    assert "--pairing-event" in result.stderr
