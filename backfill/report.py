@@ -15,6 +15,7 @@ cell without that first ``'`` whenever the second character is one of those six.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -96,35 +97,50 @@ class RejectsFile:
         return None if self._file is None else self._file.fileno()
 
     def close(self) -> None:
-        """Close the file; an uncommitted temp file is removed."""
+        """Close the file; an uncommitted temp file is removed.
+
+        On a full disk the lines still buffered are dropped, not raised over the error that
+        stopped the run: they can only be refusals whose batch was never marked done (a
+        batch is marked after its refusals are flushed), which the rerun meets again.
+        """
         if self._file is None:
             return
-        self._file.close()
-        self._file = None
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
         if self._tmp.exists():
             self._tmp.unlink()
 
     def _read_api_rejects(self) -> list[list[str]]:
+        """Mixpanel's refusals recorded by earlier runs, each (file, row) once.
+
+        A crash or a full disk can leave the last line torn: only lines with every column,
+        before the file's last line break, count (the refusal of a torn line belongs to a
+        batch never marked done, which the run meets again).
+        """
         try:
-            with self.path.open(encoding="utf-8", newline="") as f:
-                reader = csv.reader(f)
-                next(reader, None)
-                seen: set[tuple[str, int]] = set()
-                rows = []
-                for r in reader:
-                    if len(r) < 5 or r[3] != Reason.API_REJECTED.code or not r[0].isdigit():
-                        continue  # another reason, or a line torn by a crash: not a refusal
-                    if _where(r) not in seen:
-                        seen.add(_where(r))
-                        rows.append(r)
-                return rows
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
+        reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
+        next(reader, None)
+        seen: set[tuple[str, int]] = set()
+        rows = []
+        for r in reader:
+            if len(r) != len(REJECTS_HEADER) or r[3] != Reason.API_REJECTED.code:
+                continue
+            if r[0].isdigit() and _where(r) not in seen:
+                seen.add(_where(r))
+                rows.append(r)
+        return rows
 
 
 def _where(line: list[str]) -> tuple[str, int]:
-    """A rejects.csv line's (file, row); files of before the ``file`` column count as ""."""
-    return (line[5] if len(line) > 5 else "", int(line[0]))
+    """A rejects.csv line's (file, row)."""
+    return (line[5], int(line[0]))
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
