@@ -39,7 +39,7 @@ class Snapshot:
     rate_per_s: float | None = None  # pairs settled per second, this run
     rate_limited: int = 0  # 429 answers, this run
     paced_per_s: float | None = None  # the run's rate while 429s hold it below --rate
-    waiting_s: float | None = None  # a long server-asked pause now under way
+    waiting_s: float | None = None  # a retry pause of several seconds now under way
 
 
 View = Callable[[], Snapshot]
@@ -144,7 +144,7 @@ def _parts(snap: Snapshot, bar: bool) -> list[tuple[int, str]]:
     parts.append((2, f"{100 * share:.0f}%"))
     parts.append((1, f"{snap.pairs_done:,}/{total:,} pairs done"))
     if snap.waiting_s is not None:
-        parts.append((0, f"Mixpanel asked to wait {duration(snap.waiting_s)}"))
+        parts.append((0, f"retry in {duration(snap.waiting_s)}"))
     if snap.rate_per_s:
         parts.append((3, f"{snap.rate_per_s:,.0f}/s"))
         left = max(total - snap.pairs_done, 0) / snap.rate_per_s

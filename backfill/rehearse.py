@@ -31,6 +31,7 @@ from backfill.standin import (
     StandinConfig,
     running_standin,
 )
+from backfill.standin.app import OnRequest
 from backfill.summary import Summary
 
 RECEIVED_FILE = "received.ndjson"
@@ -57,8 +58,13 @@ def rehearsal_folder(settings: Settings) -> Path:
 
 
 @contextmanager
-def standin_thread(config: StandinConfig) -> Iterator[Standin]:
-    """A stand-in serving from a background thread for the ``with`` block."""
+def standin_thread(
+    config: StandinConfig, *, on_request: OnRequest | None = None
+) -> Iterator[Standin]:
+    """A stand-in serving from a background thread for the ``with`` block.
+
+    ``on_request`` is called (on the stand-in's thread) with each request's record.
+    """
     ready = threading.Event()
     box: dict[str, Any] = {}
 
@@ -67,7 +73,7 @@ def standin_thread(config: StandinConfig) -> Iterator[Standin]:
         box["stop"] = stop
         box["loop"] = asyncio.get_running_loop()
         try:
-            async with running_standin(config) as standin:
+            async with running_standin(config, on_request=on_request) as standin:
                 box["standin"] = standin
                 ready.set()
                 await stop.wait()

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from backfill.errors import InputError
+from backfill.errors import InputChanged
 from backfill.files import disk_errors, fsync_dir, open_private
 from backfill.read import Chunk, Dataset
 from backfill.reasons import REJECT_REASONS, Reason
@@ -297,7 +297,7 @@ def row_references(dataset: Dataset, rows: npt.NDArray[np.int64]) -> list[str]:
 def chunk_reasons(chunk: Chunk, verdicts: Verdicts) -> npt.NDArray[np.uint8]:
     """The verdicts of a chunk's rows, re-read after judging; a grown file is refused."""
     if chunk.end_row - 1 > verdicts.rows_read:
-        raise InputError(
+        raise InputChanged(
             "the input file grew while backfill was reading it: let the export finish, "
             "then run the same command again"
         )

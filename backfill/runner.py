@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from backfill.answers import Settled
 from backfill.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
-from backfill.errors import BackfillError, Interrupted
+from backfill.errors import Aborted, BackfillError, Interrupted
 from backfill.events import Batch, Encoder, Pairs
 from backfill.progress import Progress, Snapshot
 from backfill.read import Chunk, ChunkSource, Dataset
@@ -134,6 +134,7 @@ class Run:
             "sent_this_run": stats.events_sent,
             "retries": sum(stats.retries.values()),
             "rate_per_s": ckpt.run_events / seconds if seconds > 1.0 and ckpt.run_events else None,
+            "waiting_s": self.sender.waiting_s,
             "rate_limited": stats.rate_limited,
             # Shown only while 429s hold the run below --rate.
             "paced_per_s": pacer.rate_per_s if pacer.rate_per_s < pacer.ceiling_per_s else None,
@@ -284,7 +285,13 @@ class Run:
     async def _save_periodically(self) -> None:
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_S)
-            await self._save()
+            try:
+                await self._save()
+            except Aborted as e:
+                # A checkpoint that cannot be written (a full disk) must stop the sending: a
+                # run that carried on would send what it could never record as done.
+                self.sender.abort(e)
+                return
             self.progress.tick()
 
     async def _save(self) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from backfill.settings import Credentials
 
 #: A ``Retry-After`` longer than this is not waited out in full (documented in the README).
 MAX_RETRY_AFTER_S = 300.0
+#: A retry pause this long or longer is shown on the progress line (a Retry-After, mostly).
+LONG_WAIT_S = 5.0
 #: At the canary, a host that refuses connections is retried for about this long, then the
 #: run stops naming the URL: a wrong --api-url should not take the whole backoff ladder.
 CANARY_CONNECT_BUDGET_S = 25.0
@@ -147,6 +150,7 @@ class Sender:
             self._params["project_id"] = config.project_id
         self._stopping = asyncio.Event()
         self._error: Aborted | None = None
+        self._long_waits: list[float] = []
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Sender:
@@ -317,8 +321,29 @@ class Sender:
 
     async def _sleep(self, seconds: float) -> None:
         # A stopping run does not wait out a backoff: the next check gives the batch up.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        until = time.monotonic() + seconds
+        long = seconds >= LONG_WAIT_S
+        if long:
+            self._long_waits.append(until)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+        finally:
+            if long:
+                self._long_waits.remove(until)
+
+    @property
+    def waiting_s(self) -> float | None:
+        """Seconds left of the longest retry pause under way, if one is long enough to show."""
+        if not self._long_waits:
+            return None
+        return max(0.0, max(self._long_waits) - time.monotonic())
+
+    def abort(self, error: Aborted) -> None:
+        """Stop the run with ``error`` (a failure outside the requests: a full disk)."""
+        if self._error is None:
+            self._error = error
+        self.stop()
 
     def _count_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

@@ -212,3 +212,9 @@ def test_piped_ticks_respect_the_interval() -> None:
     assert stream.getvalue() == ""
     progress.close()
     assert stream.getvalue() == ""  # nothing drawn, nothing to finish
+
+
+def test_a_long_retry_pause_is_on_the_line() -> None:
+    """While a retry pause of several seconds runs, the line says when the retry goes out."""
+    snap = Snapshot("sending", pairs_total=10, pairs_done=4, waiting_s=42.0)
+    assert "retry in 42 s" in render(snap, 80, bar=True)

@@ -6,6 +6,7 @@ Each test runs ``python -m backfill`` as a subprocess, as a user would.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -20,7 +21,13 @@ import pytest
 from runkit import REPO, CliResult, clean_env, uuid4s
 
 from backfill.rehearse import standin_thread
-from backfill.standin import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, Standin, StandinConfig
+from backfill.standin import (
+    DEFAULT_PROJECT_ID,
+    DEFAULT_SERVICE_ACCOUNT,
+    FaultRates,
+    Standin,
+    StandinConfig,
+)
 
 USER, SECRET = DEFAULT_SERVICE_ACCOUNT
 CREDENTIALS = {
@@ -288,3 +295,52 @@ def test_a_full_disk_mid_run_exits_3_and_the_copied_folder_resumes_exactly(
     with (healthy / "rejects.csv").open(encoding="utf-8", newline="") as f:
         rows = [r["row"] for r in csv.DictReader(f)]
     assert len(rows) == len(set(rows)) == 3000, "each refused row once"
+
+
+def test_a_disk_filled_by_something_else_stops_the_run_at_the_next_checkpoint(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The run folder's disk fills up mid-run (another program): the next checkpoint write
+    fails, the run stops (exit 3, one line), and a copy of the folder resumes to the end."""
+    pairs = [(a, f"user-{i}") for i, a in enumerate(uuid4s(6000, 9))]
+    source = write_pairs(tmp_path / "m.csv", pairs)
+    out = small_disk / "run"
+    filled: list[int] = []
+
+    def fill_the_disk(record: object) -> None:
+        if not filled:
+            filled.append(1)
+            with contextlib.suppress(OSError), (small_disk / "hog").open("wb") as hog:
+                while True:
+                    hog.write(b"\0" * 4096)
+
+    slow = StandinConfig(faults=FaultRates(p_slow=1.0, slow_s=0.3))
+    with standin_thread(slow, on_request=fill_the_disk) as standin:
+        args = ("run", source, "--api-url", standin.url, "--batch-size", "200",
+                "--concurrency", "2", "--no-progress")  # fmt: skip
+        full = backfill(*args, "--out", out, cwd=tmp_path)
+        assert "no space left" in one_error_line(full, 3)
+        healthy = tmp_path / "moved"
+        shutil.copytree(out, healthy)
+        standin.state.faults = FaultRates()  # answers at once again
+        resumed = backfill(*args, "--out", healthy, cwd=tmp_path)
+    assert resumed.code == 0, resumed.stderr
+    assert json.loads((healthy / "summary.json").read_text())["events_imported"] == 6000
+    assert standin.state.identify_pairs() == set(pairs)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--api-url", "http://127.0.0.1:99999"), "invalid port"),
+        (("--region", "EUR"), "--region 'EUR' is not one of us, eu, in"),
+        (("--concurrency", "many"), "--concurrency must be a whole number"),
+    ],
+)
+def test_bad_send_options_are_one_line_and_send_nothing(
+    tmp_path: Path, args: tuple[str, ...], fragment: str
+) -> None:
+    """An invalid port, an unknown region or a bad number: exit 2, one line, no folder."""
+    result = backfill("run", SAMPLE, *args, cwd=tmp_path)
+    assert fragment in one_error_line(result, 2)
+    assert not (tmp_path / "runs").exists()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from runkit import GOOD, T_MS, encode, make_pairs, pairs, send_batches, uuid4s
 
+from backfill import send as send_module
 from backfill.answers import Settled
 from backfill.errors import (
     AuthRefused,
@@ -360,3 +361,32 @@ async def test_rate_limiter_holds_the_event_rate() -> None:
         assert standin.state.events_imported == n
     bucket = max(batch_size, rate / 10)  # the sender's burst: a tenth of a second, >= one batch
     assert max(times) - t0 >= (n - bucket) / rate - 1e-3
+
+
+async def test_a_long_retry_pause_is_visible_while_it_lasts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Retry-After pause of at least LONG_WAIT_S shows in ``waiting_s``, counting down."""
+    monkeypatch.setattr(send_module, "LONG_WAIT_S", 0.3)
+    batch = encode(make_pairs(3, seed=40), 2000)[0]
+    seen: list[float | None] = []
+    senders: list[Any] = []
+
+    async def watch() -> None:
+        while not senders:
+            await asyncio.sleep(0.01)
+        for _ in range(40):
+            seen.append(senders[0].waiting_s)
+            await asyncio.sleep(0.025)
+
+    config = StandinConfig(faults=FaultRates(retry_after_s=0.8))
+    async with running_standin(config) as standin:
+        standin.state.script(["429"])
+        watcher = asyncio.create_task(watch())
+        await send(standin, [batch], on_sender=senders.append)
+        await watcher
+    waits = [w for w in seen if w is not None]
+    assert waits, "the pause was shown"
+    assert max(waits) <= 0.8
+    assert waits == sorted(waits, reverse=True), "it counts down"
+    assert seen[-1] is None, "and is gone once the retry went out"
