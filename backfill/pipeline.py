@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -32,13 +32,23 @@ from backfill.progress import Progress, Snapshot
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified
 from backfill.reasons import Reason
-from backfill.report import SUMMARY_FILE, RejectsFile, chunk_reasons, reject_rows, zero_counts
+from backfill.report import (
+    SUMMARY_FILE,
+    RejectsFile,
+    Validated,
+    chunk_reasons,
+    reject_rows,
+    zero_counts,
+)
 from backfill.rules import Rules, devices
-from backfill.runner import Run, Validated, drive
 from backfill.settings import Credentials, Settings
 from backfill.summary import FileRows, RunStatus, Summary, ThisRun
 from backfill.times import iso_utc, now_ms
 from backfill.validation import Verdicts, judge
+
+if TYPE_CHECKING:
+    # The send path (aiohttp and all) is imported by a run only: a dry run starts faster.
+    from backfill.runner import Run
 
 
 def validate(
@@ -131,6 +141,8 @@ def _send(
     started: float,
 ) -> Summary:
     """The send phase and the final writes, whatever ends it."""
+    from backfill.runner import Run, drive
+
     already = ckpt.done.covers(1, validated.verdicts.rows_read)
     sending = Run(settings, credentials, validated, ckpt, progress=progress)
     progress.follow(sending.snapshot)

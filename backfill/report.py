@@ -17,8 +17,10 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ import pyarrow as pa
 
 from backfill.errors import InputChanged
 from backfill.files import disk_errors, fsync_dir, open_private
-from backfill.read import Chunk, Dataset
+from backfill.read import Chunk, ChunkSource, Dataset
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.rules import ORIGINAL, Rules, describe
 from backfill.summary import Summary
@@ -41,6 +43,22 @@ REJECTS_HEADER = ("row", "anon_id", "identified_id", "reason", "detail", "file")
 
 #: (row within its file, anon id, identified id, reason code, detail, file name)
 RejectRow = tuple[int, str, str, str, str, str]
+
+
+@dataclass
+class Validated:
+    """The input judged and its rejects written: what a run sends from.
+
+    ``source`` streams ``dataset`` (for a run, checked against what was judged).
+    """
+
+    source: ChunkSource
+    dataset: Dataset
+    verdicts: Verdicts
+    now_ms: int
+    rejects: RejectsFile
+    #: The events the valid pairs make, by kind (``$identify``, ``$merge``, a pairing event).
+    events_by_kind: Mapping[str, int] = field(default_factory=dict)
 
 
 class RejectsFile:
@@ -146,12 +164,22 @@ def _where(line: list[str]) -> tuple[str, int]:
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _safe(row: RejectRow) -> tuple[object, ...]:
+def _safe(row: RejectRow) -> RejectRow:
     """The row with every text cell a spreadsheet would run as a formula neutralised."""
-    return tuple(
-        "'" + cell if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) else cell
-        for cell in row
-    )
+    number, anon, ident, code, detail, name = row
+    # Tested together first: a million rejects mostly need nothing, and this stays cheap.
+    if not (
+        anon.startswith(_FORMULA_STARTS)
+        or ident.startswith(_FORMULA_STARTS)
+        or detail.startswith(_FORMULA_STARTS)
+        or name.startswith(_FORMULA_STARTS)
+    ):
+        return row
+    return (number, _cell(anon), _cell(ident), code, _cell(detail), _cell(name))
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def zero_counts() -> dict[str, int]:
@@ -257,32 +285,46 @@ def reject_rows(
     if len(bad) == 0:
         return
     take = pa.array(bad)
-    anons = chunk.anon.take(take).to_pylist()
-    idents = chunk.identified.take(take).to_pylist()
-    refs = row_references(dataset, verdicts.first_rows(bad + chunk.first_row))
-    time_details: list[str] = [""] * len(bad)
-    if chunk.time is not None:
-        raw = chunk.time.take(take)
-        _, status = to_epoch_ms(raw, now)
-        texts = raw.to_pylist()
-        time_details = [
-            describe_time(TimeStatus(s), "" if t is None else str(t))
-            for s, t in zip(status.tolist(), texts, strict=True)
-        ]
+    anons = [a or "" for a in chunk.anon.take(take).to_pylist()]
+    idents = [i or "" for i in chunk.identified.take(take).to_pylist()]
+    values = reasons[bad]
+    details = [""] * len(bad)
+    # One reason at a time: most details are the same sentence, or one with a row number.
+    for value in np.unique(values).tolist():
+        at = np.flatnonzero(values == value)
+        reason = Reason(value)
+        if reason in (Reason.DUPLICATE_PAIR, Reason.CONFLICTING_ANON_ID):
+            refs = row_references(dataset, verdicts.first_rows(bad[at] + chunk.first_row))
+            texts = [describe(reason, None, None, first_row=ref) for ref in refs]
+        elif reason is Reason.INVALID_TIME:
+            texts = _time_details(chunk, at, bad, now)
+        elif reason in (Reason.INVALID_ANON_ID, Reason.INVALID_IDENTIFIED_ID):
+            texts = [describe(reason, anons[k], idents[k], rules=rules) for k in at.tolist()]
+        else:
+            same = describe(reason, None, None, max_cluster_size=verdicts.max_cluster_size)
+            texts = [same] * len(at)
+        for k, text in zip(at.tolist(), texts, strict=True):
+            details[k] = text
     name = dataset.files[chunk.file_index].name
-    for k in range(len(bad)):
-        reason = Reason(int(reasons[bad[k]]))
-        detail = describe(
-            reason,
-            anons[k],
-            idents[k],
-            rules=rules,
-            first_row=refs[k],
-            time_detail=time_details[k],
-            max_cluster_size=verdicts.max_cluster_size,
-        )
-        row = int(bad[k]) + chunk.file_row
-        yield (row, anons[k] or "", idents[k] or "", reason.code, detail, name)
+    rows = (bad + chunk.file_row).tolist()
+    codes = [_CODES[v] for v in values.tolist()]
+    yield from zip(rows, anons, idents, codes, details, itertools.repeat(name))
+
+
+_CODES = {int(r): r.code for r in Reason}
+
+
+def _time_details(
+    chunk: Chunk, at: npt.NDArray[np.intp], bad: npt.NDArray[np.intp], now: int
+) -> list[str]:
+    """Why each of these rows' times is refused (``at`` indexes ``bad``)."""
+    assert chunk.time is not None
+    raw = chunk.time.take(pa.array(bad[at]))
+    _, status = to_epoch_ms(raw, now)
+    return [
+        describe_time(TimeStatus(s), "" if t is None else str(t))
+        for s, t in zip(status.tolist(), raw.to_pylist(), strict=True)
+    ]
 
 
 def row_references(dataset: Dataset, rows: npt.NDArray[np.int64]) -> list[str]:

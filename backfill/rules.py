@@ -33,6 +33,7 @@ from backfill.mixpanel import (
     PLACEHOLDER_DISTINCT_IDS,
 )
 from backfill.read import Chunk, ChunkSource
+from backfill.read.chunk import unusual_rows
 from backfill.reasons import Reason
 from backfill.times import TimeStatus, to_epoch_ms
 
@@ -41,8 +42,9 @@ PLACEHOLDERS = PLACEHOLDER_DISTINCT_IDS | {"nan"}
 DEFAULT_MAX_CLUSTER_SIZE = MAX_CLUSTER_SIZE
 _PLACEHOLDER_ARRAY = pa.array(sorted(PLACEHOLDERS), pa.string())
 _BROKEN = r"[\n\r\x00]"
-#: Only control (Cc), format (Cf: ZWSP, BOM, …) and separator characters.
-_INVISIBLE_ONLY = r"^[\p{Cc}\p{Cf}\p{Z}]+$"
+#: A line break or NUL anywhere, or only control (Cc), format (Cf: ZWSP, BOM, …) and
+#: separator characters.
+_BROKEN_OR_INVISIBLE = _BROKEN + r"|^[\p{Cc}\p{Cf}\p{Z}]+$"
 _UUID_SHAPE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
@@ -70,6 +72,7 @@ def row_reasons(chunk: Chunk, now_ms: int, rules: Rules = ORIGINAL) -> npt.NDArr
     anon, ident = chunk.anon, chunk.identified
     missing_anon = bool_mask(anon.is_null())
     if rules.uuid_only:
+        # Anchored at both ends, the pattern refuses line breaks, NULs and invisibles too.
         bad_anon = ~bool_mask(pc.match_substring_regex(anon, IDENTIFY_ANON_PATTERN))
     else:
         bad_anon = _unusable(anon)
@@ -84,7 +87,7 @@ def row_reasons(chunk: Chunk, now_ms: int, rules: Rules = ORIGINAL) -> npt.NDArr
     reasons[self_merge] = Reason.SELF_MERGE
     reasons[bad_ident] = Reason.INVALID_IDENTIFIED_ID
     reasons[missing_ident] = Reason.MISSING_IDENTIFIED_ID
-    reasons[bad_anon | _broken(anon)] = Reason.INVALID_ANON_ID
+    reasons[bad_anon] = Reason.INVALID_ANON_ID
     reasons[missing_anon] = Reason.MISSING_ANON_ID
     return reasons
 
@@ -115,8 +118,14 @@ def _unusable(ids: pa.Array) -> npt.NDArray[np.bool_]:
 
 
 def _broken(ids: pa.Array) -> npt.NDArray[np.bool_]:
-    broken = bool_mask(pc.match_substring_regex(ids, _BROKEN))
-    return broken | bool_mask(pc.match_substring_regex(ids, _INVISIBLE_ONLY))
+    if not pa.types.is_string(ids.type):
+        return bool_mask(pc.match_substring_regex(ids, _BROKEN_OR_INVISIBLE))
+    unusual = unusual_rows(ids)
+    broken = np.zeros(len(ids), dtype=np.bool_)
+    if len(unusual):
+        suspects = ids.take(pa.array(unusual))
+        broken[unusual] = bool_mask(pc.match_substring_regex(suspects, _BROKEN_OR_INVISIBLE))
+    return broken
 
 
 def bool_mask(values: pa.Array) -> npt.NDArray[np.bool_]:

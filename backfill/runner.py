@@ -29,8 +29,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,32 +41,15 @@ from backfill.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
 from backfill.errors import Aborted, BackfillError, Interrupted
 from backfill.events import Batch, Encoder, Pairs
 from backfill.progress import Progress, Snapshot
-from backfill.read import Chunk, ChunkSource, Dataset
+from backfill.read import Chunk
 from backfill.reasons import Reason
-from backfill.report import RejectsFile, chunk_reasons
+from backfill.report import Validated, chunk_reasons
 from backfill.send import SendConfig, Sender, SendStats
 from backfill.settings import Credentials, Settings
 from backfill.times import to_epoch_ms
-from backfill.validation import Verdicts
 
 #: Seconds that requests in flight get to settle after Ctrl-C, on top of --timeout.
 GRACE_S = 5.0
-
-
-@dataclass
-class Validated:
-    """The input judged and its rejects written: what a run sends from.
-
-    ``source`` streams ``dataset`` (for a run, checked against what was judged).
-    """
-
-    source: ChunkSource
-    dataset: Dataset
-    verdicts: Verdicts
-    now_ms: int
-    rejects: RejectsFile
-    #: The events the valid pairs make, by kind (``$identify``, ``$merge``, a pairing event).
-    events_by_kind: Mapping[str, int] = field(default_factory=dict)
 
 
 class Run:

@@ -8,12 +8,17 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from runkit import uuid4s
 
+from backfill import rules as rule_module
 from backfill.read import Chunk
+from backfill.read.chunk import unusual_rows
 from backfill.reasons import Reason
-from backfill.rules import Rules, describe, device_ids, row_reasons
+from backfill.rules import Rules, bool_mask, describe, device_ids, row_reasons
 
 NOW_MS = 1_760_000_000_000
 U = uuid4s(1, 80)[0]
@@ -112,3 +117,24 @@ def test_a_nul_at_row_5000_of_a_csv_is_a_rejected_row(tmp_path: Path) -> None:
         (reject,) = list(csv.DictReader(f))
     assert (reject["row"], reject["reason"]) == ("5000", "invalid_identified_id")
     assert "NUL" in reject["detail"]
+
+
+_AWKWARD = st.text(
+    alphabet=st.sampled_from("ab-~! \t\n\r\x00\x1b\x7f\u200b\u00a0\ufeffé\U0001f600")
+)
+
+
+@given(
+    st.lists(st.one_of(st.none(), _AWKWARD, st.text()), max_size=40),
+    st.integers(0, 40),
+    st.integers(0, 40),
+)
+def test_broken_ids_found_by_the_byte_scan_are_those_the_regex_finds(
+    values: list[str | None], start: int, length: int
+) -> None:
+    """The byte pre-scan flags exactly the ids the broken-or-invisible regex flags, in any slice."""
+    ids = pa.array(values, pa.string()).slice(start, length)
+    expected = bool_mask(pc.match_substring_regex(ids, rule_module._BROKEN_OR_INVISIBLE))
+    assert rule_module._broken(ids).tolist() == expected.tolist()
+    plain = [v is None or all("!" <= c <= "~" for c in v) for v in ids.to_pylist()]
+    assert sorted(unusual_rows(ids).tolist()) == [i for i, p in enumerate(plain) if not p]
