@@ -31,7 +31,7 @@ from backfill.read.formats import content_hint, looks_like
 from backfill.read.source import DataFile
 
 #: pyarrow's parse block: a record longer than this cannot be read (and is no row of ids).
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 21
 SNIFF_BYTES = 64 << 10
 #: Python's csv module refuses a field longer than this: the scan's "far too large".
 _SCAN_FIELD_LIMIT = csv.field_size_limit()
