@@ -9,6 +9,7 @@ disk), and ``find_ties`` numbers each string that differs from the first one wit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,24 +138,17 @@ def verify(
     """
     if not check.any():
         return TiesFound(Ties.none(), Ties.none())
-    with (
-        Store(
-            (np.int64, np.uint64),
-            key=1,
-            text=True,
-            partitions=partitions,
-            limit_bytes=small_bytes,
-            spill_dir=spill_dir,
-        ) as anons,
-        Store(
-            (np.int64, np.uint64),
-            key=1,
-            text=True,
-            partitions=partitions,
-            limit_bytes=small_bytes,
-            spill_dir=spill_dir,
-        ) as idents,
-    ):
+    # (row, hash) with the string, grouped by hash: one store per id column.
+    columns = functools.partial(
+        Store,
+        (np.int64, np.uint64),
+        key=1,
+        text=True,
+        partitions=partitions,
+        limit_bytes=small_bytes,
+        spill_dir=spill_dir,
+    )
+    with columns() as anons, columns() as idents:
         for chunk in source():
             local = check.within(chunk.first_row - 1, chunk.end_row - 1)
             if len(local) == 0:

@@ -147,38 +147,28 @@ class Encoder:
         ids = insert_ids(pairs.anon, pairs.identified)
         ident = _json_strings(pairs.identified)
         # A UUID v4 (with or without $device:) needs no escaping: no per-value check here.
-        return pc.binary_join_element_wise(
+        head = [
             '{"event":"$identify","properties":{"$anon_id":"',
             pairs.anon,
             '","$identified_id":',
             ident,
             ',"distinct_id":',
             ident,
-            ',"time":',
-            pc.cast(pa.array(pairs.times_ms), pa.string()),
-            ',"$insert_id":"',
-            ids,
-            self._suffix,
-            "",
-        ), ids
+        ]
+        return self._event(head, pairs, ids), ids
 
     def _merges(self, pairs: Pairs) -> tuple[pa.Array, pa.Array]:
         ids = insert_ids(pairs.anon, pairs.identified, kind="$merge")
         ident = _json_strings(pairs.identified)
-        return pc.binary_join_element_wise(
+        head = [
             '{"event":"$merge","properties":{"$distinct_ids":[',
             ident,
             ",",
             _json_strings(pairs.anon),
             '],"distinct_id":',
             ident,
-            ',"time":',
-            pc.cast(pa.array(pairs.times_ms), pa.string()),
-            ',"$insert_id":"',
-            ids,
-            self._suffix,
-            "",
-        ), ids
+        ]
+        return self._event(head, pairs, ids), ids
 
     def _identifies_or_merges(self, pairs: Pairs) -> tuple[pa.Array, pa.Array]:
         merge = merge_mask(pairs.anon)
@@ -199,20 +189,27 @@ class Encoder:
         device = device_ids(pairs.anon)
         ids = insert_ids(device, pairs.identified, kind="pair")
         ident = _json_strings(pairs.identified)
-        return pc.binary_join_element_wise(
+        head = [
             '{"event":' + self._pairing + ',"properties":{"$device_id":',
             _json_strings(device),
             ',"$user_id":',
             ident,
             ',"distinct_id":',
             ident,
+        ]
+        return self._event(head, pairs, ids), ids
+
+    def _event(self, head: list[pa.Array | str], pairs: Pairs, ids: pa.Array) -> pa.Array:
+        """Each event's JSON: ``head`` (its name and ids), then what every kind ends with."""
+        return pc.binary_join_element_wise(
+            *head,
             ',"time":',
             pc.cast(pa.array(pairs.times_ms), pa.string()),
             ',"$insert_id":"',
             ids,
             self._suffix,
             "",
-        ), ids
+        )
 
     def batches(self, pairs: Pairs) -> Iterator[Batch]:
         """Cut ``pairs`` into batches of at most batch_size events and max_bytes of JSON."""
