@@ -10,12 +10,8 @@ the input and streams the valid pairs to the sender, never holding them all.
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,7 +137,7 @@ def _send(
     started: float,
 ) -> Summary:
     """The send phase and the final writes, whatever ends it."""
-    from backfill.runner import Run, drive
+    from backfill.runner import Run, drive, signals_to
 
     already = ckpt.done.covers(1, validated.verdicts.rows_read)
     sending = Run(settings, credentials, validated, ckpt, progress=progress)
@@ -157,7 +153,8 @@ def _send(
         status = RunStatus.INTERRUPTED
         raise
     finally:
-        with _signals_deferred():
+        # The final writes take milliseconds: a Ctrl-C now would only leave them half done.
+        with signals_to(None):
             progress.follow(lambda: Snapshot(status.value, **sending.counts()))
             progress.close()
             validated.rejects.close()
@@ -332,24 +329,6 @@ def _run_summary(
         events_per_s=round(stats.events_imported / send_s, 1),
         already_complete=already_complete and stats.requests == 0,
     )
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM off for the few milliseconds of the final writes (main thread only:
-    elsewhere Python delivers no signals anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.getsignal(sig) for sig in held}
-    for sig in held:
-        signal.signal(sig, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _iso(epoch_s: float) -> str:

@@ -29,8 +29,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -403,7 +404,7 @@ def drive(sending: Run) -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        with _signals_to(sending):
+        with signals_to(sending.interrupt):
             asyncio.run(sending.send())
         return
     outcome: list[BaseException] = []
@@ -426,17 +427,25 @@ def drive(sending: Run) -> None:
 
 
 @contextlib.contextmanager
-def _signals_to(sending: Run) -> Iterator[None]:
-    """SIGINT/SIGTERM go to ``sending.interrupt`` (main thread only); the old handlers return."""
+def signals_to(handler: Callable[[], None] | None) -> Iterator[None]:
+    """SIGINT/SIGTERM call ``handler`` (None: ignored) inside the block; the old handlers return.
+
+    Main thread only: elsewhere Python delivers no signals, and cannot set handlers.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held = (signal.SIGINT, signal.SIGTERM)
     before = {sig: signal.getsignal(sig) for sig in held}
+
+    def call(signum: int, frame: FrameType | None) -> None:
+        if handler is not None:
+            handler()
+
     for sig in held:
-        signal.signal(sig, lambda signum, frame: sending.interrupt())
+        signal.signal(sig, signal.SIG_IGN if handler is None else call)
     try:
         yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig, previous in before.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
