@@ -6,16 +6,21 @@
   ``on_response_prepare`` hook that records each request's query string (the stand-in's own
   request log does not keep it, and the legacy-secret test must see that no ``project_id`` went).
 * ``run_cli``: ``python -m backfill ...`` as an asyncio subprocess, so that a stand-in served
-  by the test's own event loop keeps answering while the command runs.
+  by the test's own event loop keeps answering while the command runs; ``backfill_cli`` the
+  same, synchronously, for a stand-in served from a thread (or none).
+* ``STANDIN_CREDENTIALS`` and ``write_pairs``: the stand-in's credentials as the CLI reads them,
+  and a mapping CSV.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import gzip
 import json
 import os
 import random
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -44,6 +49,21 @@ from backfill.standin import (
 T_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z: inside Mixpanel's accepted range
 GOOD = Credentials(*DEFAULT_SERVICE_ACCOUNT)
 REPO = Path(__file__).resolve().parent.parent
+#: The stand-in's default project and service account, as the CLI reads them.
+STANDIN_CREDENTIALS = {
+    "MIXPANEL_SERVICE_ACCOUNT_USERNAME": DEFAULT_SERVICE_ACCOUNT[0],
+    "MIXPANEL_SERVICE_ACCOUNT_SECRET": DEFAULT_SERVICE_ACCOUNT[1],
+    "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
+}
+
+
+def write_pairs(path: Path, pairs: Iterable[Sequence[str]]) -> Path:
+    """A mapping CSV with the default header."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["anon_id", "identified_id"])
+        writer.writerows(pairs)
+    return path
 
 
 def uuid4s(n: int, seed: int) -> list[str]:
@@ -189,6 +209,20 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def backfill_cli(*args: str | Path, cwd: Path, env: Mapping[str, str] | None = None) -> CliResult:
+    """``python -m backfill ARGS`` in ``cwd``, synchronously; the stand-in's credentials unless
+    ``env`` (the whole environment) is given."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "backfill", *map(str, args)],
+        cwd=cwd,
+        env=dict(env) if env is not None else clean_env(STANDIN_CREDENTIALS),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 async def run_cli(

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import Recorded, clean_env, recording_standin, run_cli, uuid4s
+from runkit import STANDIN_CREDENTIALS, Recorded, clean_env, recording_standin, run_cli, uuid4s
 
 from backfill.settings import settings_for
 from backfill.standin import (
-    DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,
     FaultRates,
     Standin,
@@ -31,11 +30,6 @@ from backfill.standin import (
 )
 
 USER, SECRET = DEFAULT_SERVICE_ACCOUNT
-GOOD_ENV = {
-    "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
-    "MIXPANEL_SERVICE_ACCOUNT_SECRET": SECRET,
-    "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
-}
 EVENT_TIME = "2024-01-01T00:00:00Z"
 EVENT_TIME_MS = 1_704_067_200_000
 HEADER = ["anon_id", "identified_id"]
@@ -182,7 +176,7 @@ async def test_ten_thousand_pairs_under_faults_import_exactly_once(tmp_path: Pat
     async with running_standin(config) as standin:
         result = await run_cli(
             run_args(source, out, standin, "--retry-base-s", "0.01", "--batch-size", "100"),
-            clean_env(GOOD_ENV),
+            clean_env(STANDIN_CREDENTIALS),
             cwd=tmp_path,
         )
         state = standin.state
@@ -241,7 +235,9 @@ async def test_default_limits_hold_with_long_escaped_ids(tmp_path: Path) -> None
     source = plan.write(tmp_path / "long.csv")
     out = tmp_path / "out"
     async with running_standin() as standin:
-        result = await run_cli(run_args(source, out, standin), clean_env(GOOD_ENV), cwd=tmp_path)
+        result = await run_cli(
+            run_args(source, out, standin), clean_env(STANDIN_CREDENTIALS), cwd=tmp_path
+        )
         state = standin.state
     assert result.code == 0, result.stderr
     assert state.identify_pairs() == plan.imported_pairs()
@@ -262,7 +258,7 @@ async def test_wrong_credentials_exit_3_after_the_canary(tmp_path: Path) -> None
         plan.add(anon, f"user-{anon[:8]}")
     source = plan.write(tmp_path / "m.csv")
     out = tmp_path / "out"
-    env = clean_env(GOOD_ENV | {"MIXPANEL_SERVICE_ACCOUNT_SECRET": secret})
+    env = clean_env(STANDIN_CREDENTIALS | {"MIXPANEL_SERVICE_ACCOUNT_SECRET": secret})
     async with running_standin() as standin:
         result = await run_cli(
             run_args(source, out, standin, "--concurrency", "4", "--batch-size", "100"),
@@ -319,7 +315,9 @@ async def test_number_like_ids_arrive_as_the_exact_strings(tmp_path: Path) -> No
     source = plan.write(tmp_path / "numbers.csv")
     out = tmp_path / "out"
     async with running_standin() as standin:
-        result = await run_cli(run_args(source, out, standin), clean_env(GOOD_ENV), cwd=tmp_path)
+        result = await run_cli(
+            run_args(source, out, standin), clean_env(STANDIN_CREDENTIALS), cwd=tmp_path
+        )
         state = standin.state
     assert result.code == 0, result.stderr
     sent = {e["properties"]["$anon_id"]: e["properties"] for e in state.store.values()}
@@ -358,8 +356,12 @@ SETUP_ERRORS = {
         [],
         "MIXPANEL_PROJECT_ID",
     ),
-    "plain_http_remote": (GOOD_ENV, ["--api-url", "http://example.com"], "https"),
-    "userinfo_in_url": (GOOD_ENV, ["--api-url", "http://u:pw-in-url@{host}"], "user:password"),
+    "plain_http_remote": (STANDIN_CREDENTIALS, ["--api-url", "http://example.com"], "https"),
+    "userinfo_in_url": (
+        STANDIN_CREDENTIALS,
+        ["--api-url", "http://u:pw-in-url@{host}"],
+        "user:password",
+    ),
 }
 
 
@@ -460,7 +462,9 @@ async def test_rejects_without_any_duplicate_or_conflict(tmp_path: Path) -> None
     source = plan.write(tmp_path / "m.csv")
     out = tmp_path / "out"
     async with running_standin() as standin:
-        result = await run_cli(run_args(source, out, standin), clean_env(GOOD_ENV), cwd=tmp_path)
+        result = await run_cli(
+            run_args(source, out, standin), clean_env(STANDIN_CREDENTIALS), cwd=tmp_path
+        )
         state = standin.state
     assert result.code == 0, result.stderr
     assert state.identify_pairs() == plan.imported_pairs()
@@ -482,7 +486,7 @@ async def test_dry_run_sends_nothing(tmp_path: Path) -> None:
     async with running_standin() as standin:
         with_creds = await run_cli(
             [*run_args(source, tmp_path / "a", standin), "--dry-run"],
-            clean_env(GOOD_ENV),
+            clean_env(STANDIN_CREDENTIALS),
             cwd=tmp_path,
         )
         without = await run_cli(
@@ -528,11 +532,13 @@ async def test_rerun_with_another_batch_size_sends_identical_events(tmp_path: Pa
     out = tmp_path / "out"
     async with running_standin() as standin:
         base = [*run_args(source, out, standin), "--event-time", EVENT_TIME]
-        first = await run_cli(base, clean_env(GOOD_ENV), cwd=tmp_path)
+        first = await run_cli(base, clean_env(STANDIN_CREDENTIALS), cwd=tmp_path)
         assert first.code == 0, first.stderr
         assert len(standin.state.store) == 1000
         again = await run_cli(
-            [*base, "--restart", "--batch-size", "300"], clean_env(GOOD_ENV), cwd=tmp_path
+            [*base, "--restart", "--batch-size", "300"],
+            clean_env(STANDIN_CREDENTIALS),
+            cwd=tmp_path,
         )
         assert again.code == 0, again.stderr
         state = standin.state

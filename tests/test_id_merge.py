@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import CliResult, clean_env, uuid4s
+from runkit import CliResult, backfill_cli, uuid4s, write_pairs
 
 from backfill.rehearse import standin_thread
-from backfill.standin import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, Standin, StandinConfig
+from backfill.standin import Standin, StandinConfig
 
-USER, SECRET = DEFAULT_SERVICE_ACCOUNT
-CREDENTIALS = {
-    "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
-    "MIXPANEL_SERVICE_ACCOUNT_SECRET": SECRET,
-    "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
-}
 P1, P2, P3, D1, D2, S1 = uuid4s(6, 90)
 LEGACY = "13bbf7943e584-0885c2531-5c793977-3e8000-13bbf7943e64cf"
 IOS = uuid4s(1, 91)[0].upper()
@@ -43,26 +35,9 @@ ROWS = [
 ]
 
 
-def write_rows(path: Path) -> Path:
-    """ROWS as a mapping CSV."""
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["anon_id", "identified_id"])
-        writer.writerows(ROWS)
-    return path
-
-
 def backfill(*args: str | Path, cwd: Path) -> CliResult:
     """``python -m backfill ARGS --no-progress`` in ``cwd``, with the stand-in's credentials."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "backfill", *map(str, args), "--no-progress"],
-        cwd=cwd,
-        env=clean_env(CREDENTIALS),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return backfill_cli(*args, "--no-progress", cwd=cwd)
 
 
 def rejects(out: Path) -> dict[int, tuple[str, str]]:
@@ -96,7 +71,7 @@ def test_simplified_sends_one_pairing_event_per_pair_and_binds_every_device(
     """--id-merge simplified: one pairing event per valid pair, the prefix stripped, each device
     bound to its user, no identity event; conflicts and placeholders refused; a rerun sends
     nothing."""
-    source = write_rows(tmp_path / "m.csv")
+    source = write_pairs(tmp_path / "m.csv", ROWS)
     args = ("run", source, "--out", "o", "--api-url", simplified.url, "--id-merge", "simplified")
     result = backfill(*args, cwd=tmp_path)
     assert result.code == 0, result.stderr
@@ -134,7 +109,7 @@ def test_original_sends_device_prefixed_uuids_as_written_and_refuses_legacy_ids(
 ) -> None:
     """Original: $device:<uuid4> is sent as written and merges; a legacy id is invalid_anon_id,
     its detail naming the format and --non-uuid-anon merge."""
-    source = write_rows(tmp_path / "m.csv")
+    source = write_pairs(tmp_path / "m.csv", ROWS)
     result = backfill("run", source, "--out", "o", "--api-url", original.url, cwd=tmp_path)
     assert result.code == 0, result.stderr
     found = rejects(tmp_path / "o")
@@ -156,9 +131,7 @@ def test_merge_mode_sends_legacy_ids_as_merges_of_exactly_two_ids(
     placeholders are still refused; the summary counts the kinds apart."""
     other = LEGACY[::-1]
     rows = [(P1, "alice"), (LEGACY, "carol"), (other, "oscar"), (other, "mallory"), ("nil", "x")]
-    source = tmp_path / "m.csv"
-    with source.open("w", encoding="utf-8", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows([("anon_id", "identified_id"), *rows])
+    source = write_pairs(tmp_path / "m.csv", rows)
     args = ("run", source, "--out", "o", "--api-url", original.url, "--non-uuid-anon", "merge")
     result = backfill(*args, cwd=tmp_path)
     assert result.code == 0, result.stderr
@@ -179,7 +152,7 @@ def test_merge_mode_sends_legacy_ids_as_merges_of_exactly_two_ids(
 
 def test_validate_reports_what_each_mode_would_send(tmp_path: Path) -> None:
     """The dry run counts the events by kind for the chosen mode, in the table and the JSON."""
-    source = write_rows(tmp_path / "m.csv")
+    source = write_pairs(tmp_path / "m.csv", ROWS)
     for extra, kinds in (
         ((), {"$identify": 7}),  # $device:S1 and S1: two ids for Original
         (("--non-uuid-anon", "merge"), {"$identify": 7, "$merge": 1}),
@@ -195,7 +168,7 @@ def test_a_changed_id_merge_system_is_refused_naming_restart(
     tmp_path: Path, original: Standin
 ) -> None:
     """A run folder made for Original refuses a Simplified rerun: exit 2 naming --restart."""
-    source = write_rows(tmp_path / "m.csv")
+    source = write_pairs(tmp_path / "m.csv", ROWS)
     first = backfill("run", source, "--out", "o", "--api-url", original.url, cwd=tmp_path)
     assert first.code == 0, first.stderr
     sent = original.state.requests_count
@@ -210,7 +183,7 @@ def test_a_changed_id_merge_system_is_refused_naming_restart(
 @pytest.mark.parametrize("name", ["$identify", "$merge", "$create_alias", " "])
 def test_a_pairing_event_named_like_an_identity_event_is_refused(tmp_path: Path, name: str) -> None:
     """--pairing-event cannot be one of Mixpanel's identity events (or empty): exit 2."""
-    source = write_rows(tmp_path / "m.csv")
+    source = write_pairs(tmp_path / "m.csv", ROWS)
     result = backfill("validate", source, "--id-merge", "simplified", "--pairing-event", name,
                       cwd=tmp_path)  # fmt: skip
     assert result.code == 2

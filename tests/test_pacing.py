@@ -17,13 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import clean_env, encode, make_pairs, run_cli, send_batches, uuid4s
+from runkit import (
+    STANDIN_CREDENTIALS,
+    clean_env,
+    encode,
+    make_pairs,
+    run_cli,
+    send_batches,
+    uuid4s,
+    write_pairs,
+)
 
 from backfill.pacing import InFlight, PacedLimiter, Pacer, PacingRules
 from backfill.send import Sender
 from backfill.standin import (
-    DEFAULT_PROJECT_ID,
-    DEFAULT_SERVICE_ACCOUNT,
     FaultRates,
     StandinConfig,
     running_standin,
@@ -347,24 +354,12 @@ async def test_shared_backoff_earns_fewer_429s_than_per_batch_backoff() -> None:
     assert new < old / 2, (old, new)
 
 
-USER, SECRET = DEFAULT_SERVICE_ACCOUNT
-
-
 async def test_a_run_against_a_rate_limited_project_imports_every_pair(tmp_path: Path) -> None:
     """Default pacing at 3x a stand-in's limit: every pair imported, exit 0, 429s reported."""
     pairs = [(a, f"user-35-{i}") for i, a in enumerate(uuid4s(6000, 35))]
-    source = tmp_path / "m.csv"
-    source.write_text(
-        "anon_id,identified_id\n" + "".join(f"{a},{u}\n" for a, u in pairs), encoding="utf-8"
-    )
+    source = write_pairs(tmp_path / "m.csv", pairs)
     out = tmp_path / "out"
-    env = clean_env(
-        {
-            "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
-            "MIXPANEL_SERVICE_ACCOUNT_SECRET": SECRET,
-            "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
-        }
-    )
+    env = clean_env(STANDIN_CREDENTIALS)
     config = StandinConfig(rate_limit_events_per_s=2000.0)
     async with running_standin(config) as standin:
         result = await run_cli(

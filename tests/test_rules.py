@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from runkit import uuid4s
+from runkit import backfill_cli, uuid4s, write_pairs
 
 from backfill import rules as rule_module
 from backfill.read import Chunk
@@ -103,16 +101,9 @@ def test_a_nul_at_row_5000_of_a_csv_is_a_rejected_row(tmp_path: Path) -> None:
     anons = uuid4s(6000, 81)
     rows = [(a, f"user-{i}") for i, a in enumerate(anons)]
     rows[4999] = (anons[4999], "us\x00er")
-    path = tmp_path / "m.csv"
-    with path.open("w", encoding="utf-8", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows([("anon_id", "identified_id"), *rows])
-    proc = subprocess.run(
-        [sys.executable, "-m", "backfill", "validate", str(path), "--out", str(tmp_path / "o"),
-         "--no-progress"],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    path = write_pairs(tmp_path / "m.csv", rows)
+    result = backfill_cli("validate", path, "--out", tmp_path / "o", "--no-progress", cwd=tmp_path)
+    assert result.code == 0, result.stderr
     with (tmp_path / "o" / "rejects.csv").open(encoding="utf-8", newline="") as f:
         (reject,) = list(csv.DictReader(f))
     assert (reject["row"], reject["reason"]) == ("5000", "invalid_identified_id")

@@ -12,33 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from runkit import CliResult, clean_env, run_cli, serving, uuid4s
+from runkit import STANDIN_CREDENTIALS, CliResult, clean_env, run_cli, serving, uuid4s, write_pairs
 
 from backfill.standin import (
-    DEFAULT_PROJECT_ID,
-    DEFAULT_SERVICE_ACCOUNT,
     FaultRates,
     StandinConfig,
     running_standin,
 )
 
-USER, SECRET = DEFAULT_SERVICE_ACCOUNT
-ENV = clean_env(
-    {
-        "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
-        "MIXPANEL_SERVICE_ACCOUNT_SECRET": SECRET,
-        "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
-    }
-)
-
-
-def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
-    """A mapping CSV with the default header."""
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["anon_id", "identified_id"])
-        writer.writerows(pairs)
-    return path
+ENV = clean_env(STANDIN_CREDENTIALS)
 
 
 def valid_pairs(n: int, seed: int) -> list[tuple[str, str]]:

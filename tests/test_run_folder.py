@@ -12,29 +12,21 @@ import json
 import shutil
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import REPO, CliResult, clean_env, uuid4s
+from runkit import REPO, STANDIN_CREDENTIALS, CliResult, clean_env, uuid4s, write_pairs
+from runkit import backfill_cli as backfill
 
 from backfill.rehearse import standin_thread
 from backfill.standin import (
-    DEFAULT_PROJECT_ID,
-    DEFAULT_SERVICE_ACCOUNT,
     FaultRates,
     Standin,
     StandinConfig,
 )
 
-USER, SECRET = DEFAULT_SERVICE_ACCOUNT
-CREDENTIALS = {
-    "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
-    "MIXPANEL_SERVICE_ACCOUNT_SECRET": SECRET,
-    "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
-}
 SAMPLE = REPO / "sample_data" / "mappings.csv"
 
 
@@ -43,28 +35,6 @@ def standin() -> Iterator[Standin]:
     """The stand-in serving from a background thread."""
     with standin_thread(StandinConfig()) as served:
         yield served
-
-
-def write_pairs(path: Path, rows: list[tuple[str, str]]) -> Path:
-    """A mapping CSV with the default header."""
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["anon_id", "identified_id"])
-        writer.writerows(rows)
-    return path
-
-
-def backfill(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> CliResult:
-    """``python -m backfill ARGS`` in ``cwd`` (synchronously), this test's state folder used."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "backfill", *map(str, args)],
-        cwd=cwd,
-        env=env or clean_env(CREDENTIALS),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def one_error_line(result: CliResult, code: int) -> str:
@@ -179,7 +149,7 @@ def test_a_checkpoint_with_absurd_values_is_refused_naming_restart(
 
 def test_a_colon_in_the_service_account_name_is_refused(tmp_path: Path) -> None:
     """A ':' in the user name (it would split the Basic credentials): exit 2, one line."""
-    env = clean_env(CREDENTIALS | {"MIXPANEL_SERVICE_ACCOUNT_USERNAME": "svc:user"})
+    env = clean_env(STANDIN_CREDENTIALS | {"MIXPANEL_SERVICE_ACCOUNT_USERNAME": "svc:user"})
     result = backfill("run", SAMPLE, "--out", tmp_path / "o", cwd=tmp_path, env=env)
     assert "contains ':'" in one_error_line(result, 2)
 

@@ -9,8 +9,6 @@ import csv
 import gzip
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,23 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import Bucket
-from runkit import REPO, CliResult, clean_env, run_cli, uuid4s
+from runkit import REPO, STANDIN_CREDENTIALS, CliResult, backfill_cli, clean_env, run_cli, uuid4s
 
 from backfill.rehearse import standin_thread
 from backfill.standin import (
-    DEFAULT_PROJECT_ID,
-    DEFAULT_SERVICE_ACCOUNT,
     Standin,
     StandinConfig,
     running_standin,
 )
 
-USER, SECRET = DEFAULT_SERVICE_ACCOUNT
-CREDENTIALS = {
-    "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
-    "MIXPANEL_SERVICE_ACCOUNT_SECRET": SECRET,
-    "MIXPANEL_PROJECT_ID": DEFAULT_PROJECT_ID,
-}
 SAMPLE = REPO / "sample_data" / "mappings.csv"
 A, B, C, D, E, F = uuid4s(6, 60)
 #: Four parts whose conflicts and duplicates cross part boundaries (one part has no rows).
@@ -47,16 +37,8 @@ PARTS = [
 
 
 def backfill(*args: str | Path, cwd: Path) -> CliResult:
-    """``python -m backfill ARGS`` in ``cwd``, with the stand-in's credentials."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "backfill", *map(str, args), "--no-progress"],
-        cwd=cwd,
-        env=clean_env(CREDENTIALS),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    """``python -m backfill ARGS --no-progress`` in ``cwd``, with the stand-in's credentials."""
+    return backfill_cli(*args, "--no-progress", cwd=cwd)
 
 
 def parquet_part(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -237,7 +219,7 @@ async def test_input_overwritten_in_place_during_sending_sends_nothing_unvalidat
 
     args = ["run", str(export), "--out", str(tmp_path / "o"), "--no-progress"]
     async with running_standin(StandinConfig(), on_request=rewrite_at_the_canary) as standin:
-        env = clean_env(CREDENTIALS)
+        env = clean_env(STANDIN_CREDENTIALS)
         result = await run_cli([*args, "--api-url", standin.url], env, cwd=tmp_path)
         received = standin.state.identify_pairs()
         again = await run_cli([*args, "--api-url", standin.url], env, cwd=tmp_path)
