@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip
 
+from backfill.buffers import string_offsets
 from backfill.hashing import hash_strings_seeds
 from backfill.mixpanel import IDENTIFY_ANON_PATTERN
 from backfill.rules import device_ids
@@ -319,6 +320,4 @@ def _json_strings(values: pa.Array) -> pa.Array:
 
 
 def _offsets(values: pa.Array) -> I64:
-    n = len(values)
-    raw = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset : values.offset + n + 1]
-    return raw.astype(np.int64)
+    return string_offsets(values).astype(np.int64)

@@ -11,6 +11,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from backfill.buffers import string_bytes, string_offsets
+
 U64 = npt.NDArray[np.uint64]
 Hasher = Callable[[pa.Array], U64]
 
@@ -50,12 +52,10 @@ def hash_strings_seeds(values: pa.Array, seeds: tuple[int, ...]) -> list[U64]:
     n = len(values)
     if n == 0:
         return [np.zeros(0, dtype=np.uint64) for _ in seeds]
-    buffers = values.buffers()
-    offsets = np.frombuffer(buffers[1], dtype="<i4")[values.offset : values.offset + n + 1]
+    offsets = string_offsets(values)
     start, end = int(offsets[0]), int(offsets[-1])
     padded = np.zeros(end - start + 8, dtype=np.uint8)
-    if end > start:
-        padded[: end - start] = np.frombuffer(buffers[2], dtype=np.uint8)[start:end]
+    padded[: end - start] = string_bytes(values)
     windows = np.ndarray((end - start + 1,), dtype="<u8", buffer=padded, strides=(1,))
     at = (offsets[:-1] - start).astype(np.int64)
     lengths = np.diff(offsets).astype(np.int64)

@@ -17,6 +17,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from backfill.buffers import string_bytes, string_offsets
+
 DEFAULT_CHUNK_ROWS = 65_536
 #: Bytes of a chunk's digest (SHA-256, truncated): plenty to notice any change of a chunk.
 DIGEST_BYTES = 16
@@ -95,11 +97,8 @@ def feed_array(h: hashlib._Hash, values: pa.Array) -> None:
         h.update(np.asarray(values.is_valid(), dtype=np.bool_).tobytes())
     typ = values.type
     if pa.types.is_string(typ) or pa.types.is_binary(typ):
-        offsets = _offsets(values)
-        h.update(np.diff(offsets).astype("<i4").tobytes())
-        data = values.buffers()[2]
-        if data is not None and offsets[-1] > offsets[0]:
-            h.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+        h.update(np.diff(string_offsets(values)).astype("<i4").tobytes())
+        h.update(string_bytes(values).data)
     elif pa.types.is_primitive(typ) and not pa.types.is_boolean(typ):
         width = typ.bit_width // 8
         data = values.buffers()[1]
@@ -109,11 +108,6 @@ def feed_array(h: hashlib._Hash, values: pa.Array) -> None:
     else:
         # Rare types (large strings are cast before this is reached): their text form.
         h.update("\x1f".join("" if v is None else str(v) for v in values.to_pylist()).encode())
-
-
-def _offsets(values: pa.Array) -> npt.NDArray[np.int32]:
-    buffer = values.buffers()[1]
-    return np.frombuffer(buffer, dtype="<i4")[values.offset : values.offset + len(values) + 1]
 
 
 # --- cleaning --------------------------------------------------------------------------------
@@ -161,15 +155,12 @@ def unusual_rows(values: pa.Array) -> npt.NDArray[np.intp]:
     Whitespace to trim, line breaks, control and invisible characters all lie outside that
     range, so a chunk without such rows skips those checks; one pass over the bytes finds them.
     """
-    data = values.buffers()[2] if len(values) else None
-    if data is None:
-        return np.zeros(0, dtype=np.intp)
-    offsets = _offsets(values)
-    raw = np.frombuffer(data, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    raw = string_bytes(values)
     # Two SIMD reductions, no temporary: what nearly every chunk of ids needs.
     if len(raw) == 0 or (int(raw.min()) >= 0x21 and int(raw.max()) <= 0x7E):
         return np.zeros(0, dtype=np.intp)
     # Bytes below "!" wrap around to the top of the unsigned range: one comparison.
+    offsets = string_offsets(values)
     where = np.flatnonzero((raw - np.uint8(0x21)) > np.uint8(0x7E - 0x21)) + offsets[0]
     return np.unique(np.searchsorted(offsets, where, side="right") - 1)
 
@@ -182,11 +173,7 @@ def first_line_break(values: pa.Array) -> int | None:
     """
     if len(values) == 0 or values.null_count == len(values):
         return None
-    offsets = _offsets(values)
-    data = values.buffers()[2]
-    if data is None:
-        return None
-    raw = np.frombuffer(data, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    raw = string_bytes(values)
     # One SIMD reduction, no temporary: \n is 0x0A and \r is 0x0D, so a smallest byte of 0x0E
     # or more rules both out.
     if len(raw) == 0 or int(raw.min()) >= 0x0E:
