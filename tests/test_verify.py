@@ -64,8 +64,15 @@ def original_project(tmp_path: Path) -> Iterator[tuple[Standin, Path, list[str]]
     its SDKs' $identify events on the same days, and 1% of imported events lagging."""
     anon = uuids(2000, 1)
     rows = [(a, f"user-{i}") for i, a in enumerate(anon)]
-    planted = [sdk("$identify", {"$anon_id": anon[i], "$identified_id": f"other-{i}",
-                                 "distinct_id": f"other-{i}"}, i, i % 3) for i in range(40)]  # fmt: skip
+    planted = [
+        sdk(
+            "$identify",
+            {"$anon_id": a, "$identified_id": f"o{i}", "distinct_id": f"o{i}"},
+            i,
+            i % 3,
+        )
+        for i, a in enumerate(anon[:40])
+    ]
     own = uuids(100, 2)
     planted += [sdk("$identify", {"$anon_id": a, "$identified_id": f"sdk-user-{i}",
                                   "distinct_id": f"sdk-user-{i}"}, 100 + i, i % 3)
@@ -112,7 +119,8 @@ def test_original_project_planted_merges_are_not_merged_and_lag_not_found(
     assert {r["reason"] for r in by["not_merged"]} == {"errAnonDistinctIdAlreadyMerged"}
     assert all("already merged" in r["detail"] for r in by["not_merged"])
     late = lagging(standin.state)
-    assert 0 < len(late) and len(by["not_found"]) == len(late)
+    assert len(late) > 0
+    assert len(by["not_found"]) == len(late)
     summary = json.loads(out)
     assert (summary["merged"], summary["not_merged"]) == (2000 - 40 - len(late), 40)
     assert export_queries(standin.state) <= 5
@@ -131,8 +139,15 @@ def test_simplified_project_devices_paired_elsewhere(tmp_path: Path) -> None:
     the lagging share not_found; the project's own events never listed; exit 4."""
     anon = uuids(1000, 3)
     rows = [(f"$device:{a}" if i % 2 else a, f"user-{i}") for i, a in enumerate(anon)]
-    planted = [sdk("Identity Backfill", {"$device_id": anon[i], "$user_id": f"other-{i}",
-                                         "distinct_id": f"other-{i}"}, i, 0) for i in range(25)]  # fmt: skip
+    planted = [
+        sdk(
+            "Identity Backfill",
+            {"$device_id": a, "$user_id": f"o{i}", "distinct_id": f"o{i}"},
+            i,
+            0,
+        )
+        for i, a in enumerate(anon[:25])
+    ]
     planted += [sdk("Identity Backfill", {"$device_id": d, "$user_id": f"sdk-{i}",
                                           "distinct_id": f"sdk-{i}"}, 50 + i, 1)
                 for i, d in enumerate(uuids(30, 4))]  # fmt: skip
@@ -140,7 +155,7 @@ def test_simplified_project_devices_paired_elsewhere(tmp_path: Path) -> None:
     write_csv_times(tmp_path / "m.csv", rows)
     config = StandinConfig(preload_path=preload, export_lag=0.01, id_merge="simplified")
     with standin_thread(config) as standin:
-        code, out, err = run_and_verify(standin, tmp_path / "m.csv", "--id-merge", "simplified")
+        code, _out, err = run_and_verify(standin, tmp_path / "m.csv", "--id-merge", "simplified")
         assert code == 4, err
         lines = read_verify(tmp_path / "runs" / "m-csv")
         assert len(lines) == 1000
@@ -153,7 +168,8 @@ def test_simplified_project_devices_paired_elsewhere(tmp_path: Path) -> None:
         standin.state.export_lag = 0.0
         again = backfill_cli("verify", tmp_path / "m.csv", "--export-url", standin.url,
                              cwd=tmp_path, env=ENV)  # fmt: skip
-        assert again.code == 4 and "not found yet     0" in again.stdout
+        assert again.code == 4
+        assert "not found yet     0" in again.stdout
 
 
 def test_every_pair_merged_exits_0_and_verify_csv_is_private(tmp_path: Path) -> None:
@@ -172,7 +188,8 @@ def test_every_pair_merged_exits_0_and_verify_csv_is_private(tmp_path: Path) -> 
         # A second verify asks nothing: every pair is already known merged.
         before = export_queries(standin.state)
         again = backfill_cli("verify", mapping, "--export-url", standin.url, cwd=tmp_path, env=ENV)
-        assert again.code == 0 and export_queries(standin.state) == before
+        assert again.code == 0
+        assert export_queries(standin.state) == before
 
 
 def test_two_429s_are_waited_out_and_a_401_is_one_line_exit_3(tmp_path: Path) -> None:
@@ -191,7 +208,8 @@ def test_two_429s_are_waited_out_and_a_401_is_one_line_exit_3(tmp_path: Path) ->
                                env=wrong)  # fmt: skip
         assert refused.code == 3
         errors = [line for line in refused.stderr.splitlines() if "error" in line]
-        assert len(errors) == 1 and "refused the credentials (401" in errors[0]
+        assert len(errors) == 1
+        assert "refused the credentials (401" in errors[0]
         assert "wrong" not in refused.stderr
         standin.state.script(["429", "429"])
         checked = backfill_cli("verify", mapping, "--export-url", standin.url, cwd=tmp_path,
@@ -239,3 +257,28 @@ def test_lag_is_a_stable_share() -> None:
     hidden = {k for k in keys if state.lagging(k)}
     assert 350 < len(hidden) < 650
     assert hidden == {k for k in keys if zlib.crc32(k.insert_id.encode()) % 10_000 < 1000}
+
+
+def test_rehearse_ends_with_the_verification(tmp_path: Path) -> None:
+    """`backfill rehearse` shows the stand-in export's verification at its end."""
+    mapping = write_pairs(tmp_path / "m.csv", [(a, f"u{i}") for i, a in enumerate(uuids(30, 7))])
+    done = backfill_cli("rehearse", mapping, "--no-progress", cwd=tmp_path, env=clean_env())
+    assert done.code == 0, done.stderr
+    assert "verification (1 export query" in done.stdout
+    assert "merged            30" in done.stdout
+    assert (tmp_path / "runs" / "m-csv-rehearsal" / "verify.csv").exists()
+
+
+def test_simplified_pairing_binds_device_events_not_bare_ids() -> None:
+    """A Simplified pairing joins events keyed $device:D or carrying $device_id D to the user;
+    an event whose distinct_id is a bare D stays a user D."""
+    from backfill.standin.identity import SimplifiedIdentity
+
+    graph = SimplifiedIdentity()
+    pairing = {"$device_id": "$device:D", "$user_id": "U", "distinct_id": "U"}
+    graph.observe({"event": "Identity Backfill", "properties": pairing})
+    assert graph.owner_of_event({"event": "x", "properties": {"distinct_id": "$device:D"}}) == "U"
+    assert graph.owner_of_event({"event": "x", "properties": {"$device_id": "D"}}) == "U"
+    assert graph.owner_of_event({"event": "x", "properties": {"distinct_id": "D"}}) == "D"
+    unpaired = {"event": "x", "properties": {"distinct_id": "$device:E"}}
+    assert graph.owner_of_event(unpaired) == "$device:E"

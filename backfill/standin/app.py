@@ -33,8 +33,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from backfill.standin.auth import authenticate
 from backfill.mixpanel import EXPORT_PATH
+from backfill.standin.auth import authenticate
 from backfill.standin.config import StandinConfig
 from backfill.standin.export import ExportEndpoint
 from backfill.standin.faults import Fault, FaultRates
@@ -154,9 +154,8 @@ class ImportEndpoint:
                 raise _Drop
             return exported
         if request.path.rstrip("/") != "/import":
-            return answer(
-                404, f"no such endpoint {request.path!r}: this stand-in has /import and {EXPORT_PATH}"
-            )
+            where = f"this stand-in has /import and {EXPORT_PATH}"
+            return answer(404, f"no such endpoint {request.path!r}: {where}")
         if request.method != "POST":
             return answer(405, "use POST /import")
         body = await self._read(request, record)

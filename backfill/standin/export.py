@@ -30,8 +30,7 @@ from backfill.standin.config import StandinConfig
 from backfill.standin.state import RequestRecord, StandinState
 
 _TOO_MANY: Final = (
-    "Query rate limit exceeded: the export allows {limit} queries per {window}. "
-    "Please retry later."
+    "Query rate limit exceeded: the export allows {limit} queries per {window}. Please retry later."
 )
 
 

@@ -7,14 +7,14 @@ or ``$identity_failure_reason`` (Simplified ID Merge), which the raw export show
 one value, ``errAnonDistinctIdNonGUIDForm`` (an ``$anon_id`` that is not a UUID); the other
 values below are **the stand-in's own names**, not Mixpanel's wording, chosen in its style:
 
-==================  ==================================  =========================================
+==================  ==================================  ==========================================
 system              reason (``NotMerged``)              property value
-==================  ==================================  =========================================
-original            ``not_uuid4``                       ``errAnonDistinctIdNonGUIDForm`` (Mixpanel's)
+==================  ==================================  ==========================================
+original            ``not_uuid4``                       ``errAnonDistinctIdNonGUIDForm`` (Mixpanel)
 original            ``already_merged``                  ``errAnonDistinctIdAlreadyMerged``
 original            ``cluster_full``                    ``errIdentityClusterSizeLimit``
 simplified          ``already_merged``                  ``errDeviceAlreadyPairedWithAnotherUser``
-==================  ==================================  =========================================
+==================  ==================================  ==========================================
 
 ``same_cluster`` writes nothing: the two ids are already one identity, which is what the
 record asked for.

@@ -80,7 +80,9 @@ def check(
         export_url, creds, settings.project_id, max(settings.timeout_s, 60.0),
         settings.max_attempts, settings.retry_base_s,
     )  # fmt: skip
-    with RunLock(settings.out, command="verify"):
+    out = settings.out
+    assert out is not None
+    with RunLock(out, command="verify"):
         return _verify(settings, dataset, ckpt, ExportClient(config), say)
 
 

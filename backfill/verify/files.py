@@ -46,9 +46,7 @@ class VerifyCsv:
     def write(self, rows: Iterable[tuple[int, str, str, str, str, str, str]]) -> None:
         """Add lines (row, file, anon id, identified id, outcome, reason, detail)."""
         with disk_errors(self._tmp):
-            self._csv.writerows(
-                (row, *(_cell(text) for text in texts)) for row, *texts in rows
-            )
+            self._csv.writerows((row, *(_cell(text) for text in texts)) for row, *texts in rows)
 
     def commit(self) -> None:
         """Sync and rename into place."""

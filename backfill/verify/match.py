@@ -76,7 +76,8 @@ class Matcher:
         pos = np.searchsorted(self.keys, keys)
         inside = pos < len(self.keys)
         pos, keys = pos[inside], keys[inside]
-        return pos[self.keys[pos] == keys]
+        found: npt.NDArray[np.intp] = pos[self.keys[pos] == keys]
+        return found
 
     def _reason_of(self, reason: str, description: str) -> int:
         pair = (reason, description if len(self.reasons) < _MAX_REASONS else "")
