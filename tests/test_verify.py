@@ -282,3 +282,25 @@ def test_simplified_pairing_binds_device_events_not_bare_ids() -> None:
     assert graph.owner_of_event({"event": "x", "properties": {"distinct_id": "D"}}) == "D"
     unpaired = {"event": "x", "properties": {"distinct_id": "$device:E"}}
     assert graph.owner_of_event(unpaired) == "$device:E"
+
+
+def test_python_api_returns_a_frozen_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backfill.verify(source, out=..., export_url=...) returns a frozen Verification."""
+    import dataclasses
+
+    import backfill
+
+    mapping = write_pairs(tmp_path / "m.csv", [(a, f"u{i}") for i, a in enumerate(uuids(10, 8))])
+    with standin_thread(StandinConfig()) as standin:
+        sent = backfill_cli("run", mapping, "--api-url", standin.url, "--no-progress",
+                            "--out", tmp_path / "r", cwd=tmp_path, env=ENV)  # fmt: skip
+        assert sent.code == 0, sent.stderr
+        for key, value in ENV.items():
+            if key.startswith("MIXPANEL_"):
+                monkeypatch.setenv(key, value)
+        result = backfill.verify(mapping, out=tmp_path / "r", export_url=standin.url)
+    assert (result.merged, result.complete, result.exit_code) == (10, True, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign"):
+        result.merged = 0  # type: ignore[misc]

@@ -17,6 +17,8 @@ Modules: ``pairs`` (the run's pairs as 64-bit keys), ``export`` (the streaming c
 from __future__ import annotations
 
 import os
+import sys
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,14 @@ def verify(
             f"credentials= must be a backfill.Credentials, got {type(credentials).__name__}"
         )
     return run_verify(settings, url, credentials)
+
+
+class _CallableModule(types.ModuleType):
+    """``backfill.verify`` is this package once any module imports it (Python sets the
+    attribute), so the package itself answers ``backfill.verify(source, ...)``."""
+
+    def __call__(self, source: Any, **kwargs: Any) -> Verification:
+        return verify(source, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
