@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from runkit import STANDIN_CREDENTIALS, backfill_cli, clean_env, write_pairs
 
-from backfill.rehearse import standin_thread
+from backfill.commands.rehearse import standin_thread
 from backfill.standin import Standin, StandinConfig, StandinState
 from backfill.standin.state import EventKey
 

@@ -19,7 +19,7 @@ from backfill.standin.config import StandinConfig
 from backfill.standin.failures import failure_properties, read_preload
 from backfill.standin.faults import Fault, FaultPlan, FaultRates, TokenBucket
 from backfill.standin.identity import Identity, NotMerged, OriginalIdentity, SimplifiedIdentity
-from backfill.standin.rules import canonical
+from backfill.standin.strict import canonical
 
 
 class EventKey(NamedTuple):

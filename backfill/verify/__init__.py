@@ -23,10 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backfill.errors import ConfigError
-from backfill.mixpanel import EXPORT_REGIONS
-from backfill.options import OPTIONS, VERIFY
-from backfill.settings import (
+from backfill.config.options import OPTIONS, VERIFY
+from backfill.config.settings import (
     Credentials,
     Settings,
     build_settings,
@@ -34,6 +32,8 @@ from backfill.settings import (
     load_config,
     resolve,
 )
+from backfill.errors import ConfigError
+from backfill.mixpanel import EXPORT_REGIONS
 from backfill.verify.check import check
 from backfill.verify.result import Verification, render_verification
 

@@ -26,15 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from backfill.checkpoint import Checkpoint
+from backfill.commands.pipeline import open_source
+from backfill.config.options import DEFAULT_PAIRING_EVENT
+from backfill.config.settings import Credentials, Settings, credentials_from_env
 from backfill.errors import CheckpointMismatch, ConfigError, InputError
-from backfill.lock import RunLock
+from backfill.folder.checkpoint import Checkpoint
+from backfill.folder.location import locate
+from backfill.folder.lock import RunLock
 from backfill.mixpanel import EXPORT_LAG_S
-from backfill.options import DEFAULT_PAIRING_EVENT
-from backfill.pipeline import open_source
 from backfill.read import Columns, Dataset
-from backfill.runfolder import locate
-from backfill.settings import Credentials, Settings, credentials_from_env
 from backfill.verify.export import ExportClient, ExportConfig
 from backfill.verify.files import VerifyCsv, read_merged, write_merged, write_summary_block
 from backfill.verify.match import MERGED, NOT_MERGED, OUTCOMES, Matcher

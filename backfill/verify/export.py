@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import aiohttp
 
+from backfill.config.settings import Credentials
 from backfill.errors import (
     AuthRefused,
     RequestRefused,
@@ -32,7 +33,6 @@ from backfill.errors import (
     Unreachable,
 )
 from backfill.mixpanel import EXPORT_PATH, EXPORT_QUERIES_PER_HOUR
-from backfill.settings import Credentials
 
 #: Requests one verify may make, retries included (the export allows 60 an hour).
 MAX_REQUESTS = 8

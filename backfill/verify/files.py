@@ -18,8 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from backfill.files import atomic_write_json, disk_errors, fsync_dir, open_private, read_json_dict
-from backfill.report import SUMMARY_FILE
+from backfill.folder.files import (
+    atomic_write_json,
+    disk_errors,
+    fsync_dir,
+    open_private,
+    read_json_dict,
+)
+from backfill.report.table import SUMMARY_FILE
 from backfill.verify.pairs import U64
 
 VERIFY_FILE = "verify.csv"

@@ -20,15 +20,15 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from backfill.checkpoint import Checkpoint
-from backfill.events import insert_ids, merge_mask
+from backfill.config.settings import Settings
+from backfill.folder.checkpoint import Checkpoint
 from backfill.read import Chunk, Dataset
-from backfill.reasons import Reason
-from backfill.report import REJECTS_FILE, chunk_reasons
-from backfill.rules import Rules, device_ids, devices
-from backfill.settings import Settings
-from backfill.times import now_ms, to_epoch_ms
-from backfill.validation import Verdicts, judge
+from backfill.report.table import REJECTS_FILE, chunk_reasons
+from backfill.send.events import insert_ids, merge_mask
+from backfill.validation.judge import Verdicts, judge
+from backfill.validation.reasons import Reason
+from backfill.validation.rules import Rules, device_ids, devices
+from backfill.validation.times import now_ms, to_epoch_ms
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
