@@ -72,17 +72,12 @@ _LAZY = {
     "validate": "backfill.api",
     "run": "backfill.api",
     "Credentials": "backfill.config.settings",
+    "verify": "backfill.verification",
 }
-#: ``backfill.verify(source, ...)``: the package ``backfill.verify`` is itself callable.
-_PACKAGES = {"verify": "backfill.verify"}
 
 
 def __getattr__(name: str) -> Any:
-    """Load ``validate``, ``run`` and ``Credentials`` (and their heavy imports) on first use."""
-    if name in _PACKAGES:
-        import importlib
-
-        return importlib.import_module(_PACKAGES[name])
+    """Load ``validate``, ``run``, ``verify`` and ``Credentials`` (and their heavy imports) on first use."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'backfill' has no attribute {name!r}")

@@ -370,7 +370,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     import json
 
-    from backfill.verify import render_verification, run_verify, verify_settings
+    from backfill.verification import render_verification, run_verify, verify_settings
 
     explicit = {o.name: getattr(args, o.name, None) for o in options_for(VERIFY)}
     settings, url = verify_settings(

@@ -33,7 +33,7 @@ from backfill.standin import (
     running_standin,
 )
 from backfill.standin.app import OnRequest
-from backfill.verify import Verification, render_verification, run_verify
+from backfill.verification import Verification, render_verification, run_verify
 
 RECEIVED_FILE = "received.ndjson"
 

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from backfill.mixpanel import FAILURE_DESCRIPTION, FAILURE_REASON, IDENTITY_FAILURE_REASON
-from backfill.verify.pairs import U64, key_of
+from backfill.verification.pairs import U64, key_of
 
 NOT_FOUND: Final = 0
 MERGED: Final = 1

@@ -17,8 +17,6 @@ Modules: ``pairs`` (the run's pairs as 64-bit keys), ``export`` (the streaming c
 from __future__ import annotations
 
 import os
-import sys
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,8 +32,8 @@ from backfill.config.settings import (
 )
 from backfill.errors import ConfigError
 from backfill.mixpanel import EXPORT_REGIONS
-from backfill.verify.check import check
-from backfill.verify.result import Verification, render_verification
+from backfill.verification.check import check
+from backfill.verification.result import Verification, render_verification
 
 __all__ = ["Verification", "render_verification", "run_verify", "verify", "verify_settings"]
 
@@ -110,14 +108,3 @@ def verify(
             f"credentials= must be a backfill.Credentials, got {type(credentials).__name__}"
         )
     return run_verify(settings, url, credentials)
-
-
-class _CallableModule(types.ModuleType):
-    """``backfill.verify`` is this package once any module imports it (Python sets the
-    attribute), so the package itself answers ``backfill.verify(source, ...)``."""
-
-    def __call__(self, source: Any, **kwargs: Any) -> Verification:
-        return verify(source, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

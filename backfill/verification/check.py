@@ -35,11 +35,11 @@ from backfill.folder.location import locate
 from backfill.folder.lock import RunLock
 from backfill.mixpanel import EXPORT_LAG_S
 from backfill.read import Columns, Dataset
-from backfill.verify.export import ExportClient, ExportConfig
-from backfill.verify.files import VerifyCsv, read_merged, write_merged, write_summary_block
-from backfill.verify.match import MERGED, NOT_MERGED, OUTCOMES, Matcher
-from backfill.verify.pairs import I64, U64, event_names, judge_again, sent_chunks
-from backfill.verify.result import Verification
+from backfill.verification.export import ExportClient, ExportConfig
+from backfill.verification.files import VerifyCsv, read_merged, write_merged, write_summary_block
+from backfill.verification.match import MERGED, NOT_MERGED, OUTCOMES, Matcher
+from backfill.verification.pairs import I64, U64, event_names, judge_again, sent_chunks
+from backfill.verification.result import Verification
 
 #: Export queries per verify, at most (before retries): the export allows 60 an hour.
 MAX_RANGES = 3

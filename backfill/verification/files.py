@@ -26,7 +26,7 @@ from backfill.folder.files import (
     read_json_dict,
 )
 from backfill.report.table import SUMMARY_FILE
-from backfill.verify.pairs import U64
+from backfill.verification.pairs import U64
 
 VERIFY_FILE = "verify.csv"
 MERGED_FILE = "verify-merged.npy"
