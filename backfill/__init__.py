@@ -77,7 +77,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Load ``validate``, ``run``, ``verify`` and ``Credentials`` (and their heavy imports) on first use."""
+    """Load the API functions and ``Credentials`` (and their heavy imports) on first use."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'backfill' has no attribute {name!r}")
