@@ -65,17 +65,19 @@ __all__ = [
     "UsageError",
     "run",
     "validate",
+    "verify",
 ]
 
 _LAZY = {
     "validate": "backfill.api",
     "run": "backfill.api",
     "Credentials": "backfill.config.settings",
+    "verify": "backfill.verification",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Load ``validate``, ``run`` and ``Credentials`` (and their heavy imports) on first use."""
+    """Load the API functions and ``Credentials`` (and their heavy imports) on first use."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'backfill' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from backfill import __version__
-from backfill.config.options import REHEARSE, RUN, VALIDATE, options_for
+from backfill.config.options import REHEARSE, RUN, VALIDATE, VERIFY, options_for
 from backfill.errors import EXIT_INTERRUPTED, EXIT_USAGE, BackfillError, Interrupted
 
 START_HERE = """\
@@ -28,6 +28,7 @@ commands:
   validate   dry run: read and validate, report every refused row; sends nothing
   rehearse   the whole run against a local Mixpanel stand-in: no credentials, no network
   run        validate, then send to Mixpanel's /import (resumable: rerun to resume)
+  verify     after a run: ask Mixpanel's export which sent pairs really merged
   status     progress of a run, from its folder (while it runs or after)
   serve      run the local Mixpanel stand-in on its own
 
@@ -72,6 +73,20 @@ Runs the real `run` code path against a local stand-in for Mixpanel's /import on
 loopback port, with throwaway credentials; writes to <run folder>-rehearsal/ (never a real
 run's folder), including received.ndjson (what the stand-in accepted). Starts afresh each time.
 """,
+    VERIFY: """\
+examples:
+  backfill verify mappings.csv                # the run of mappings.csv, as `run` finds it
+  backfill verify mappings.csv --region eu --json
+  backfill verify mappings.csv --export-url http://127.0.0.1:8787   # a local stand-in
+
+Credentials come from the environment, as for `run`. Re-derives the pairs the run sent from
+the input and its checkpoint, asks Mixpanel's raw export (GET /api/2.0/export; 60 queries an
+hour) for the run's events over the days they span (at most 3 queries), and writes
+verify.csv: each sent pair merged, not_merged (Mixpanel's $failure_reason or
+$identity_failure_reason quoted) or not_found (new events take about 45 minutes to appear:
+run it again later; pairs already merged are not asked for again). Exit codes: 0 every sent
+pair merged, 4 some not merged or not found yet, 2 bad usage, 3 the export refused.
+""",
 }
 
 _SERVE_EXAMPLES = """\
@@ -110,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         RUN: "validate, then send to Mixpanel's /import (resumable)",
         REHEARSE: "the whole run against a local Mixpanel stand-in: no credentials, no network",
     }
-    for command in (VALIDATE, RUN, REHEARSE):
+    helps[VERIFY] = "after a run: ask Mixpanel's export which sent pairs really merged"
+    for command in (VALIDATE, RUN, REHEARSE, VERIFY):
         p = sub.add_parser(
             command,
             help=helps[command],
@@ -166,6 +182,11 @@ def _serve_parser(sub: Any) -> None:
     sv.add_argument("--system", type=str.lower, default="original", metavar="original|simplified",
                     help="the project's ID merge system: simplified refuses identity events "
                     "and pairs $device_id with $user_id (default: original)")  # fmt: skip
+    sv.add_argument("--preload", type=Path, metavar="FILE",
+                    help="start with a project that already holds these events (JSON Lines of "
+                    "{event, properties}: SDK events, earlier merges)")  # fmt: skip
+    sv.add_argument("--export-lag", type=float, default=0.0, metavar="P",
+                    help="share of imported events /api/2.0/export does not show yet (0-1)")
     sv.add_argument("--quiet", action="store_true",
                     help="no line per request: the banner and summary only")  # fmt: skip
 
@@ -300,13 +321,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rate-limit must be above 0 events/s, got {args.rate_limit}")
     if args.system not in ("original", "simplified"):
         raise ConfigError(f"--system {args.system!r} is not one of original, simplified")
+    if not 0.0 <= args.export_lag <= 1.0:
+        raise ConfigError(f"--export-lag must be from 0 to 1, got {args.export_lag}")
+    if args.preload is not None and not args.preload.is_file():
+        raise ConfigError(f"--preload {args.preload}: no such file")
     faults = FaultRates.failing(args.error_rate, latency_s=args.latency, seed=args.seed)
-    config = StandinConfig(
-        faults=faults,
-        rate_limit_events_per_s=args.rate_limit,
-        store_path=args.store,
-        id_merge=args.system,
-    )
+    try:
+        config = StandinConfig(
+            faults=faults,
+            rate_limit_events_per_s=args.rate_limit,
+            store_path=args.store,
+            id_merge=args.system,
+            preload_path=args.preload,
+            export_lag=args.export_lag,
+        )
+    except ValueError as e:
+        raise ConfigError(f"cannot serve: {e}") from None
     try:
         serve(config, host=args.host, port=args.port, log_requests=not args.quiet)
     except OSError as e:
@@ -337,8 +367,28 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from backfill.verification import render_verification, run_verify, verify_settings
+
+    explicit = {o.name: getattr(args, o.name, None) for o in options_for(VERIFY)}
+    settings, url = verify_settings(
+        tuple(args.inputs), explicit=explicit, config_path=args.config, origin="flag",
+        env=os.environ,
+    )  # fmt: skip
+    note = (lambda text: print(f"backfill: {text}", file=sys.stderr)) if settings.progress else None
+    result = run_verify(settings, url, note=note)
+    human: IO[str] = sys.stderr if settings.json else sys.stdout
+    print(render_verification(result), file=human)
+    if settings.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    return result.exit_code
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     VALIDATE: _cmd_validate,
+    VERIFY: _cmd_verify,
     RUN: _cmd_run,
     REHEARSE: _cmd_rehearse,
     "status": _cmd_status,

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+#: ``verify`` only: some pairs the run sent are not merged, or not in the export yet.
+EXIT_UNVERIFIED = 4
 EXIT_INTERRUPTED = 130
 
 

@@ -66,3 +66,34 @@ MIN_TIME_MS: Final = 31_536_000_000
 MS_THRESHOLD: Final = 100_000_000_000
 #: Ids in one identity cluster (Original ID Merge), the identified id included.
 MAX_CLUSTER_SIZE: Final = 500
+
+# --- the raw event export (openapi/export.openapi.yaml in mixpanel/docs) ---------------------
+
+#: Base URL of the raw export per data-residency region; the endpoint is ``EXPORT_PATH``.
+#: ``GET`` with ``project_id`` (service accounts), ``from_date`` and ``to_date`` (``yyyy-mm-dd``,
+#: both inclusive, UTC for projects created since 2023, the project's time zone before),
+#: optional ``event`` (a JSON array of names), ``where`` and ``time_in_ms``; HTTP Basic auth.
+#: The answer is JSON Lines, one stored event per line (``{"event":…,"properties":{…}}``, every
+#: property, ``$insert_id`` included), gzip when asked with ``Accept-Encoding: gzip``. Raw
+#: exports are not deduplicated: a resent event may appear more than once.
+EXPORT_REGIONS: Final = {
+    "us": "https://data.mixpanel.com",
+    "eu": "https://data-eu.mixpanel.com",
+    "in": "https://data-in.mixpanel.com",
+}
+EXPORT_PATH: Final = "/api/2.0/export"
+#: The export's limits: beyond them it answers 429.
+EXPORT_QUERIES_PER_HOUR: Final = 60
+EXPORT_QUERIES_PER_S: Final = 3
+EXPORT_MAX_CONCURRENT: Final = 100
+#: New events take minutes to appear in the export (observed: complete after about 45 min).
+EXPORT_LAG_S: Final = 45 * 60
+
+#: Reserved event properties (docs/data-structure/property-reference/reserved-properties.mdx):
+#: why identity merging was not executed for this event. Original ID Merge writes a short
+#: reason and a longer description; Simplified ID Merge writes its own reason property.
+FAILURE_REASON: Final = "$failure_reason"
+FAILURE_DESCRIPTION: Final = "$failure_description"
+IDENTITY_FAILURE_REASON: Final = "$identity_failure_reason"
+#: The one documented value: an ``$anon_id`` that is not a UUID (Original ID Merge).
+ANON_NOT_UUID_REASON: Final = "errAnonDistinctIdNonGUIDForm"

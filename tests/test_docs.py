@@ -7,7 +7,15 @@ import re
 from runkit import REPO
 
 from backfill.cli import build_parser
-from backfill.config.options import OPTIONS, REHEARSE, RUN, VALIDATE, markdown_table, options_for
+from backfill.config.options import (
+    OPTIONS,
+    REHEARSE,
+    RUN,
+    VALIDATE,
+    VERIFY,
+    markdown_table,
+    options_for,
+)
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -31,7 +39,7 @@ def test_every_option_is_a_flag_of_each_of_its_commands() -> None:
     """Each option of the table is a flag of exactly the commands it names."""
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    for command in (VALIDATE, RUN, REHEARSE):
+    for command in (VALIDATE, RUN, REHEARSE, VERIFY):
         subparser = sub.choices[command]  # type: ignore[index]
         flags = {s for a in subparser._actions for s in a.option_strings}
         for option in OPTIONS:

@@ -33,6 +33,7 @@ from backfill.standin import (
     running_standin,
 )
 from backfill.standin.app import OnRequest
+from backfill.verification import Verification, render_verification, run_verify
 
 RECEIVED_FILE = "received.ndjson"
 
@@ -44,6 +45,8 @@ class Rehearsal:
     summary: Summary
     received: dict[str, Any]
     received_path: Path
+    #: What the stand-in's export says merged (``backfill verify`` at the rehearsal's end).
+    verification: Verification | None = None
 
 
 def rehearsal_folder(settings: Settings) -> Path:
@@ -124,7 +127,10 @@ def rehearse(
             )
         finally:
             received = standin.state.summary()
-    return Rehearsal(summary, received, received_path)
+        # The stand-in's export shows every event at once: the verification a real run
+        # gets about 45 minutes later, here at the end of the rehearsal.
+        verification = run_verify(rehearsal, standin.url, Credentials(user, secret))
+    return Rehearsal(summary, received, received_path, verification)
 
 
 def render_received(rehearsal: Rehearsal) -> str:
@@ -141,6 +147,7 @@ def render_received(rehearsal: Rehearsal) -> str:
             f"  events refused    {received['events_rejected']:,}",
             *_identity_lines(received.get("identity") or {}),
             f"  stored in         {path}",
+            *([render_verification(rehearsal.verification)] if rehearsal.verification else []),
         ]
     )
 

@@ -25,8 +25,13 @@ from backfill.mixpanel import MAX_CLUSTER_SIZE, MAX_EVENTS_PER_REQUEST
 Kind = Literal["str", "int", "float", "bool", "choice"]
 
 VALIDATE, RUN, REHEARSE = "validate", "run", "rehearse"
+VERIFY = "verify"
 _ALL = frozenset({VALIDATE, RUN, REHEARSE})
 _SENDING = frozenset({RUN, REHEARSE})
+#: ``verify`` reads the input (its format and delimiter) and asks the export; the run's
+#: columns and event settings come from its checkpoint.
+_READING = _ALL | {VERIFY}
+_ASKING = _SENDING | {VERIFY}
 
 DEFAULT_PAIRING_EVENT: Final = "Identity Backfill"
 
@@ -155,11 +160,12 @@ class Option:
 
 OPTIONS: Final[tuple[Option, ...]] = (
     Option("out", "str", "folder for the reports and the checkpoint", metavar="DIR",
-           default_text="`runs/<input name>/` (rehearse: `…-rehearsal/`)", unit="folder"),
+           default_text="`runs/<input name>/` (rehearse: `…-rehearsal/`)", unit="folder",
+           commands=_READING),
     Option("format", "choice", "input format", choices=("csv", "tsv", "parquet", "jsonl"),
-           default_text="from the file extension"),
+           default_text="from the file extension", commands=_READING),
     Option("delimiter", "str", "field separator of a CSV file, one character", metavar="CHAR",
-           default_text="`,` (tsv: tab)", unit="one character"),
+           default_text="`,` (tsv: tab)", unit="one character", commands=_READING),
     Option("anon_column", "str", "the column of anon ids", default="anon_id", metavar="NAME",
            unit="column name"),
     Option("identified_column", "str", "the column of identified ids", default="identified_id",
@@ -180,29 +186,32 @@ OPTIONS: Final[tuple[Option, ...]] = (
            unit="events (1-2000)"),
     Option("rate", "float", "events per second (Mixpanel allows ~30,000 per project)",
            default=25_000.0, above=0, metavar="EVENTS/S", unit="events/s"),
-    Option("no_progress", "bool", "no progress display", default=False),
+    Option("no_progress", "bool", "no progress display", default=False, commands=_READING),
     Option("json", "bool", "print the summary as one JSON object on stdout (the rest on "
-           "stderr)", default=False, keyed=False),
-    Option("project_id", "str", "the Mixpanel project id", commands=frozenset({RUN}),
+           "stderr)", default=False, keyed=False, commands=_READING),
+    Option("project_id", "str", "the Mixpanel project id", commands=frozenset({RUN, VERIFY}),
            metavar="ID", default_text="`$MIXPANEL_PROJECT_ID`", unit="number"),
-    Option("region", "choice", "data residency of the project", commands=frozenset({RUN}),
-           choices=("us", "eu", "in"), default="us"),
+    Option("region", "choice", "data residency of the project",
+           commands=frozenset({RUN, VERIFY}), choices=("us", "eu", "in"), default="us"),
     Option("api_url", "str", "the /import base URL; overrides --region",
            commands=frozenset({RUN}), metavar="URL", default_text="from --region",
            unit="https URL (http only to loopback)"),
+    Option("export_url", "str", "the raw export's base URL (Mixpanel's is "
+           "https://data.mixpanel.com); overrides --region", commands=frozenset({VERIFY}),
+           metavar="URL", default_text="from --region", unit="https URL (http only to loopback)"),
     Option("concurrency", "int", "requests in flight; unset, it adapts to Mixpanel's latency "
            "from 10 up to 20 (Mixpanel's guidance) to hold --rate; a number fixes it there "
            "(above 20 to allow more)", commands=_SENDING, low=1, high=64, metavar="N",
            default_text="adaptive, 10 to 20", unit="requests (1-64)"),
-    Option("max_attempts", "int", "tries per batch before the run stops", commands=_SENDING,
+    Option("max_attempts", "int", "tries per batch before the run stops", commands=_ASKING,
            default=8, low=1, high=100, metavar="N", unit="tries"),
-    Option("timeout", "float", "seconds per request", commands=_SENDING, default=30.0, above=0,
+    Option("timeout", "float", "seconds per request", commands=_ASKING, default=30.0, above=0,
            metavar="SECONDS", unit="seconds"),
     Option("event_time", "str", "the time of every event without --time-column",
            commands=_SENDING, metavar="ISO8601|EPOCH", default_text="the first run's start",
            unit="ISO 8601 or epoch s/ms"),
     Option("retry_base_s", "float", "first retry pause; doubles up to 30x, plus 0.5x-2.5x of "
-           "jitter (Mixpanel's 2 s → 60 s, 1-5 s)", commands=_SENDING, default=2.0, low=0,
+           "jitter (Mixpanel's 2 s → 60 s, 1-5 s)", commands=_ASKING, default=2.0, low=0,
            metavar="SECONDS", unit="seconds"),
     Option("restart", "bool", "discard the checkpoint in --out and start over",
            commands=frozenset({RUN}), keyed=False, keyword=True),
@@ -282,11 +291,11 @@ def markdown_table() -> str:
         "| option | TOML key / Python keyword | default | unit / values | commands |",
         "|---|---|---|---|---|",
         "| `INPUT...` | `source` (Python) | – | files, folders, globs, `s3://`/`gs://` URLs; "
-        "Python: also a DataFrame or pyarrow Table | validate, run, rehearse |",
+        "Python: also a DataFrame or pyarrow Table | validate, run, rehearse, verify |",
         "| `--config FILE` | `config` (Python) | none | TOML file of these keys; flags win "
-        "| validate, run, rehearse |",
+        "| validate, run, rehearse, verify |",
     ]
-    order = (VALIDATE, RUN, REHEARSE)
+    order = (VALIDATE, RUN, REHEARSE, VERIFY)
     for o in OPTIONS:
         key = (
             f"`{o.name}`"

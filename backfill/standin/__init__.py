@@ -24,7 +24,13 @@ What it imitates
       probes of Mixpanel saw (2026-08); any other event with ``$device_id`` and ``$user_id``
       pairs them, one ``$device:`` stripped, the first pairing of a device winning. What
       merged, what did not and why: ``StandinState.merged_pairs()``, ``not_merged()``,
-      ``cluster_of()``, ``devices_of()`` and ``summary()["identity"]``.
+      ``cluster_of()``, ``devices_of()`` and ``summary()["identity"]``. In Simplified, a
+      pairing binds events keyed ``$device:D`` or carrying ``$device_id`` D; a bare distinct_id
+      D is a user D (``SimplifiedIdentity.owner_of_event``).
+    * ``GET /api/2.0/export`` (``export``): the stored events as JSON Lines, with the failure
+      properties of identity records that merged nothing (``failures``), not deduplicated,
+      gzip when asked, an ``export_lag`` share not shown yet, 60 queries an hour and 3 a
+      second; ``preload_path`` starts the project with events it already holds.
     * Deduplication by ``(event, time, distinct_id, $insert_id)``, the latest arrival winning
       in the store; only the first arrival of a key is an attempt to merge.
     * Mixpanel's response bodies for 200, 400, 401, 413 and 429 (the 429 as live probes saw
@@ -35,7 +41,7 @@ What it does not imitate
       is chosen and no stored event is re-keyed to its cluster (no
       ``$distinct_id_before_identity``); merges take effect at once, where Mixpanel's reports
       may take up to 24 hours. In Simplified, ``distinct_id`` stays required (Mixpanel would
-      derive it), and a ``$device:`` distinct_id is not read as a device.
+      derive it).
     * Refusals only Mixpanel makes: ``refuse_distinct_ids`` lets a test simulate them.
     * Mixpanel's exact wording for every message, its 10 MB limit (this keeps the documented
       2 MB), ``strict=0``, ``/track`` and profiles. Mixpanel rewrites a future ``time`` to the

@@ -33,8 +33,10 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from backfill.mixpanel import EXPORT_PATH
 from backfill.standin.auth import authenticate
 from backfill.standin.config import StandinConfig
+from backfill.standin.export import ExportEndpoint
 from backfill.standin.faults import Fault, FaultRates
 from backfill.standin.state import RequestRecord, StandinState
 from backfill.standin.strict import (
@@ -118,6 +120,7 @@ class ImportEndpoint:
         self.config = config
         self.state = state
         self.on_request = on_request
+        self.export = ExportEndpoint(config, state)
         self._max_future_ms = int(config.max_future_s * 1000)
         # A gzip body may legitimately be a little larger than its content; past this it cannot
         # inflate to less than max_bytes unless it is built to waste space.
@@ -145,8 +148,14 @@ class ImportEndpoint:
         return response if response is not None else web.Response(status=204)
 
     async def _respond(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
+        if request.path.rstrip("/") == EXPORT_PATH:
+            exported = await self.export.respond(request, record)
+            if exported is None:
+                raise _Drop
+            return exported
         if request.path.rstrip("/") != "/import":
-            return answer(404, f"no such endpoint {request.path!r}: this stand-in has /import")
+            where = f"this stand-in has /import and {EXPORT_PATH}"
+            return answer(404, f"no such endpoint {request.path!r}: {where}")
         if request.method != "POST":
             return answer(405, "use POST /import")
         body = await self._read(request, record)

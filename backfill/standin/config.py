@@ -53,6 +53,10 @@ class StandinConfig:
     max_future_s: float = 60.0
     id_merge: IdMerge = "original"
     redirect_to: str = "http://127.0.0.1:9/import"
+    #: NDJSON events the project holds before the stand-in starts (``--preload``).
+    preload_path: Path | None = None
+    #: Share of imported events ``GET /api/2.0/export`` does not show yet (``--export-lag``).
+    export_lag: float = 0.0
 
     def __post_init__(self) -> None:
         if self.failed_records_key not in ("$insert_id", "insert_id", None):
@@ -62,6 +66,8 @@ class StandinConfig:
             )
         if self.id_merge not in ("original", "simplified"):
             raise ValueError(f"id_merge must be 'original' or 'simplified', not {self.id_merge!r}")
+        if not 0.0 <= self.export_lag <= 1.0:
+            raise ValueError(f"export_lag must be from 0 to 1, not {self.export_lag}")
         if self.max_events < 1 or self.max_bytes < 1:
             raise ValueError("max_events and max_bytes must be at least 1")
         if self.rate_limit_events_per_s is not None and self.rate_limit_events_per_s <= 0:
@@ -80,5 +86,6 @@ class StandinConfig:
             f"rate_limit_events_per_s={self.rate_limit_events_per_s!r}, "
             f"store_path={self.store_path!r}, forbidden={self.forbidden!r}, "
             f"max_future_s={self.max_future_s!r}, id_merge={self.id_merge!r}, "
-            f"redirect_to={self.redirect_to!r})"
+            f"redirect_to={self.redirect_to!r}, preload_path={self.preload_path!r}, "
+            f"export_lag={self.export_lag!r})"
         )

@@ -80,8 +80,9 @@ class Identity(ABC):
         self._refusals: Counter[NotMerged] = Counter()
 
     @abstractmethod
-    def observe(self, event: dict[str, Any]) -> None:
-        """Apply one accepted, unique event (it passed the strict checks)."""
+    def observe(self, event: dict[str, Any]) -> NotMerged | None:
+        """Apply one accepted, unique event (it passed the strict checks); why it did not
+        merge, if it is an identity record that merged nothing."""
         raise NotImplementedError
 
     @abstractmethod
@@ -118,12 +119,13 @@ class Identity(ABC):
             "largest_cluster": max(sizes, default=0),
         }
 
-    def _outcome(self, pair: tuple[str, str], reason: NotMerged | None) -> None:
+    def _outcome(self, pair: tuple[str, str], reason: NotMerged | None) -> NotMerged | None:
         if reason is None:
             self._merged.add(pair)
-            return
+            return None
         self._refusals[reason] += 1
         self._not_merged.setdefault(pair, reason)
+        return reason
 
 
 class OriginalIdentity(Identity):
@@ -144,16 +146,17 @@ class OriginalIdentity(Identity):
         # no such cluster is absent. Merging moves the smaller set into the larger.
         self._clusters: dict[str, set[str]] = {}
 
-    def observe(self, event: dict[str, Any]) -> None:
+    def observe(self, event: dict[str, Any]) -> NotMerged | None:
         """``$identify`` and ``$merge`` may merge; every other event leaves the graph alone."""
         props = event["properties"]
         if event["event"] == "$identify":
             anon, identified = props["$anon_id"], props["$identified_id"]
-            self._outcome((anon, identified), self._identify(anon, identified))
-        elif event["event"] == "$merge":
+            return self._outcome((anon, identified), self._identify(anon, identified))
+        if event["event"] == "$merge":
             first, second = props["$distinct_ids"]
             # backfill sends [identified, anon]: the pair reads (anon, identified) as above.
-            self._outcome((second, first), self._merge(first, second))
+            return self._outcome((second, first), self._merge(first, second))
+        return None
 
     def _identify(self, anon: str, identified: str) -> NotMerged | None:
         if not is_mergeable_anon_id(anon):
@@ -223,15 +226,15 @@ class SimplifiedIdentity(Identity):
         self._user_of: dict[str, str] = {}
         self._devices: dict[str, set[str]] = {}
 
-    def observe(self, event: dict[str, Any]) -> None:
+    def observe(self, event: dict[str, Any]) -> NotMerged | None:
         """An event with both ``$device_id`` and ``$user_id`` pairs them, unless already paired."""
         props = event["properties"]
         device, user = props.get("$device_id"), props.get("$user_id")
         if not (isinstance(device, str) and isinstance(user, str) and user):
-            return
+            return None
         device = device.removeprefix(DEVICE_PREFIX)  # one prefix only, as ingest strips it
         if not device:
-            return
+            return None
         owner = self._user_of.get(device)
         if owner is None:
             self._user_of[device] = user
@@ -239,7 +242,26 @@ class SimplifiedIdentity(Identity):
             reason = None
         else:
             reason = NotMerged.SAME_CLUSTER if owner == user else NotMerged.ALREADY_MERGED
-        self._outcome((device, user), reason)
+        return self._outcome((device, user), reason)
+
+    def owner_of_event(self, event: dict[str, Any]) -> str:
+        """Whose event this is, as a Simplified project reads it (probes p06/p07 of the real
+        service): ``$user_id`` if set; else the user its device is paired with, the device
+        taken from ``$device_id`` or from a ``$device:D`` distinct_id; an unpaired device
+        stays ``$device:D``. A bare distinct_id D is a user D: it is never joined to device D.
+        """
+        props = event.get("properties") or {}
+        user = props.get("$user_id")
+        if isinstance(user, str) and user:
+            return user
+        device = props.get("$device_id")
+        distinct = str(props.get("distinct_id", ""))
+        if not (isinstance(device, str) and device):
+            if not distinct.startswith(DEVICE_PREFIX):
+                return distinct
+            device = distinct
+        device = device.removeprefix(DEVICE_PREFIX)
+        return self._user_of.get(device, DEVICE_PREFIX + device)
 
     def cluster_of(self, distinct_id: str) -> frozenset[str]:
         """A user and its devices as ``$device:<device>``; ``$device:<d>`` finds its user's."""

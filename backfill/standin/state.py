@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from backfill.standin.config import StandinConfig
+from backfill.standin.failures import failure_properties, read_preload
 from backfill.standin.faults import Fault, FaultPlan, FaultRates, TokenBucket
 from backfill.standin.identity import Identity, NotMerged, OriginalIdentity, SimplifiedIdentity
 from backfill.standin.strict import canonical
@@ -83,6 +85,17 @@ class StandinState:
         self.events_received = 0
         self.events_rejected = 0
         self.duplicates = 0
+        #: How many times each key arrived: the raw export repeats a resent event.
+        self.arrivals: Counter[EventKey] = Counter()
+        #: The failure properties Mixpanel writes on a stored identity record that merged
+        #: nothing (``$failure_reason`` … or ``$identity_failure_reason``), by key.
+        self.failures: dict[EventKey, dict[str, str]] = {}
+        #: Keys the project held before this stand-in started (``preload``): never lagging.
+        self.preloaded: set[EventKey] = set()
+        #: Share of imported events the export does not show yet (a test sets it to 0 later).
+        self.export_lag: float = config.export_lag
+        #: Arrival times of the export queries, for the export's own rate limits.
+        self.export_queries: list[float] = []
         #: What the accepted events merged, by the rules of the project's ID merge system.
         self.identity: Identity = (
             SimplifiedIdentity() if config.id_merge == "simplified" else OriginalIdentity()
@@ -92,6 +105,8 @@ class StandinState:
         self._plan = FaultPlan(config.faults)
         self._bucket: TokenBucket | None = None
         self.rate_limit_events_per_s = config.rate_limit_events_per_s
+        if config.preload_path is not None:
+            self.preload(read_preload(config.preload_path))
 
     # --- knobs ---------------------------------------------------------------------------------
 
@@ -152,7 +167,24 @@ class StandinState:
         self.in_flight -= 1
         record.finished_s = self.clock()
 
-    def store_accepted(self, events: list[dict[str, Any]], *, refused: int) -> None:
+    def preload(self, events: list[dict[str, Any]]) -> None:
+        """Start with a project that already holds ``events`` (its SDKs' events and earlier
+        merges), applied to the identity graph in order, exported at once, never lagging."""
+        before = set(self.store)
+        self.store_accepted(events, refused=0, record=False)
+        self.preloaded |= set(self.store) - before
+        self.events_received -= len(events)
+
+    def lagging(self, key: EventKey) -> bool:
+        """Whether the export does not show this event yet: a stable ``export_lag`` share of
+        the imported events, chosen by their ``$insert_id`` (preloaded ones never lag)."""
+        if self.export_lag <= 0 or key in self.preloaded:
+            return False
+        return zlib.crc32(key.insert_id.encode()) % 10_000 < self.export_lag * 10_000
+
+    def store_accepted(
+        self, events: list[dict[str, Any]], *, refused: int, record: bool = True
+    ) -> None:
         """Store the records of one request that passed the strict checks; count the others.
 
         No await inside: atomic with respect to other requests. The latest arrival of a key
@@ -167,15 +199,20 @@ class StandinState:
                 self.duplicates += 1
             else:
                 unique.append(event)
-                self.identity.observe(event)
+                reason = self.identity.observe(event)
+                if reason is not None:
+                    failure = failure_properties(self.identity.system, reason, event)
+                    if failure:
+                        self.failures[key] = failure
             self.store[key] = event
+            self.arrivals[key] += 1
             form = canonical(event)
             forms = self.forms.setdefault(key, [])
             if form not in forms:
                 forms.append(form)
         self.events_received += len(events) + refused
         self.events_rejected += refused
-        if self.config.store_path is not None and unique:
+        if self.config.store_path is not None and unique and record:
             # One line per event as Mixpanel would count it: a resent duplicate adds nothing.
             with self.config.store_path.open("a", encoding="utf-8") as out:
                 out.writelines(

@@ -1,0 +1,283 @@
+"""One verification: the run's sent pairs, the export's events of theirs, an outcome each.
+
+1. Find the run as ``run`` finds it (``runfolder.locate``), read its checkpoint and take the
+   run's settings from it (columns, ID merge system, event names, event time): ``verify``
+   needs only the input and the credentials. A changed input is refused.
+2. Judge the input again (deterministic) and derive the keys of the pairs the run sent
+   (``pairs``); drop those an earlier verify found merged (``files.read_merged``).
+3. Ask the export for the run's event names over the UTC days those pairs' times span, in at
+   most ``MAX_RANGES`` queries (a day wider on each side: projects created before 2023 count
+   days in their own time zone), and match every line (``match``).
+4. Read the input once more to write ``verify.csv`` in row order, update the merged set and
+   ``summary.json``'s ``verify`` block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backfill.commands.pipeline import open_source
+from backfill.config.options import DEFAULT_PAIRING_EVENT
+from backfill.config.settings import Credentials, Settings, credentials_from_env
+from backfill.errors import CheckpointMismatch, ConfigError, InputError
+from backfill.folder.checkpoint import Checkpoint
+from backfill.folder.location import locate
+from backfill.folder.lock import RunLock
+from backfill.mixpanel import EXPORT_LAG_S
+from backfill.read import Columns, Dataset
+from backfill.verification.export import ExportClient, ExportConfig
+from backfill.verification.files import VerifyCsv, read_merged, write_merged, write_summary_block
+from backfill.verification.match import MERGED, NOT_MERGED, OUTCOMES, Matcher
+from backfill.verification.pairs import I64, U64, event_names, judge_again, sent_chunks
+from backfill.verification.result import Verification
+
+#: Export queries per verify, at most (before retries): the export allows 60 an hour.
+MAX_RANGES = 3
+Note = Callable[[str], None]
+
+
+def check(
+    settings: Settings,
+    export_url: str,
+    credentials: Credentials | None,
+    env: Mapping[str, str],
+    *,
+    note: Note | None = None,
+) -> Verification:
+    """Verify the run of ``settings.source`` (see the module docstring)."""
+    say = note or (lambda _: None)
+    dataset = open_source(settings)
+    settings, moved = locate(settings, env, dataset)
+    if moved:
+        say(moved)
+    assert settings.out is not None
+    ckpt = Checkpoint.read(settings.out)
+    if ckpt is None:
+        raise InputError(
+            f"no run found in {settings.out}: verify checks what `backfill run` sent; pass "
+            "--out with the run's folder"
+        )
+    settings = _as_run(settings, ckpt.identity)
+    if dataset.columns != settings.columns or dataset.format != settings.format:
+        dataset = open_source(settings)
+    if dataset.fingerprint() != ckpt.identity.get("input"):
+        raise CheckpointMismatch(
+            f"the input is not what the run in {settings.out} sent (a file was added, removed "
+            "or changed): verify needs the same files"
+        )
+    creds = credentials or credentials_from_env(env, settings.project_id)
+    config = ExportConfig(
+        export_url, creds, settings.project_id, max(settings.timeout_s, 60.0),
+        settings.max_attempts, settings.retry_base_s,
+    )  # fmt: skip
+    out = settings.out
+    assert out is not None
+    with RunLock(out, command="verify"):
+        return _verify(settings, dataset, ckpt, ExportClient(config), say)
+
+
+def _as_run(settings: Settings, identity: Mapping[str, Any]) -> Settings:
+    """``settings`` with what the run's checkpoint fixed: its columns, system, project."""
+    recorded = identity.get("project_id")
+    if settings.project_id and recorded and settings.project_id != recorded:
+        raise ConfigError(
+            f"the run was sent to project {recorded}, not {settings.project_id}: verify asks "
+            f"the project the run sent to (unset MIXPANEL_PROJECT_ID or pass --project-id "
+            f"{recorded})"
+        )
+    return replace(
+        settings,
+        format=identity.get("format") or settings.format,
+        columns=Columns(
+            anon=identity["anon_column"],
+            identified=identity["identified_column"],
+            time=identity.get("time_column"),
+        ),
+        id_merge=identity.get("id_merge", "original"),
+        non_uuid_anon=identity.get("non_uuid_anon", "refuse"),
+        pairing_event=identity.get("pairing_event", DEFAULT_PAIRING_EVENT),
+        max_cluster_size=identity.get("max_cluster_size", settings.max_cluster_size),
+        project_id=recorded or settings.project_id,
+    )
+
+
+def _verify(
+    settings: Settings, dataset: Dataset, ckpt: Checkpoint, client: ExportClient, say: Note
+) -> Verification:
+    assert settings.out is not None
+    out = settings.out
+    verdicts = judge_again(settings, dataset, out)
+    try:
+        keys, days = _collect(settings, dataset, verdicts, ckpt, out)
+        merged_before = read_merged(out)
+        known = _member(keys, merged_before)
+        matcher = Matcher(np.unique(keys[~known]))
+        ranges = plan_ranges(days[~known], _today())
+        _query(client, ranges, event_names(settings), matcher, say)
+        try_again = _try_again(ckpt)
+        counts, reasons = _write(settings, dataset, verdicts, ckpt, matcher, merged_before,
+                                 try_again)  # fmt: skip
+    finally:
+        verdicts.close()
+    found = matcher.keys[matcher.outcome == MERGED]
+    write_merged(out, np.union1d(merged_before, found))
+    result = Verification(
+        out=out,
+        pairs_sent=sum(counts.values()),
+        merged=counts["merged"],
+        not_merged=counts["not_merged"],
+        not_found=counts["not_found"],
+        reasons=dict(reasons.most_common()),
+        queries=client.requests,
+        export_lines=matcher.lines,
+        days=(ranges[0][0].isoformat(), ranges[-1][1].isoformat()) if ranges else None,
+        already_merged=int(known.sum()),
+        try_again_at=try_again if counts["not_found"] else None,
+    )
+    write_summary_block(out, result.to_json())
+    return result
+
+
+def _collect(
+    settings: Settings, dataset: Dataset, verdicts: Any, ckpt: Checkpoint, out: Path
+) -> tuple[U64, I64]:
+    keys, days = [], []
+    for sent in sent_chunks(settings, dataset, verdicts, ckpt, out):
+        keys.append(sent.keys)
+        days.append(sent.days)
+    if not keys:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(keys), np.concatenate(days)
+
+
+def _member(keys: U64, sorted_set: U64) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    if len(sorted_set) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, keys), len(sorted_set) - 1)
+    return np.asarray(sorted_set[pos] == keys)
+
+
+def plan_ranges(days: I64, today: int) -> list[tuple[date, date]]:
+    """At most ``MAX_RANGES`` ranges of UTC days covering ``days``, a day wider each side.
+
+    Runs of days are joined across their smallest gaps first, so a migration whose events
+    fall on a few far-apart days asks for those days, not for the years between them.
+    """
+    unique = np.unique(days).tolist()
+    if not unique:
+        return []
+    spans = [[unique[0], unique[0]]]
+    for day in unique[1:]:
+        if day - spans[-1][1] <= 1:
+            spans[-1][1] = day
+        else:
+            spans.append([day, day])
+    while len(spans) > MAX_RANGES:
+        gaps = [spans[i + 1][0] - spans[i][1] for i in range(len(spans) - 1)]
+        i = gaps.index(min(gaps))
+        spans[i : i + 2] = [[spans[i][0], spans[i + 1][1]]]
+    widened: list[list[int]] = []
+    for first, last in spans:
+        first, last = first - 1, min(last + 1, today)
+        if widened and first <= widened[-1][1] + 1:
+            widened[-1][1] = max(widened[-1][1], last)
+        else:
+            widened.append([first, last])
+    epoch = date(1970, 1, 1)
+    return [(epoch + timedelta(days=a), epoch + timedelta(days=b)) for a, b in widened]
+
+
+def _today() -> int:
+    return int(time.time() // 86_400)
+
+
+def _query(
+    client: ExportClient,
+    ranges: list[tuple[date, date]],
+    names: list[str],
+    matcher: Matcher,
+    say: Note,
+) -> None:
+    if len(matcher.keys) == 0:
+        return
+    shown = [time.monotonic()]
+
+    def on_line(raw: bytes) -> None:
+        matcher.line(raw)
+        if matcher.lines % 50_000 == 0 and time.monotonic() - shown[0] > 5.0:
+            shown[0] = time.monotonic()
+            say(f"verify: {matcher.lines:,} exported events read")
+
+    for first, last in ranges:
+        say(f"verify: asking Mixpanel's export for {', '.join(names)} from {first} to {last}")
+        _run_async(client.query(first, last, names, on_line))
+    matcher.flush()
+
+
+def _run_async(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` to its end, also from inside a running loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coroutine)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
+
+
+def _try_again(ckpt: Checkpoint) -> str:
+    """When the export should show what is missing: 45 minutes after the run's last write,
+    or, if that has passed, 15 minutes from now."""
+    at = max(ckpt.updated_at + EXPORT_LAG_S, time.time() + 15 * 60)
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="minutes")
+
+
+def _write(
+    settings: Settings,
+    dataset: Dataset,
+    verdicts: Any,
+    ckpt: Checkpoint,
+    matcher: Matcher,
+    merged_before: U64,
+    try_again: str,
+) -> tuple[Counter[str], Counter[str]]:
+    assert settings.out is not None
+    counts: Counter[str] = Counter({name: 0 for name in OUTCOMES})
+    reasons: Counter[str] = Counter()
+    csv_file = VerifyCsv(settings.out)
+    missing = f"not in Mixpanel's export yet: run backfill verify again after {try_again}"
+    try:
+        for sent in sent_chunks(settings, dataset, verdicts, ckpt, settings.out):
+            known = _member(sent.keys, merged_before)
+            last = max(len(matcher.keys) - 1, 0)
+            pos = np.minimum(np.searchsorted(matcher.keys, sent.keys), last)
+            outcome = np.where(known, MERGED, matcher.outcome[pos] if len(matcher.keys) else 0)
+            why = np.where(known, 0, matcher.reason[pos] if len(matcher.keys) else 0)
+            lines = []
+            anons, idents = sent.anon.to_pylist(), sent.identified.to_pylist()
+            rows = sent.file_rows.tolist()
+            for i, (o, w) in enumerate(zip(outcome.tolist(), why.tolist(), strict=True)):
+                name = OUTCOMES[o]
+                counts[name] += 1
+                reason, description = matcher.reasons[w] if o == NOT_MERGED else ("", "")
+                if o == NOT_MERGED:
+                    reasons[reason] += 1
+                detail = (description or "Mixpanel gave no description") if o == NOT_MERGED \
+                    else missing if name == "not_found" else ""  # fmt: skip
+                lines.append((rows[i], sent.file, anons[i], idents[i], name, reason, detail))
+            csv_file.write(lines)
+        csv_file.commit()
+    except BaseException:
+        csv_file.discard()
+        raise
+    return counts, reasons
