@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -305,3 +306,65 @@ def markdown_table() -> str:
 def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- the same advice for the Python API ------------------------------------------------------
+
+#: A flag in a message, and the token after it when that may be its value: a quoted string,
+#: an UPPERCASE placeholder (``NAME``), or a word, a number or ``a|b`` choices. A flag in
+#: backticks is left as it is (a message naming the command line on purpose).
+_FLAG_IN_TEXT = re.compile(
+    r"(?<![`\w-])--([a-z][a-z0-9-]*)(?: ('[^']*'|\"[^\"]*\"|[A-Z][A-Z/|]*\b|[\w.|-]+))?"
+)
+#: Words of the command line, and what a caller of the Python API does instead.
+_PHRASES = (
+    ("run the same command again", "make the same call again"),
+    ("rerun the same command", "make the same call again"),
+    ("the same command", "the same call"),
+)
+
+
+def in_keywords(message: str) -> str:
+    """A message for the command line, told to a caller of the Python API: each flag of the
+    options table as its keyword (``--anon-column NAME`` → ``anon_column='NAME'``,
+    ``--restart`` → ``restart=True``, ``another --out`` → ``another out``), command-line
+    phrases as calls."""
+    for cli, api in _PHRASES:
+        message = message.replace(cli, api)
+    return _FLAG_IN_TEXT.sub(_keyword, message)
+
+
+def _keyword(match: re.Match[str]) -> str:
+    name, token = match.group(1).replace("-", "_"), match.group(2)
+    option = BY_NAME.get(name)
+    if option is None:
+        return "config=" + _value(token, quote=True) if name == "config" else match.group(0)
+    if option.kind == "bool":
+        return f"{name}=True" + ("" if token is None else f" {token}")
+    value = _option_value(option, token)
+    if value is None:
+        # The flag named in prose ("another --id-merge", "--format and --delimiter"): the name.
+        return name + ("" if token is None else f" {token}")
+    return f"{name}={value}"
+
+
+def _option_value(option: Option, token: str | None) -> str | None:
+    """The keyword's value for a flag's value token, or None when the token is prose."""
+    if token is None:
+        return None
+    numeric = option.kind in ("int", "float")
+    if token[0] in "'\"" or token.isupper():
+        return _value(token, quote=not numeric)
+    words = token.split("|")
+    if option.choices and all(w.lower() in option.choices for w in words):
+        return " or ".join(repr(w.lower()) for w in words)
+    if numeric and re.fullmatch(r"[0-9.]+", token):
+        return token
+    return None
+
+
+def _value(token: str | None, *, quote: bool) -> str:
+    if token is None:
+        return "..."
+    bare = token.strip("'\"")
+    return repr(bare) if quote else bare

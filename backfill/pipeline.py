@@ -38,7 +38,7 @@ from backfill.report import (
 )
 from backfill.rules import Rules, devices
 from backfill.settings import Credentials, Settings
-from backfill.summary import FileRows, RunStatus, Summary, ThisRun
+from backfill.summary import FileRows, RowRef, RunStatus, Summary, ThisRun, TrimmedIds
 from backfill.times import iso_utc, now_ms
 from backfill.validation import Verdicts, judge
 
@@ -286,10 +286,22 @@ def _counts(
         "id_merge": settings.id_merge,
         "events_by_kind": dict(validated.events_by_kind),
         "hash_collisions_resolved": v.collisions,
+        "trimmed_ids": _trimmed_ids(settings, validated),
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),
         "elapsed_s": round(time.time() - started, 3),
     }
+
+
+def _trimmed_ids(settings: Settings, validated: Validated) -> TrimmedIds:
+    """The trimmed ids' count, and the first one by its file, row and column name."""
+    trimmed = validated.verdicts.trimmed
+    if trimmed.first is None:
+        return TrimmedIds(trimmed.count)
+    file_index, row, role = trimmed.first
+    column = settings.columns.anon if role == "anon" else settings.columns.identified
+    name = validated.dataset.files[file_index].name
+    return TrimmedIds(trimmed.count, RowRef(name, row, column))
 
 
 def _run_summary(
