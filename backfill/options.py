@@ -255,7 +255,9 @@ def check_keys(values: Mapping[str, Any], command: str, origin: str) -> dict[str
             option = BY_NAME[key]
             if command in option.commands:
                 raise ConfigError(
-                    f"{origin}: {key!r} cannot be set here: pass {option.flag} on the command line"
+                    # In backticks: the Python API's messages keep it a flag (``in_keywords``).
+                    f"{origin}: {key!r} cannot be set here: pass `{option.flag}` on the command "
+                    "line"
                 )
             raise ConfigError(
                 f"{origin}: {key!r} is a setting of {'/'.join(sorted(option.commands))}, "

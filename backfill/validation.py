@@ -341,8 +341,10 @@ def _count_trimmed(chunk: Chunk, trimmed: Trimmed) -> None:
         return
     trimmed.count += len(anon) + len(identified)
     if trimmed.first is None:
-        first = min(
-            [(int(anon[0]), 0, "anon")] * bool(len(anon))
-            + [(int(identified[0]), 1, "identified")] * bool(len(identified))
-        )
-        trimmed.first = (chunk.file_index, chunk.file_row + first[0], first[2])
+        candidates = []
+        if len(anon):
+            candidates.append((int(anon[0]), 0, "anon"))
+        if len(identified):
+            candidates.append((int(identified[0]), 1, "identified"))
+        at, _, role = min(candidates)
+        trimmed.first = (chunk.file_index, chunk.file_row + at, role)
