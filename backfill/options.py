@@ -73,11 +73,13 @@ class Option:
         return f"`{self.default}`"
 
     def help_text(self) -> str:
-        """``--help`` text: the help, the values, the default."""
-        values = f" ({', '.join(self.choices)})" if self.choices else ""
+        """``--help`` text: the help, the range, the default (a choice's values are its
+        metavar, so they are not listed again)."""
         if self.kind == "bool":
-            return self.help + values
-        return f"{self.help}{values} (default: {self.shown_default.replace('`', '')})"
+            return self.help
+        bounds = self._range().strip()
+        ranged = f"; {bounds.removeprefix('from ').removeprefix('of ')}" if bounds else ""
+        return f"{self.help}{ranged} (default: {self.shown_default.replace('`', '')})"
 
     def check(self, value: Any, origin: str) -> Any:
         """``value`` converted to this option's type and checked; ConfigError naming the fix.
@@ -188,9 +190,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
            metavar="ID", default_text="`$MIXPANEL_PROJECT_ID`", unit="number"),
     Option("region", "choice", "data residency of the project", commands=frozenset({RUN}),
            choices=("us", "eu", "in"), default="us"),
-    Option("api_url", "str", "the /import base URL; overrides --region",
+    Option("api_url", "str", "Mixpanel's API base URL (https://api-eu.mixpanel.com) or its "
+           "/import URL; overrides --region",
            commands=frozenset({RUN}), metavar="URL", default_text="from --region",
-           unit="https URL (http only to loopback)"),
+           unit="base or /import URL; https (http only to loopback)"),
     Option("concurrency", "int", "requests in flight; unset, it adapts to Mixpanel's latency "
            "from 10 up to 20 (Mixpanel's guidance) to hold --rate; a number fixes it there "
            "(above 20 to allow more)", commands=_SENDING, low=1, high=64, metavar="N",
@@ -202,8 +205,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("event_time", "str", "the time of every event without --time-column",
            commands=_SENDING, metavar="ISO8601|EPOCH", default_text="the first run's start",
            unit="ISO 8601 or epoch s/ms"),
-    Option("retry_base_s", "float", "first retry pause; doubles up to 30x, plus 0.5x-2.5x of "
-           "jitter (Mixpanel's 2 s → 60 s, 1-5 s)", commands=_SENDING, default=2.0, low=0,
+    Option("retry_base_s", "float", "the pause before a batch's first retry; each later retry "
+           "waits twice the one before, at most 30 times this, plus a random 0.5 to 2.5 times "
+           "this (the default follows Mixpanel's advice: 2 s doubling to 60 s, plus 1-5 s)",
+           commands=_SENDING, default=2.0, low=0,
            metavar="SECONDS", unit="seconds"),
     Option("restart", "bool", "discard the checkpoint in --out and start over",
            commands=frozenset({RUN}), keyed=False, keyword=True),
