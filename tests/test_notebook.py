@@ -43,7 +43,8 @@ def test_print_summary_is_the_cli_table(tmp_path: Path) -> None:
     cli = backfill_cli("validate", tmp_path / "same.csv", "--out", tmp_path / "cli", cwd=tmp_path)
     assert cli.code == 0, cli.stderr
     table = str(summary)
-    assert table.splitlines()[0] == "backfill validate <DataFrame> (dry run: nothing sent; validated)"
+    title = "backfill validate <DataFrame> (dry run: nothing sent; validated)"
+    assert table.splitlines()[0] == title
     # Every line but the title and the elapsed time is the CLI's.
     assert table.splitlines()[1:-1] == cli.stdout.splitlines()[1:-2]
     assert "invalid_anon_id" in table
