@@ -103,7 +103,8 @@ def _with_labels(summary: Summary, source: SourceLike) -> Summary:
     """The summary holding a pandas DataFrame source's index (for ``rejects()``)."""
     kind = type(source)
     if kind.__name__ == "DataFrame" and kind.__module__.startswith("pandas"):
-        return dataclasses.replace(summary, index_labels=source.index)
+        frame: Any = source
+        return dataclasses.replace(summary, index_labels=frame.index)
     return summary
 
 
