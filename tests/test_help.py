@@ -9,7 +9,7 @@ import pytest
 from runkit import backfill_cli
 
 from backfill.cli import build_parser
-from backfill.options import OPTIONS, REHEARSE, RUN, VALIDATE
+from backfill.config.options import OPTIONS, REHEARSE, RUN, VALIDATE
 
 COMMANDS = ("validate", "rehearse", "run", "status", "serve")
 

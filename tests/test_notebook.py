@@ -12,7 +12,7 @@ import pytest
 from runkit import backfill_cli, uuid4s
 
 import backfill
-from backfill.options import in_keywords
+from backfill.config.options import in_keywords
 
 
 @pytest.fixture(autouse=True)

@@ -19,11 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from backfill import pipeline
+from backfill.commands import pipeline
+from backfill.config.settings import Credentials, Settings
 from backfill.errors import BackfillError
-from backfill.progress import Progress
-from backfill.runfolder import default_folder
-from backfill.settings import Credentials, Settings
+from backfill.folder.location import default_folder
+from backfill.report.progress import Progress
+from backfill.report.summary import Summary
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,
@@ -34,7 +35,6 @@ from backfill.standin import (
 )
 from backfill.standin.app import OnRequest
 from backfill.standin.running import summary_lines
-from backfill.summary import Summary
 
 RECEIVED_FILE = "received.ndjson"
 

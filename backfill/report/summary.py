@@ -128,7 +128,7 @@ class Summary:
 
     def __str__(self) -> str:
         """The terminal table, as the CLI prints it."""
-        from backfill.report import render_table
+        from backfill.report.table import render_table
 
         return render_table(self)
 
@@ -144,7 +144,7 @@ class Summary:
         """``rejects.csv`` as a DataFrame of text (``409`` stays ``"409"``, empty stays ``""``;
         ``row`` an integer); for a DataFrame source, an ``index`` column first holding each
         row's label in that DataFrame."""
-        from backfill.report import REJECTS_FILE, read_rejects
+        from backfill.report.table import REJECTS_FILE, read_rejects
 
         return read_rejects(self.out / REJECTS_FILE, self.index_labels)
 
