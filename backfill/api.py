@@ -2,17 +2,25 @@
 
 Options are the TOML keys (``anon_column``, ``time_column``, ``rate``, ``id_merge``, …) with
 the same checks as the flags; an unknown key gets a "did you mean". Nothing is printed unless
-``progress=True`` (a progress line on stderr); every failure is a ``BackfillError``.
+``progress=True`` (a progress line on stderr); every failure is a ``BackfillError``, its
+message speaking in keywords (``pass anon_column='NAME'``) where the CLI's names flags: the
+one translation happens here, at the boundary (``options.in_keywords``).
+
+For a DataFrame source the Summary keeps the DataFrame's index, so ``summary.rejects()``
+names each refused row by its own label, not only by its position.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from backfill.commands import pipeline
+from backfill.config.options import in_keywords
 from backfill.config.settings import (
     Credentials,
     Settings,
@@ -20,7 +28,7 @@ from backfill.config.settings import (
     credentials_from_env,
     settings_for,
 )
-from backfill.errors import ConfigError
+from backfill.errors import BackfillError, ConfigError
 from backfill.report.progress import Progress
 from backfill.report.summary import Summary
 
@@ -42,8 +50,10 @@ def validate(
     ``rejects.csv``). Raises ``InputError``/``ConfigError`` (``UsageError``s) for bad input or
     options.
     """
-    settings = _settings("validate", source, out, config, progress, options)
-    return pipeline.validate(settings, progress=Progress(enabled=progress))
+    with _api_errors(source):
+        settings = _settings("validate", source, out, config, progress, options)
+        summary = pipeline.validate(settings, progress=Progress(enabled=progress))
+    return _with_labels(summary, source)
 
 
 def run(
@@ -62,17 +72,40 @@ def run(
     with the same source and ``out`` resumes. Raises ``Aborted`` (the run stopped; its
     ``summary`` attribute holds the Summary) or ``Interrupted``.
     """
-    settings = _settings("run", source, out, config, progress, options)
-    if credentials is None:
-        creds = credentials_from_env(os.environ, settings.project_id)
-    elif isinstance(credentials, Credentials):
-        creds = credentials
-        check_project(creds, settings.project_id)
-    else:
-        raise ConfigError(
-            f"credentials= must be a backfill.Credentials, got {type(credentials).__name__}"
-        )
-    return pipeline.run(settings, creds, progress=Progress(enabled=progress))
+    with _api_errors(source):
+        settings = _settings("run", source, out, config, progress, options)
+        if credentials is None:
+            creds = credentials_from_env(os.environ, settings.project_id)
+        elif isinstance(credentials, Credentials):
+            creds = credentials
+            check_project(creds, settings.project_id)
+        else:
+            raise ConfigError(
+                f"credentials= must be a backfill.Credentials, got {type(credentials).__name__}"
+            )
+        summary = pipeline.run(settings, creds, progress=Progress(enabled=progress))
+    return _with_labels(summary, source)
+
+
+@contextlib.contextmanager
+def _api_errors(source: SourceLike) -> Iterator[None]:
+    """Every BackfillError's message in keywords; a stopped run's summary with the labels."""
+    try:
+        yield
+    except BackfillError as e:
+        e.args = tuple(in_keywords(a) if isinstance(a, str) else a for a in e.args)
+        if e.summary is not None:
+            e.summary = _with_labels(e.summary, source)
+        raise
+
+
+def _with_labels(summary: Summary, source: SourceLike) -> Summary:
+    """The summary holding a pandas DataFrame source's index (for ``rejects()``)."""
+    kind = type(source)
+    if kind.__name__ == "DataFrame" and kind.__module__.startswith("pandas"):
+        frame: Any = source
+        return dataclasses.replace(summary, index_labels=frame.index)
+    return summary
 
 
 def _settings(

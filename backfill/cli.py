@@ -21,21 +21,23 @@ from backfill import __version__
 from backfill.config.options import REHEARSE, RUN, VALIDATE, VERIFY, options_for
 from backfill.errors import EXIT_INTERRUPTED, EXIT_USAGE, BackfillError, Interrupted
 
+INTRO = "backfill: replay anonymous-to-identified ID mappings into Mixpanel as identity merges."
+
 START_HERE = """\
-backfill: replay anonymous-to-identified ID mappings into Mixpanel as identity merges.
-
-commands:
-  validate   dry run: read and validate, report every refused row; sends nothing
-  rehearse   the whole run against a local Mixpanel stand-in: no credentials, no network
-  run        validate, then send to Mixpanel's /import (resumable: rerun to resume)
-  verify     after a run: ask Mixpanel's export which sent pairs really merged
-  status     progress of a run, from its folder (while it runs or after)
-  serve      run the local Mixpanel stand-in on its own
-
 start here:
   backfill validate mappings.csv        # what would be sent, what is refused and why
   backfill rehearse mappings.csv        # the same run against a local stand-in
 """
+
+#: Each command's one line in ``backfill --help`` (and, capitalised, its own description).
+HELPS = {
+    VALIDATE: "dry run: read and validate, report every refused row; sends nothing",
+    REHEARSE: "the whole run against a local Mixpanel stand-in: no credentials, no network",
+    RUN: "validate, then send to Mixpanel's /import (resumable: rerun to resume)",
+    VERIFY: "after a run: ask Mixpanel's export which sent pairs really merged",
+    "status": "progress of a run, from its folder (while it runs or after)",
+    "serve": "run the local Mixpanel stand-in on its own (for rehearsals and tests)",
+}
 
 _EXAMPLES = {
     VALIDATE: """\
@@ -92,7 +94,7 @@ pair merged, 4 some not merged or not found yet, 2 bad usage, 3 the export refus
 _SERVE_EXAMPLES = """\
 examples:
   backfill serve --port 8787 --store received.ndjson
-  backfill serve --error-rate 0.05 --rate-limit 30000 --latency 0.05
+  backfill serve --fault-rate 0.05 --rate-limit 30000 --latency 0.05
   backfill serve --system simplified
 
 It prints the throwaway credentials it accepts; then, in another shell:
@@ -114,31 +116,43 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every subcommand."""
     parser = _Parser(
         prog="backfill",
-        description=START_HERE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=INTRO,
+        epilog=START_HERE,
+        formatter_class=_WideHelp,
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"backfill {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    helps = {
-        VALIDATE: "dry run: read, validate, report every refused row; send nothing",
-        RUN: "validate, then send to Mixpanel's /import (resumable)",
-        REHEARSE: "the whole run against a local Mixpanel stand-in: no credentials, no network",
-    }
-    helps[VERIFY] = "after a run: ask Mixpanel's export which sent pairs really merged"
-    for command in (VALIDATE, RUN, REHEARSE, VERIFY):
+    # Listed once, under "commands", in the order a newcomer uses them.
+    sub = parser.add_subparsers(
+        dest="command", title="commands", metavar="COMMAND", parser_class=_Parser
+    )
+    for command in (VALIDATE, REHEARSE, RUN, VERIFY):
         p = sub.add_parser(
             command,
-            help=helps[command],
-            description=helps[command][0].upper() + helps[command][1:] + ".",
+            help=HELPS[command],
+            description=HELPS[command][0].upper() + HELPS[command][1:] + ".",
             epilog=_EXAMPLES[command],
             formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,
         )
         _table_options(p, command)
-    _serve_parser(sub)
     _status_parser(sub)
+    _serve_parser(sub)
     return parser
+
+
+class _WideHelp(argparse.RawDescriptionHelpFormatter):
+    """The top-level help: each command and its line on one row, as in a README."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=14, width=100)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        # The commands themselves, without argparse's "COMMAND" line above them.
+        if isinstance(action, argparse._SubParsersAction):
+            parts = [super(_WideHelp, self)._format_action(a) for a in action._get_subactions()]
+            return "".join(parts)
+        return super()._format_action(action)
 
 
 def _table_options(p: argparse.ArgumentParser, command: str) -> None:
@@ -162,7 +176,7 @@ def _table_options(p: argparse.ArgumentParser, command: str) -> None:
 def _serve_parser(sub: Any) -> None:
     sv = sub.add_parser(
         "serve",
-        help="run the local Mixpanel /import stand-in (for rehearsals and tests)",
+        help=HELPS["serve"],
         description="Serve a local stand-in for Mixpanel's /import?strict=1 until Ctrl-C.\n"
         "Prints one line per request (time, status, events, imported, refused, the fault if\n"
         "any, the credential kind; never a secret), and when stopped what it imported and\n"
@@ -174,8 +188,11 @@ def _serve_parser(sub: Any) -> None:
     sv.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     sv.add_argument("--port", type=int, default=8787, help="default: 8787 (0: any free port)")
     sv.add_argument("--store", type=Path, metavar="FILE", help="append accepted events (NDJSON)")
-    sv.add_argument("--error-rate", type=float, default=0.0, metavar="P",
-                    help="share of requests failed: 503, 429, dropped connections")  # fmt: skip
+    sv.add_argument("--fault-rate", type=float, default=0.0, metavar="P",
+                    help="share of requests the stand-in fails (503, 429, dropped); 0 to 1 "
+                    "(default: 0)")  # fmt: skip
+    # The name of earlier versions (still in scripts): the same setting, not shown.
+    sv.add_argument("--error-rate", type=float, dest="fault_rate", help=argparse.SUPPRESS)
     sv.add_argument("--rate-limit", type=float, metavar="EVENTS/S", help="answer 429 above this")
     sv.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="per request")
     sv.add_argument("--seed", type=int, help="make the injected faults reproducible")
@@ -194,7 +211,7 @@ def _serve_parser(sub: Any) -> None:
 def _status_parser(sub: Any) -> None:
     st = sub.add_parser(
         "status",
-        help="progress of a run, from the files in its folder (while it runs or after)",
+        help=HELPS["status"],
         description="Show a run's progress from its checkpoint.json and summary.json.",
         epilog="examples:\n  backfill status --out runs/mappings\n  backfill status   "
         "# every run under runs/\n  backfill status --out runs/mappings --json",
@@ -313,8 +330,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from backfill.errors import ConfigError
     from backfill.standin import FaultRates, StandinConfig, serve
 
-    if not 0.0 <= args.error_rate <= 1.0:
-        raise ConfigError(f"--error-rate must be from 0 to 1, got {args.error_rate}")
+    if not 0.0 <= args.fault_rate <= 1.0:
+        raise ConfigError(f"--fault-rate must be from 0 to 1, got {args.fault_rate}")
     if args.latency < 0:
         raise ConfigError(f"--latency must be 0 or more, got {args.latency}")
     if args.rate_limit is not None and not args.rate_limit > 0:
@@ -325,7 +342,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--export-lag must be from 0 to 1, got {args.export_lag}")
     if args.preload is not None and not args.preload.is_file():
         raise ConfigError(f"--preload {args.preload}: no such file")
-    faults = FaultRates.failing(args.error_rate, latency_s=args.latency, seed=args.seed)
+    faults = FaultRates.failing(args.fault_rate, latency_s=args.latency, seed=args.seed)
     try:
         config = StandinConfig(
             faults=faults,
@@ -405,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        print(START_HERE, file=sys.stderr, end="")
+        print(parser.format_help(), file=sys.stderr, end="")
         return EXIT_USAGE
     # SIGTERM outside the send loop (which handles it itself) stops like Ctrl-C: exit 130.
     signal.signal(signal.SIGTERM, _terminate)

@@ -498,7 +498,7 @@ class TestInMemory:
         """A float id column, or a float among objects, is refused with the cast to use."""
         import pandas as pd
 
-        with pytest.raises(InputError, match=r"'identified_id'.*double.*cast it"):
+        with pytest.raises(InputError, match=r"'identified_id'.*double.*cast the column"):
             open_dataset(pd.DataFrame({"anon_id": [U1], "identified_id": [1.5]}))
         with pytest.raises(InputError, match=r"holds float 2\.5 at row 2.*astype\('string'\)"):
             open_dataset(pd.DataFrame({"anon_id": [U1, U2], "identified_id": ["a", 2.5]}))

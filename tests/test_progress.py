@@ -11,11 +11,13 @@ import re
 import struct
 import sys
 import termios
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from backfill.report.progress import Progress, Snapshot, render
+from backfill.report.progress import HeldRate, Progress, Snapshot, render
 from backfill.standin import DEFAULT_SERVICE_ACCOUNT, FaultRates, StandinConfig, running_standin
 from tests.runkit import uuid4s
 
@@ -218,3 +220,47 @@ def test_a_long_retry_pause_is_on_the_line() -> None:
     """While a retry pause of several seconds runs, the line says when the retry goes out."""
     snap = Snapshot("sending", pairs_total=10, pairs_done=4, waiting_s=42.0)
     assert "retry in 42 s" in render(snap, 80, bar=True)
+
+
+def test_time_left_adds_the_retry_pause_under_way() -> None:
+    """While a retry waits, time left is the wait plus the rest at the rate: never less."""
+    snap = Snapshot("sending", pairs_total=1000, pairs_done=500, rate_per_s=50.0, waiting_s=6.0)
+    line = render(snap, 200, bar=True)
+    assert "retry in 6 s" in line
+    assert "16 s left" in line
+    fast = replace(snap, rate_per_s=1000.0)
+    assert "6 s left" in render(fast, 200, bar=True)
+
+
+def test_time_left_follows_the_rate_held_lately_not_the_average() -> None:
+    """After 429s slow the run, time left comes from the last 20 s, not the run's average."""
+    held = HeldRate(window_s=20.0)
+    assert held.see(0.0, 0) is None
+    assert held.see(10.0, 1000) == 100.0
+    held.see(20.0, 1100)
+    rate = held.see(30.0, 1200)  # 10/s since t=10; the run's average is 40/s
+    assert rate == 10.0
+    snap = Snapshot("sending", pairs_total=2000, pairs_done=1200, rate_per_s=40.0, held_per_s=rate)
+    line = render(snap, 200, bar=True)
+    assert "10/s" in line
+    assert "80 s left" in line
+
+
+def test_the_progress_line_draws_the_held_rate() -> None:
+    """Progress itself measures the held rate between its drawings and shows it."""
+    done = [0]
+    stream = io.StringIO()
+    progress = Progress(
+        lambda: Snapshot("sending", pairs_total=10_000, pairs_done=done[0], rate_per_s=1e6),
+        stream=stream,
+        interactive=False,
+        interval_s=0.0,
+    )
+    progress.tick()
+    time.sleep(1.1)
+    done[0] = 100
+    progress.tick()
+    last = stream.getvalue().splitlines()[-1]
+    # About 90/s over about 1.1 s (fewer on a busy machine), never the view's 1,000,000/s.
+    assert "1,000,000/s" not in last
+    assert re.search(r"  \d{1,3}/s  ", last), last

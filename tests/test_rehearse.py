@@ -65,7 +65,8 @@ async def test_readme_rehearsal_imports_the_valid_pairs(tmp_path: Path) -> None:
 
 
 async def test_rehearsing_a_simplified_project_shows_the_refusal(tmp_path: Path) -> None:
-    """``rehearse --system simplified``: exit 3 after the canary, the message leads to the fix."""
+    """``rehearse --system simplified``: exit 3 after the canary, the message leads to the fix
+    and says the stand-in refused, not Mixpanel."""
     code, out, err = await _backfill(
         "rehearse", str(SAMPLE), "--system", "simplified", "--no-progress", cwd=tmp_path, env=_env()
     )
@@ -73,6 +74,8 @@ async def test_rehearsing_a_simplified_project_shows_the_refusal(tmp_path: Path)
     assert "Traceback" not in out + err
     assert "Simplified ID Merge" in err
     assert "--id-merge simplified" in err
+    assert "error: the stand-in refused the request" in err
+    assert "Mixpanel refused" not in err
     assert re.search(r"events imported +0\b", out)
     assert re.search(r"requests +1\b", out)
 
@@ -173,3 +176,38 @@ async def test_serve_answers_a_real_run_and_stops_on_sigint(tmp_path: Path) -> N
         rest, _ = await asyncio.wait_for(server.communicate(), 30)
     assert server.returncode == 0
     assert "stopped" in rest.decode()
+
+
+async def test_serve_stops_promptly_with_requests_in_flight(tmp_path: Path) -> None:
+    """At Ctrl-C `serve` cuts requests still in flight (5 s latency) and exits within 1 s of
+    printing its summary, which is a few readable lines, not JSON."""
+    server = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "backfill", "serve", "--port", "0", "--latency", "5", "--quiet"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env=_env(),
+    )
+    assert server.stdout is not None
+    banner = (await asyncio.wait_for(server.stdout.readline(), 30)).decode()
+    url = re.search(r"(http://127\.0\.0\.1:\d+/import)", banner)
+    assert url, banner
+    user, secret = DEFAULT_SERVICE_ACCOUNT
+    _reader, writer = await asyncio.open_connection(*url.group(1)[7:].split("/")[0].split(":"))
+    body = b'[{"event":"$identify","properties":{"time":1,"distinct_id":"a","$insert_id":"x"}}]'
+    writer.write(
+        b"POST /import?strict=1&project_id=1 HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        b"application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    await writer.drain()
+    await asyncio.sleep(0.5)  # the request is now in its 5 s of latency
+    server.send_signal(signal.SIGINT)
+    stopped = await asyncio.wait_for(server.stdout.readline(), 10)
+    assert stopped.decode().strip() == "backfill stand-in stopped:"
+    rest, _ = await asyncio.wait_for(server.communicate(), 1.0)
+    writer.close()
+    assert server.returncode == 0
+    assert "  requests          " in rest.decode()
+    assert "{" not in rest.decode()
+    assert user in banner
+    assert secret not in rest.decode()

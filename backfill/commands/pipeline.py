@@ -27,7 +27,7 @@ from backfill.folder.lock import RunLock
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified
 from backfill.report.progress import Progress, Snapshot
-from backfill.report.summary import FileRows, RunStatus, Summary, ThisRun
+from backfill.report.summary import FileRows, RowRef, RunStatus, Summary, ThisRun, TrimmedIds
 from backfill.report.table import (
     SUMMARY_FILE,
     RejectsFile,
@@ -286,10 +286,22 @@ def _counts(
         "id_merge": settings.id_merge,
         "events_by_kind": dict(validated.events_by_kind),
         "hash_collisions_resolved": v.collisions,
+        "trimmed_ids": _trimmed_ids(settings, validated),
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),
         "elapsed_s": round(time.time() - started, 3),
     }
+
+
+def _trimmed_ids(settings: Settings, validated: Validated) -> TrimmedIds:
+    """The trimmed ids' count, and the first one by its file, row and column name."""
+    trimmed = validated.verdicts.trimmed
+    if trimmed.first is None:
+        return TrimmedIds(trimmed.count)
+    file_index, row, role = trimmed.first
+    column = settings.columns.anon if role == "anon" else settings.columns.identified
+    name = validated.dataset.files[file_index].name
+    return TrimmedIds(trimmed.count, RowRef(name, row, column))
 
 
 def _run_summary(

@@ -21,6 +21,7 @@ from typing import Any
 
 from backfill.commands import pipeline
 from backfill.config.settings import Credentials, Settings
+from backfill.errors import BackfillError
 from backfill.folder.location import default_folder
 from backfill.report.progress import Progress
 from backfill.report.summary import Summary
@@ -33,6 +34,7 @@ from backfill.standin import (
     running_standin,
 )
 from backfill.standin.app import OnRequest
+from backfill.standin.running import summary_lines
 from backfill.verification import Verification, render_verification, run_verify
 
 RECEIVED_FILE = "received.ndjson"
@@ -125,6 +127,13 @@ def rehearse(
             summary = pipeline.run(
                 rehearsal, Credentials(user, secret), progress=progress, record_folder=False
             )
+        except BackfillError as e:
+            # What refused here is the stand-in playing Mixpanel: say so.
+            e.args = tuple(
+                a.replace("Mixpanel refused", "the stand-in refused") if isinstance(a, str) else a
+                for a in e.args
+            )
+            raise
         finally:
             received = standin.state.summary()
         # The stand-in's export shows every event at once: the verification a real run
@@ -135,35 +144,11 @@ def rehearse(
 
 def render_received(rehearsal: Rehearsal) -> str:
     """What the stand-in saw, as a few lines to print next to the run's summary."""
-    received, path = rehearsal.received, rehearsal.received_path
-    by_status = ", ".join(f"{k} {v}" for k, v in received.get("by_status", {}).items())
     return "\n".join(
         [
             "local stand-in (what 'Mixpanel' received)",
-            f"  requests          {received['requests']:,} ({by_status})",
-            f"  events received   {received['events_received']:,}",
-            f"  events imported   {received['events_imported']:,} unique "
-            f"({received['duplicates']:,} resent duplicates counted once)",
-            f"  events refused    {received['events_rejected']:,}",
-            *_identity_lines(received.get("identity") or {}),
-            f"  stored in         {path}",
+            *summary_lines(rehearsal.received),
+            f"  stored in         {rehearsal.received_path}",
             *([render_verification(rehearsal.verification)] if rehearsal.verification else []),
         ]
     )
-
-
-def _identity_lines(identity: dict[str, Any]) -> list[str]:
-    """What merged in the stand-in's identity graph, and why the rest did not."""
-    if not identity:
-        return []
-    lines = [
-        f"  merged            {identity.get('merged', 0):,} ({identity.get('system')} ID merge)"
-    ]
-    for reason, count in (identity.get("not_merged") or {}).items():
-        lines.append(f"  not merged        {count:,} ({reason.replace('_', ' ')})")
-    if identity.get("clusters"):
-        lines.append(
-            f"  clusters          {identity['clusters']:,} "
-            f"(largest {identity.get('largest_cluster', 0):,} ids)"
-        )
-    return lines

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -77,11 +78,13 @@ class Option:
         return f"`{self.default}`"
 
     def help_text(self) -> str:
-        """``--help`` text: the help, the values, the default."""
-        values = f" ({', '.join(self.choices)})" if self.choices else ""
+        """``--help`` text: the help, the range, the default (a choice's values are its
+        metavar, so they are not listed again)."""
         if self.kind == "bool":
-            return self.help + values
-        return f"{self.help}{values} (default: {self.shown_default.replace('`', '')})"
+            return self.help
+        bounds = self._range().strip()
+        ranged = f"; {bounds.removeprefix('from ').removeprefix('of ')}" if bounds else ""
+        return f"{self.help}{ranged} (default: {self.shown_default.replace('`', '')})"
 
     def check(self, value: Any, origin: str) -> Any:
         """``value`` converted to this option's type and checked; ConfigError naming the fix.
@@ -193,9 +196,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
            metavar="ID", default_text="`$MIXPANEL_PROJECT_ID`", unit="number"),
     Option("region", "choice", "data residency of the project",
            commands=frozenset({RUN, VERIFY}), choices=("us", "eu", "in"), default="us"),
-    Option("api_url", "str", "the /import base URL; overrides --region",
+    Option("api_url", "str", "Mixpanel's API base URL (https://api-eu.mixpanel.com) or its "
+           "/import URL; overrides --region",
            commands=frozenset({RUN}), metavar="URL", default_text="from --region",
-           unit="https URL (http only to loopback)"),
+           unit="base or /import URL; https (http only to loopback)"),
     Option("export_url", "str", "the raw export's base URL (Mixpanel's is "
            "https://data.mixpanel.com); overrides --region", commands=frozenset({VERIFY}),
            metavar="URL", default_text="from --region", unit="https URL (http only to loopback)"),
@@ -210,8 +214,10 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("event_time", "str", "the time of every event without --time-column",
            commands=_SENDING, metavar="ISO8601|EPOCH", default_text="the first run's start",
            unit="ISO 8601 or epoch s/ms"),
-    Option("retry_base_s", "float", "first retry pause; doubles up to 30x, plus 0.5x-2.5x of "
-           "jitter (Mixpanel's 2 s → 60 s, 1-5 s)", commands=_ASKING, default=2.0, low=0,
+    Option("retry_base_s", "float", "the pause before a batch's first retry; each later retry "
+           "waits twice the one before, at most 30 times this, plus a random 0.5 to 2.5 times "
+           "this (the default follows Mixpanel's advice: 2 s doubling to 60 s, plus 1-5 s)",
+           commands=_ASKING, default=2.0, low=0,
            metavar="SECONDS", unit="seconds"),
     Option("restart", "bool", "discard the checkpoint in --out and start over",
            commands=frozenset({RUN}), keyed=False, keyword=True),
@@ -263,7 +269,9 @@ def check_keys(values: Mapping[str, Any], command: str, origin: str) -> dict[str
             option = BY_NAME[key]
             if command in option.commands:
                 raise ConfigError(
-                    f"{origin}: {key!r} cannot be set here: pass {option.flag} on the command line"
+                    # In backticks: the Python API's messages keep it a flag (``in_keywords``).
+                    f"{origin}: {key!r} cannot be set here: pass `{option.flag}` on the command "
+                    "line"
                 )
             raise ConfigError(
                 f"{origin}: {key!r} is a setting of {'/'.join(sorted(option.commands))}, "
@@ -314,3 +322,65 @@ def markdown_table() -> str:
 def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- the same advice for the Python API ------------------------------------------------------
+
+#: A flag in a message, and the token after it when that may be its value: a quoted string,
+#: an UPPERCASE placeholder (``NAME``), or a word, a number or ``a|b`` choices. A flag in
+#: backticks is left as it is (a message naming the command line on purpose).
+_FLAG_IN_TEXT = re.compile(
+    r"(?<![`\w-])--([a-z][a-z0-9-]*)(?: ('[^']*'|\"[^\"]*\"|[A-Z][A-Z/|]*\b|[\w.|-]+))?"
+)
+#: Words of the command line, and what a caller of the Python API does instead.
+_PHRASES = (
+    ("run the same command again", "make the same call again"),
+    ("rerun the same command", "make the same call again"),
+    ("the same command", "the same call"),
+)
+
+
+def in_keywords(message: str) -> str:
+    """A message for the command line, told to a caller of the Python API: each flag of the
+    options table as its keyword (``--anon-column NAME`` → ``anon_column='NAME'``,
+    ``--restart`` → ``restart=True``, ``another --out`` → ``another out``), command-line
+    phrases as calls."""
+    for cli, api in _PHRASES:
+        message = message.replace(cli, api)
+    return _FLAG_IN_TEXT.sub(_keyword, message)
+
+
+def _keyword(match: re.Match[str]) -> str:
+    name, token = match.group(1).replace("-", "_"), match.group(2)
+    option = BY_NAME.get(name)
+    if option is None:
+        return "config=" + _value(token, quote=True) if name == "config" else match.group(0)
+    if option.kind == "bool":
+        return f"{name}=True" + ("" if token is None else f" {token}")
+    value = _option_value(option, token)
+    if value is None:
+        # The flag named in prose ("another --id-merge", "--format and --delimiter"): the name.
+        return name + ("" if token is None else f" {token}")
+    return f"{name}={value}"
+
+
+def _option_value(option: Option, token: str | None) -> str | None:
+    """The keyword's value for a flag's value token, or None when the token is prose."""
+    if token is None:
+        return None
+    numeric = option.kind in ("int", "float")
+    if token[0] in "'\"" or token.isupper():
+        return _value(token, quote=not numeric)
+    words = token.split("|")
+    if option.choices and all(w.lower() in option.choices for w in words):
+        return " or ".join(repr(w.lower()) for w in words)
+    if numeric and re.fullmatch(r"[0-9.]+", token):
+        return token
+    return None
+
+
+def _value(token: str | None, *, quote: bool) -> str:
+    if token is None:
+        return "..."
+    bare = token.strip("'\"")
+    return repr(bare) if quote else bare

@@ -3,14 +3,15 @@
 A value is a string exactly as written (no type inference), trimmed of surrounding whitespace;
 a value that is empty after trimming, or null, is missing (null): the one meaning of
 "missing" downstream. Integer columns (Parquet, JSON numbers, DataFrames) become their decimal
-strings.
+strings. Trimming changes what is sent (Mixpanel compares ids exactly), so each chunk says
+which of its ids were trimmed (``Chunk.trimmed``) and the summary counts them.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,8 @@ from backfill.arrays.buffers import string_bytes, string_offsets
 DEFAULT_CHUNK_ROWS = 65_536
 #: Bytes of a chunk's digest (SHA-256, truncated): plenty to notice any change of a chunk.
 DIGEST_BYTES = 16
+#: No value trimmed (nearly every chunk).
+NONE_TRIMMED: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,9 @@ class Chunk:
     ``first_row`` numbers rows across the whole dataset (1-based); ``file_index`` is the file's
     place in ``Dataset.files`` and ``file_row`` the row of ``first_row`` within that file
     (1-based). A chunk never spans two files. ``time`` is the raw time column (strings for
-    text formats; whatever type Parquet or a DataFrame has) or None.
+    text formats; whatever type Parquet or a DataFrame has) or None. ``trimmed`` holds the
+    indexes (within the chunk) of the anon ids and of the identified ids that lost surrounding
+    whitespace and are not empty after it.
     """
 
     first_row: int
@@ -53,6 +58,9 @@ class Chunk:
     time: pa.Array | None
     file_index: int = 0
     file_row: int = 1
+    trimmed: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]] = field(
+        default_factory=lambda: (NONE_TRIMMED, NONE_TRIMMED), repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.anon)
@@ -113,19 +121,32 @@ def feed_array(h: hashlib._Hash, values: pa.Array) -> None:
 # --- cleaning --------------------------------------------------------------------------------
 
 
-def clean_id(values: pa.Array) -> pa.Array:
-    """An id column as trimmed strings, null where missing; integers as decimal strings."""
+def clean_id_trimmed(values: pa.Array) -> tuple[pa.Array, npt.NDArray[np.intp]]:
+    """An id column as trimmed strings, null where missing, integers as decimal strings; and
+    the indexes of the values trimming changed (and left non-empty)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()
     if pa.types.is_null(values.type):
-        return pa.nulls(len(values), pa.string())
+        return pa.nulls(len(values), pa.string()), NONE_TRIMMED
     if pa.types.is_integer(values.type):
-        return pc.cast(values, pa.string())
+        return pc.cast(values, pa.string()), NONE_TRIMMED
     if not pa.types.is_string(values.type):
         values = pc.cast(values, pa.string())
-    return blank_to_null(pc.utf8_trim_whitespace(values))
+    trimmed = pc.utf8_trim_whitespace(values)
+    return blank_to_null(trimmed), trimmed_rows(values, trimmed)
+
+
+def trimmed_rows(before: pa.Array, after: pa.Array) -> npt.NDArray[np.intp]:
+    """The indexes of the values trimming shortened that are not empty after it."""
+    # Trimming only removes bytes, so equal data lengths (two offset reads) prove nothing was
+    # trimmed: nearly every chunk pays no more than that.
+    if len(string_bytes(before)) == len(string_bytes(after)):
+        return NONE_TRIMMED
+    old = np.diff(string_offsets(before))
+    new = np.diff(string_offsets(after))
+    return np.flatnonzero((old != new) & (new > 0))
 
 
 def clean_time(values: pa.Array) -> pa.Array:

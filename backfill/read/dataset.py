@@ -32,7 +32,7 @@ from backfill.read.chunk import (
     DEFAULT_CHUNK_ROWS,
     Chunk,
     Columns,
-    clean_id,
+    clean_id_trimmed,
     clean_time,
     first_line_break,
 )
@@ -110,14 +110,15 @@ class Dataset:
             size = len(arrays[0])
             for start in range(0, size, self.chunk_rows):
                 n = min(self.chunk_rows, size - start)
-                anon = clean_id(arrays[0].slice(start, n))
-                identified = clean_id(arrays[1].slice(start, n))
+                anon, anon_trimmed = clean_id_trimmed(arrays[0].slice(start, n))
+                identified, identified_trimmed = clean_id_trimmed(arrays[1].slice(start, n))
                 time = None if time_at is None else clean_time(arrays[time_at].slice(start, n))
                 if text:
                     self._check_line_breaks(file, file_row, anon, identified)
                 if file.rows is not None and file_row + n - 1 > file.rows:
                     raise _changed(file, file_row + n - 1)
-                yield Chunk(first_row, anon, identified, time, index, file_row)
+                trimmed = (anon_trimmed, identified_trimmed)
+                yield Chunk(first_row, anon, identified, time, index, file_row, trimmed)
                 first_row += n
                 file_row += n
 

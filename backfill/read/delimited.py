@@ -185,7 +185,8 @@ def check_columns(name: str, found: list[str], columns: Columns, hint: str = "")
         listed = ", ".join(repr(c) for c in twice)
         raise InputError(
             f"{name} has more than one column named {listed}: backfill cannot tell which "
-            "holds the ids; rename the duplicates in the export"
+            "holds the ids; rename the duplicates"
+            + ("" if name.startswith("<") else " in the export")
         )
 
 

@@ -61,8 +61,21 @@ def check_type(name: str, column: str, typ: pa.DataType, *, is_time: bool) -> No
         return
     wanted = "text, integers, timestamps or dates" if is_time else "text or integers"
     raise InputError(
-        f"column {column!r} in {name} has type {typ}; it must hold {wanted}: cast it in the export"
+        f"column {column!r} in {name} has type {typ}; it must hold {wanted}: {_cast(name, column)}"
     )
+
+
+def _cast(name: str, column: str) -> str:
+    """How to cast a column, said to whoever holds it: an export, a DataFrame or a Table."""
+    if name == "<DataFrame>":
+        # Whole numbers with gaps arrive as floats (409.0): Int64 gives back "409".
+        return (
+            f"cast the column, e.g. df[{column!r}] = df[{column!r}].astype('Int64') for whole "
+            "numbers with gaps, or .astype('string')"
+        )
+    if name == "<pyarrow.Table>":
+        return "cast the column to pa.string() or an integer type"
+    return "cast it in the export"
 
 
 def batches(file: DataFile, columns: Columns, chunk_rows: int) -> Iterator[list[pa.Array]]:

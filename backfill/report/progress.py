@@ -9,6 +9,11 @@ when to draw, so the hot path pays a clock read per chunk or batch and nothing m
 On a terminal the line never grows past the terminal's width: the least useful parts are
 dropped first (retries, refusals, the bar), so an 80-column window shows the essentials and
 never wraps.
+
+**Time left** comes from the rate actually held lately: pairs settled over the last
+``HELD_WINDOW_S`` seconds of drawings, 429 pauses and retries included, not the average since
+the start (which stays high after the 429s begin). While a retry pause is under way its rest
+is added, since the rest of the run cannot settle before that batch does.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 from backfill.report.table import duration
@@ -40,9 +46,34 @@ class Snapshot:
     rate_limited: int = 0  # 429 answers, this run
     paced_per_s: float | None = None  # the run's rate while 429s hold it below --rate
     waiting_s: float | None = None  # a retry pause of several seconds now under way
+    held_per_s: float | None = None  # pairs settled per second lately (``HeldRate``)
 
 
 View = Callable[[], Snapshot]
+
+#: Seconds of recent drawings the held rate is taken over: long enough to span the pauses
+#: 429s bring, short enough to follow a rate that changed.
+HELD_WINDOW_S = 20.0
+
+
+class HeldRate:
+    """Pairs settled per second over the last ``HELD_WINDOW_S`` seconds, pauses included."""
+
+    def __init__(self, window_s: float = HELD_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._seen: deque[tuple[float, int]] = deque()
+
+    def see(self, now: float, pairs_done: int) -> float | None:
+        """Record a drawing's count; the rate since the window's start (None: under 1 s seen)."""
+        seen = self._seen
+        if seen and pairs_done < seen[-1][1]:
+            seen.clear()  # another phase's count
+        seen.append((now, pairs_done))
+        # Keep one drawing at or before the window's start, as the rate's first point.
+        while len(seen) > 2 and seen[1][0] <= now - self.window_s:
+            seen.popleft()
+        start, done = seen[0]
+        return (pairs_done - done) / (now - start) if now - start >= 1.0 else None
 
 
 class Progress:
@@ -70,6 +101,7 @@ class Progress:
         self._width = width
         self._last = time.monotonic()
         self._drawn = False
+        self._held = HeldRate()
 
     def follow(self, view: View) -> None:
         """Show ``view`` from now on (a new phase); a live line shows it at once."""
@@ -108,6 +140,8 @@ class Progress:
 
     def _draw(self) -> None:
         snap = self.view()
+        if snap.pairs_total is not None and snap.held_per_s is None:
+            snap = replace(snap, held_per_s=self._held.see(time.monotonic(), snap.pairs_done))
         if self.interactive:
             self.stream.write("\r\x1b[2K" + render(snap, self.width(), bar=True))
         else:
@@ -145,9 +179,12 @@ def _parts(snap: Snapshot, bar: bool) -> list[tuple[int, str]]:
     parts.append((1, f"{snap.pairs_done:,}/{total:,} pairs done"))
     if snap.waiting_s is not None:
         parts.append((0, f"retry in {duration(snap.waiting_s)}"))
-    if snap.rate_per_s:
-        parts.append((3, f"{snap.rate_per_s:,.0f}/s"))
-        left = max(total - snap.pairs_done, 0) / snap.rate_per_s
+    # The rate held lately; the run's average until a window of drawings exists (or when
+    # nothing settled in it: a long pause, whose rest is added below).
+    rate = snap.held_per_s or snap.rate_per_s
+    if rate:
+        parts.append((3, f"{rate:,.0f}/s"))
+        left = max(total - snap.pairs_done, 0) / rate + (snap.waiting_s or 0.0)
         parts.append((2, f"{duration(left)} left"))
     if snap.paced_per_s is not None:
         parts.append((3, f"paced {snap.paced_per_s:,.0f}/s"))

@@ -1,5 +1,6 @@
 """What a command did, as one typed value: ``summary.json``, the terminal table, ``status``,
-``--json`` and the Python API all come from a ``Summary``.
+``--json`` and the Python API all come from a ``Summary``. ``str(summary)`` is the terminal
+table the CLI prints; ``summary.rejects()`` reads ``rejects.csv`` as a DataFrame of text.
 
 A dry run fills the counts and the send plan; a run adds what was sent, for all runs on the
 folder (``events_imported``, ``requests``, ``retries``) and for this invocation alone
@@ -13,7 +14,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class RunStatus(StrEnum):
@@ -31,6 +35,24 @@ class FileRows:
 
     name: str
     rows: int
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """One id's place in the input: its file, its row within that file, its column."""
+
+    file: str
+    row: int
+    column: str
+
+
+@dataclass(frozen=True)
+class TrimmedIds:
+    """Ids whose surrounding whitespace was trimmed before judging and sending (an anon id and
+    an identified id of one row count as two), and the first of them."""
+
+    count: int = 0
+    sample: RowRef | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,7 @@ class Summary:
     events_by_kind: Mapping[str, int] = field(default_factory=dict)
     id_merge: str = "original"
     hash_collisions_resolved: int = 0
+    trimmed_ids: TrimmedIds = field(default_factory=TrimmedIds)
     started_at: str = ""
     finished_at: str = ""
     elapsed_s: float = 0.0
@@ -99,6 +122,31 @@ class Summary:
     events_per_s: float | None = None
     #: True when a rerun found every pair already settled and sent nothing.
     already_complete: bool = False
+    #: A DataFrame source's index, so ``rejects()`` can name each row by its label (set by
+    #: the Python API; never written to ``summary.json``).
+    index_labels: Any = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        """The terminal table, as the CLI prints it."""
+        from backfill.report.table import render_table
+
+        return render_table(self)
+
+    def __repr__(self) -> str:
+        rejected = f"{self.rows_rejected:,}"
+        return (
+            f"<Summary {self.status.value}: {self.rows_read:,} rows read, {self.rows_valid:,} "
+            f"valid, {rejected} rejected, {self.events_imported:,} events imported; "
+            f"out={str(self.out)!r}>"
+        )
+
+    def rejects(self) -> pd.DataFrame:
+        """``rejects.csv`` as a DataFrame of text (``409`` stays ``"409"``, empty stays ``""``;
+        ``row`` an integer); for a DataFrame source, an ``index`` column first holding each
+        row's label in that DataFrame."""
+        from backfill.report.table import REJECTS_FILE, read_rejects
+
+        return read_rejects(self.out / REJECTS_FILE, self.index_labels)
 
     @property
     def rows_rejected(self) -> int:
@@ -115,7 +163,7 @@ class Summary:
         data: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or f.name == "index_labels":
                 continue
             if isinstance(value, RunStatus):
                 value = value.value
@@ -123,6 +171,8 @@ class Summary:
                 value = str(value)
             elif isinstance(value, ThisRun):
                 value = asdict(value) | {"retries": dict(value.retries)}
+            elif isinstance(value, TrimmedIds):
+                value = {k: v for k, v in asdict(value).items() if v is not None}
             elif f.name == "files":
                 value = [asdict(v) for v in value]
             elif isinstance(value, Mapping):
@@ -145,8 +195,22 @@ class Summary:
         values["files"] = tuple(
             FileRows(str(f["name"]), int(f["rows"])) for f in data.get("files", [])
         )
+        values["trimmed_ids"] = _trimmed_ids(data.get("trimmed_ids"))
         if isinstance(data.get("this_run"), Mapping):
             this = dict(data["this_run"])
             allowed = {f.name for f in fields(ThisRun)}
             values["this_run"] = ThisRun(**{k: v for k, v in this.items() if k in allowed})
         return cls(**values)
+
+
+def _trimmed_ids(data: Any) -> TrimmedIds:
+    """``trimmed_ids`` as written (absent from summaries of earlier versions: zero)."""
+    if not isinstance(data, Mapping):
+        return TrimmedIds()
+    sample = data.get("sample")
+    ref = (
+        RowRef(str(sample["file"]), int(sample["row"]), str(sample["column"]))
+        if isinstance(sample, Mapping)
+        else None
+    )
+    return TrimmedIds(int(data.get("count", 0)), ref)

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,9 @@ from backfill.validation.reasons import REJECT_REASONS, Reason
 from backfill.validation.rules import ORIGINAL, Rules, describe
 from backfill.validation.times import TimeStatus, to_epoch_ms
 from backfill.validation.times import describe as describe_time
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
@@ -182,13 +186,38 @@ def _cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
+def _raw(text: str) -> str:
+    """A cell as it was before ``_cell``: without the ``'`` that marks a formula as text."""
+    return text[1:] if text.startswith("'") and text[1:2].startswith(_FORMULA_STARTS) else text
+
+
+def read_rejects(path: Path, index_labels: Any = None) -> pd.DataFrame:
+    """``rejects.csv`` as a DataFrame: every column text as written (no number or NaN
+    guessing), cells unmarked (no formula ``'``), ``row`` an integer; with ``index_labels``
+    (a DataFrame source's index) an ``index`` column first, each row's label."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    for column in ("anon_id", "identified_id", "detail", "file"):
+        frame[column] = frame[column].map(_raw).astype(str)
+    frame["row"] = frame["row"].astype("int64")
+    if index_labels is not None:
+        positions = frame["row"].to_numpy() - 1
+        frame.insert(0, "index", index_labels.take(positions).to_numpy())
+    return frame
+
+
 def zero_counts() -> dict[str, int]:
     """Every reject code with a zero count, in report order."""
     return {r.code: 0 for r in REJECT_REASONS}
 
 
-def render_table(summary: Summary, *, title: str) -> str:
-    """The summary as an aligned plain-text table for the terminal."""
+def render_table(summary: Summary, *, title: str | None = None) -> str:
+    """The summary as an aligned plain-text table for the terminal (``str(summary)``)."""
+    if title is None:
+        note = f"to {summary.api_url}" if summary.sent else "dry run: nothing sent"
+        command = "run" if summary.sent else "validate"
+        title = f"backfill {command} {summary.input} ({note}; {summary.status.value})"
     read, valid = summary.rows_read, summary.rows_valid
     lines: list[tuple[str, str, str]] = [
         ("rows read", f"{read:,}", ""),
@@ -199,6 +228,12 @@ def render_table(summary: Summary, *, title: str) -> str:
     for code, count in summary.rejected.items():
         if count:
             lines.append((f"  {code}", f"{count:,}", _share(count, read)))
+    trimmed = summary.trimmed_ids
+    if trimmed.count:
+        where = trimmed.sample
+        first = "" if where is None else f"(first: {where.column} of row {where.row}"
+        first += "" if where is None or len(summary.files) < 2 else f" of {where.file}"
+        lines.append(("ids trimmed", f"{trimmed.count:,}", first + (")" if first else "")))
     for kind, count in summary.events_by_kind.items():
         lines.append((f"{kind} events", f"{count:,}", ""))
     if summary.sent:

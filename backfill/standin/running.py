@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiohttp import web
 
@@ -120,6 +119,36 @@ def request_line(record: RequestRecord, at: datetime) -> str:
     return " ".join(fields)
 
 
+#: Seconds ``serve`` gives requests in flight once it is told to stop.
+STOP_TIMEOUT_S = 0.1
+
+
+def summary_lines(received: dict[str, Any]) -> list[str]:
+    """What a stand-in received and merged (``StandinState.summary()``), a few lines to read."""
+    by_status = ", ".join(f"{k} {v}" for k, v in received.get("by_status", {}).items())
+    lines = [
+        f"  requests          {received['requests']:,}" + (f" ({by_status})" if by_status else ""),
+        f"  events received   {received['events_received']:,}",
+        f"  events imported   {received['events_imported']:,} unique "
+        f"({received['duplicates']:,} resent duplicates counted once)",
+        f"  events refused    {received['events_rejected']:,}",
+    ]
+    identity = received.get("identity") or {}
+    if not identity:
+        return lines
+    lines.append(
+        f"  merged            {identity.get('merged', 0):,} ({identity.get('system')} ID merge)"
+    )
+    for reason, count in (identity.get("not_merged") or {}).items():
+        lines.append(f"  not merged        {count:,} ({reason.replace('_', ' ')})")
+    if identity.get("clusters"):
+        lines.append(
+            f"  clusters          {identity['clusters']:,} "
+            f"(largest {identity.get('largest_cluster', 0):,} ids)"
+        )
+    return lines
+
+
 def serve(
     config: StandinConfig,
     host: str = "127.0.0.1",
@@ -129,7 +158,8 @@ def serve(
     log_requests: bool = True,
 ) -> None:
     """Serve until Ctrl-C or SIGTERM: print the banner, one ``request_line`` per request
-    (unless ``log_requests`` is False), then a summary line when stopped.
+    (unless ``log_requests`` is False), then, once stopped (requests in flight cut after
+    ``STOP_TIMEOUT_S``), a few lines of what it received and merged.
 
     The printed credentials are the stand-in's own throwaway ones, never a Mixpanel secret.
     """
@@ -149,13 +179,21 @@ def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
         on_request = log if log_requests else None
-        async with running_standin(config, host, port, on_request=on_request) as standin:
+        # Stopped on purpose: requests still in flight are cut at once (a client retries
+        # them), so the process exits promptly instead of waiting out their latency.
+        serving = running_standin(
+            config, host, port, on_request=on_request, shutdown_timeout_s=STOP_TIMEOUT_S
+        )
+        async with serving as standin:
             print(banner(standin), file=stream, flush=True)
             try:
                 await stop.wait()
             finally:
-                summary = json.dumps(standin.state.summary(), separators=(", ", ": "))
-                print(f"backfill stand-in stopped: {summary}", file=stream, flush=True)
+                # Read once the server is down, so the summary counts every request answered.
+                state = standin.state
+        with contextlib.suppress(OSError, ValueError):
+            lines = ["backfill stand-in stopped:", *summary_lines(state.summary())]
+            print("\n".join(lines), file=stream, flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

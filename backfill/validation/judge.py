@@ -47,7 +47,7 @@ import pyarrow as pa
 
 from backfill.arrays.groups import members, repeated_values, runs
 from backfill.arrays.hashing import Hasher, hash_strings, hash_strings_seeds
-from backfill.read import ChunkSource
+from backfill.read import Chunk, ChunkSource
 from backfill.validation.collisions import RowBits, TiesFound, verify
 from backfill.validation.reasons import Reason
 from backfill.validation.rules import (
@@ -58,7 +58,7 @@ from backfill.validation.rules import (
     row_reasons,
 )
 from backfill.validation.spill import Records, Store
-from backfill.validation.verdicts import References, Verdicts, blocks
+from backfill.validation.verdicts import References, Trimmed, Verdicts, blocks
 
 __all__ = [
     "Hasher",
@@ -251,7 +251,8 @@ def judge(
         # Rules 6-7 group by anon hash (row, anon, identified); rule 8 by identified hash.
         by_anon = store(np.int64, np.uint64, np.uint64)
         by_ident = None if max_cluster_size is None else store(np.int64, np.uint64)
-        reasons = _first_pass(source, now_ms, hasher, on_rows, by_anon, by_ident, rules)
+        trimmed = Trimmed()
+        reasons = _first_pass(source, now_ms, hasher, on_rows, by_anon, by_ident, rules, trimmed)
         index = _Index(reasons, by_anon, by_ident, max_cluster_size, budget.unit_bytes)
         spilled = by_anon.disk_bytes + (0 if by_ident is None else by_ident.disk_bytes)
         references = References(len(reasons), limit_bytes=budget.small_bytes, spill_dir=spill_dir)
@@ -266,6 +267,7 @@ def judge(
         references=references,
         collisions=ties.collisions,
         spilled_bytes=spilled + references.disk_bytes,
+        trimmed=trimmed,
     )
 
 
@@ -308,8 +310,10 @@ def _first_pass(
     by_anon: Store,
     by_ident: Store | None,
     rules: Rules,
+    trimmed: Trimmed,
 ) -> npt.NDArray[np.uint8]:
-    """Per-row rules for every row; each passing row's fingerprint into the stores."""
+    """Per-row rules for every row; each passing row's fingerprint into the stores; the
+    trimmed ids counted into ``trimmed``."""
     # A bytearray grows in place (realloc), where joining per-chunk arrays would hold the
     # reasons twice for a moment.
     reasons = bytearray()
@@ -325,6 +329,23 @@ def _first_pass(
             if by_ident is not None:
                 by_ident.add(Records((rows, hu)))
         reasons += chunk_reasons.data
+        _count_trimmed(chunk, trimmed)
         if on_rows is not None:
             on_rows(len(chunk))
     return np.frombuffer(reasons, dtype=np.uint8)
+
+
+def _count_trimmed(chunk: Chunk, trimmed: Trimmed) -> None:
+    """Add the chunk's trimmed ids; the first one seen is the sample."""
+    anon, identified = chunk.trimmed
+    if not len(anon) and not len(identified):
+        return
+    trimmed.count += len(anon) + len(identified)
+    if trimmed.first is None:
+        candidates = []
+        if len(anon):
+            candidates.append((int(anon[0]), 0, "anon"))
+        if len(identified):
+            candidates.append((int(identified[0]), 1, "identified"))
+        at, _, role = min(candidates)
+        trimmed.first = (chunk.file_index, chunk.file_row + at, role)

@@ -136,6 +136,15 @@ def _tally(reasons: npt.NDArray[np.uint8]) -> I64:
 
 
 @dataclass
+class Trimmed:
+    """Ids that lost surrounding whitespace in reading: how many, and the first of them."""
+
+    count: int = 0
+    #: The first one: (file index, row within its file, ``"anon"`` or ``"identified"``).
+    first: tuple[int, int, str] | None = None
+
+
+@dataclass
 class Verdicts:
     """One reason byte per row (index row - 1), plus the row each repeat refers back to.
 
@@ -149,6 +158,9 @@ class Verdicts:
     collisions: int = 0
     #: Bytes of temporary files the judging wrote (0 when the index fit in memory).
     spilled_bytes: int = 0
+    #: Ids sent (or judged) without the surrounding whitespace they had: an anon id and an
+    #: identified id of one row count as two.
+    trimmed: Trimmed = field(default_factory=Trimmed)
 
     @property
     def rows_read(self) -> int:
