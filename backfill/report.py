@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from backfill.errors import InputChanged
 from backfill.files import disk_errors, fsync_dir, open_private
+from backfill.html.aggregates import Collector
 from backfill.read import Chunk, ChunkSource, Dataset
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.rules import ORIGINAL, Rules, describe
@@ -59,6 +60,8 @@ class Validated:
     rejects: RejectsFile
     #: The events the valid pairs make, by kind (``$identify``, ``$merge``, a pairing event).
     events_by_kind: Mapping[str, int] = field(default_factory=dict)
+    #: The report's figures, gathered while judging (None with ``--no-report``).
+    collector: Collector | None = None
 
 
 class RejectsFile:

@@ -99,11 +99,31 @@ class Summary:
     events_per_s: float | None = None
     #: True when a rerun found every pair already settled and sent nothing.
     already_complete: bool = False
+    #: Where ``report.html`` was written (None with ``--no-report``).
+    report: str | None = None
 
     @property
     def rows_rejected(self) -> int:
         """Every rejected row, Mixpanel's refusals included."""
         return sum(self.rejected.values())
+
+    @property
+    def report_path(self) -> Path | None:
+        """The run folder's ``report.html``, if this command wrote one."""
+        return None if self.report is None else Path(self.report)
+
+    def _repr_html_(self) -> str:
+        """The report in a notebook: the written page's content, else the counts alone."""
+        from backfill.html import fragment_of, render
+
+        if self.report_path is not None:
+            try:
+                fragment = fragment_of(self.report_path.read_text(encoding="utf-8"))
+            except OSError:
+                fragment = None
+            if fragment is not None:
+                return fragment
+        return render(self, None)
 
     @property
     def sent(self) -> bool:
