@@ -205,7 +205,7 @@ def judge_and_report(
     # Simplified ID Merge has no 500-id cluster: no cluster_limit rule.
     limit = None if settings.simplified else settings.max_cluster_size
     collector = (
-        Collector(max_cluster_size=limit, time_column=settings.columns.time)
+        Collector(dataset, max_cluster_size=limit, time_column=settings.columns.time)
         if settings.report
         else None
     )

@@ -261,9 +261,7 @@ async def _drive(ws: aiohttp.ClientWebSocketResponse, url: str) -> dict[str, Any
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
-def test_page_in_headless_chromium_offline(
-    kiosk_report: backfill.Summary, tmp_path: Path
-) -> None:
+def test_page_in_headless_chromium_offline(kiosk_report: backfill.Summary, tmp_path: Path) -> None:
     """Offline Chromium renders every section and chart, with no console error and no request
     leaving the page, and the kiosk as the first bar of the largest-clusters chart."""
     assert kiosk_report.report_path is not None

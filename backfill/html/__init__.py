@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from backfill.html.figures import Figures, SendTrace
-from backfill.html.page import REPORT_FILE, fragment_of, page, render, write
+from backfill.html.page import REPORT_FILE, document, fragment_of, render, write
 
 if TYPE_CHECKING:
     from backfill.report import Validated
@@ -24,8 +24,8 @@ __all__ = [
     "REPORT_FILE",
     "Figures",
     "SendTrace",
+    "document",
     "fragment_of",
-    "page",
     "render",
     "write",
     "write_report",

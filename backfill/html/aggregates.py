@@ -16,12 +16,15 @@ Whatever the input, the figures hold a few thousand numbers and a few dozen stri
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from backfill.errors import BackfillError
 from backfill.groups import members, runs
 from backfill.html.figures import (
     EXAMPLES,
@@ -42,8 +45,8 @@ I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 #: Cluster size bins: 1, 2, 3-4, 5-8, … (64 covers any count of rows).
 _BINS = 64
-#: Months since 1970-01 kept (to 2119): valid times are never in the future.
-_MONTHS = 150 * 12
+#: Days since 1970-01-01 counted (to 2119): valid times are never in the future.
+_DAYS = 150 * 366
 #: Characters of an id or detail kept for the page (ids over 255 bytes are refused anyway).
 _TEXT = 160
 _TIME_WORDS = {
@@ -72,10 +75,16 @@ class _Top:
 class Collector:
     """Observes validation and the rejects pass; ``figures`` gives the result (module doc)."""
 
-    def __init__(self, *, max_cluster_size: int | None, time_column: str | None) -> None:
+    def __init__(
+        self, dataset: Dataset, *, max_cluster_size: int | None, time_column: str | None
+    ) -> None:
+        # The input's fingerprint (SHA-256 of a local file) is hashed beside validation, on
+        # another core when there is one: the dry run's wall time does not pay for it.
+        self._fingerprint = threading.Thread(target=_fingerprint, args=(dataset,), daemon=True)
+        self._fingerprint.start()
         self.max_cluster_size = max_cluster_size
         self.time_column = time_column
-        self._months = np.zeros(_MONTHS, dtype=np.int64)
+        self._days = np.zeros(_DAYS, dtype=np.int64)
         self._refused_times = np.zeros(len(TimeStatus), dtype=np.int64)
         self._examples: dict[str, list[Example]] = {}
         self._texts: dict[int, tuple[str, str, str, int]] = {}
@@ -98,8 +107,9 @@ class Collector:
         ms, status = times
         ok = reasons == Reason.VALID
         if ok.any():
-            months = ms[ok].astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
-            self._months += np.bincount(np.clip(months, 0, _MONTHS - 1), minlength=_MONTHS)
+            # Days, not months: an integer division is a tenth of a calendar conversion.
+            days = np.clip(ms[ok] // 86_400_000, 0, _DAYS - 1)
+            self._days += np.bincount(days, minlength=_DAYS)
         refused = status[reasons == Reason.INVALID_TIME]
         if len(refused):
             self._refused_times += np.bincount(refused, minlength=len(TimeStatus))
@@ -129,17 +139,25 @@ class Collector:
         """
         starts, sizes = runs(ordered)
         keys = ordered[starts]
+        del starts
         dead = hu[reasons[rows] != Reason.VALID]
         if len(dead):
-            sizes = sizes - np.bincount(np.searchsorted(keys, dead), minlength=len(keys))
-        alive = sizes > 0
-        sizes, keys = sizes[alive], keys[alive]
-        if len(sizes) == 0:
+            np.subtract.at(sizes, np.searchsorted(keys, dead), 1)
+        # Everything below works on the count of clusters per exact size (a short array),
+        # not on one entry per identified id: no temporaries as long as the index.
+        per_size = np.bincount(sizes)
+        per_size[0] = 0  # every row of these identified ids was refused by rules 6-7
+        if not per_size.any():
             return
-        self._identified += len(sizes)
-        bins = np.ceil(np.log2(sizes)).astype(np.int64)
-        self._bins += np.bincount(bins, minlength=_BINS)[:_BINS]
-        pick = np.argpartition(-sizes, TOP)[:TOP] if len(sizes) > TOP else np.arange(len(sizes))
+        self._identified += int(per_size.sum())
+        bins = np.zeros(len(per_size), dtype=np.int64)
+        bins[1:] = np.ceil(np.log2(np.arange(1, len(per_size))))
+        self._bins += np.bincount(bins, weights=per_size, minlength=_BINS)[:_BINS].astype(np.int64)
+        at_least = np.cumsum(per_size[::-1])[::-1]  # clusters of this size or more
+        big = np.flatnonzero(at_least[1:] >= TOP)
+        cut = int(big[-1]) + 1 if len(big) else 1
+        above = np.flatnonzero(sizes > cut)
+        pick = np.concatenate([above, np.flatnonzero(sizes == cut)[: TOP - len(above)]])
         wanted = np.sort(keys[pick])
         at = members(hu, wanted)
         _, first = np.unique(hu[at], return_index=True)  # ascending hashes, like ``wanted``
@@ -172,11 +190,13 @@ class Collector:
 
     # --- the result ------------------------------------------------------------------------
 
-    def figures(
-        self, dataset: Dataset, *, trace: SendTrace | None = None, **more: Any
-    ) -> Figures:
+    def figures(self, dataset: Dataset, *, trace: SendTrace | None = None, **more: Any) -> Figures:
         """The collected figures, with the dataset's files and whatever ``more`` sets."""
-        files = dataset.fingerprint()["files"]
+        self._fingerprint.join()
+        try:
+            files = dataset.fingerprint()["files"]
+        except BackfillError:  # unreadable now: the report names the files without a digest
+            files = [{"name": f.name, "size": f.size} for f in dataset.files]
         return Figures(
             max_cluster_size=self.max_cluster_size,
             time_column=self.time_column,
@@ -209,13 +229,22 @@ class Collector:
             yield Conflict(anon, claims, n, name, file_row)
 
     def _month_list(self) -> tuple[tuple[str, int], ...]:
-        nonzero = np.flatnonzero(self._months)
-        if len(nonzero) == 0:
+        days = np.flatnonzero(self._days)
+        if len(days) == 0:
             return ()
-        span = range(int(nonzero[0]), int(nonzero[-1]) + 1)
-        return tuple((f"{1970 + m // 12}-{m % 12 + 1:02d}", int(self._months[m])) for m in span)
+        months = days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+        counts = np.bincount(months - months[0], weights=self._days[days]).astype(np.int64)
+        first = int(months[0])
+        return tuple(
+            (f"{1970 + (first + i) // 12}-{(first + i) % 12 + 1:02d}", int(n))
+            for i, n in enumerate(counts.tolist())
+        )
+
+
+def _fingerprint(dataset: Dataset) -> None:
+    with contextlib.suppress(BackfillError):
+        dataset.fingerprint()  # kept by the dataset
 
 
 def _cut(text: str) -> str:
     return text if len(text) <= _TEXT else text[: _TEXT - 1] + "…"
-

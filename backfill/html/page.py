@@ -89,7 +89,7 @@ def render(summary: Summary, figures: Figures | None) -> str:
     return "\n".join(parts)
 
 
-def page(summary: Summary, figures: Figures | None) -> str:
+def document(summary: Summary, figures: Figures | None) -> str:
     """The whole self-contained document."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -107,7 +107,7 @@ def write(out_dir: Path, summary: Summary, figures: Figures | None) -> Path:
     tmp = out_dir / f".{REPORT_FILE}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with open(fd, "w", encoding="utf-8", errors="replace") as f:
-        f.write(page(summary, figures))
+        f.write(document(summary, figures))
     os.replace(tmp, path)
     return path
 
@@ -269,4 +269,3 @@ def _verification(verify: Mapping[str, Any]) -> Iterator[str]:
     rows = [(str(k), v if isinstance(v, str) else f"{v:,}" if isinstance(v, int) else str(v))
             for k, v in verify.items()]  # fmt: skip
     yield _table(("outcome", "value"), rows) + "</section>"
-

@@ -65,5 +65,5 @@ def _refused(summary: Summary, figures: Figures | None) -> Iterator[str]:
         f'<tr><td>{esc(m)}</td><td class="num">{number(n)}</td></tr>'
         for m, n in trace.messages.most_common(10)
     )
-    yield "<table><thead><tr><th>message (this run)</th><th class=\"num\">records</th></tr>"
+    yield '<table><thead><tr><th>message (this run)</th><th class="num">records</th></tr>'
     yield f"</thead><tbody>{rows}</tbody></table>"
