@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import DATA, OUT, ROOT, Measured, ensure_input, fresh_dir, run_child  # noqa: E402
+from bench import DATA, OUT, ROOT, Measured, ensure_input, fresh_dir, run_child
 
 KIOSK = "kiosk@store-7.example.com"
 

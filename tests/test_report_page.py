@@ -274,3 +274,29 @@ def test_page_in_headless_chromium_offline(kiosk_report: backfill.Summary, tmp_p
     assert seen["images"] == 0
     assert seen["heights"]
     assert all(h > 20 for h in seen["heights"])
+
+
+def test_figures_match_a_plain_pandas_count(tmp_path: Path) -> None:
+    """Cluster sizes, the largest clusters, the most claimed anon ids and the months equal a
+    plain pandas computation over the rows the rules keep, also with a tiny index budget."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    anon = _uuid4(rng, n // 2) * 2  # every anon id twice: duplicates and conflicts
+    ident = [f"u{int(k)}" for k in rng.zipf(1.6, n) % 300]
+    times = [str(1_500_000_000 + int(k) * 86_400) for k in rng.integers(0, 900, n)]
+    frame = pd.DataFrame({"anon_id": anon, "identified_id": ident, "t": times})
+    summary = backfill.validate(frame, out=tmp_path / "r", time_column="t", max_cluster_size=50)
+    assert summary.report_path is not None
+    text = summary.report_path.read_text(encoding="utf-8")
+    claims = frame.groupby("anon_id")["identified_id"].nunique()
+    kept = frame[frame["anon_id"].map(claims) == 1].drop_duplicates(["anon_id", "identified_id"])
+    sizes = kept.groupby("identified_id").size()
+    top = sizes.sort_values(ascending=False, kind="stable")
+    assert f"{len(sizes):,} identified ids" in text
+    largest = text[text.index('<figure class="top">') :]
+    assert f'class="label" x="292" y="19" text-anchor="end">{top.index[0]}<' in largest
+    assert f">{top.iloc[0]:,}</text>" in largest
+    assert f"Anon ids in conflict: {int((claims > 1).sum()):,}." in text
+    months = pd.to_datetime(frame["t"].astype(int), unit="s").dt.strftime("%Y-%m").value_counts()
+    for month, count in months.items():
+        assert f"<title>{month}: {count:,}</title>" in text
