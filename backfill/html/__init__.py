@@ -16,9 +16,9 @@ from backfill.html.figures import Figures, SendTrace
 from backfill.html.page import REPORT_FILE, document, fragment_of, render, write
 
 if TYPE_CHECKING:
-    from backfill.report import Validated
-    from backfill.settings import Settings
-    from backfill.summary import Summary
+    from backfill.config.settings import Settings
+    from backfill.report.summary import Summary
+    from backfill.report.table import Validated
 
 __all__ = [
     "REPORT_FILE",
@@ -51,7 +51,7 @@ def write_report(
         return summary
     event_time = summary.event_time
     if event_time is None and settings.event_time_ms is not None:
-        from backfill.times import iso_utc
+        from backfill.validation.times import iso_utc
 
         event_time = iso_utc(settings.event_time_ms)
     figures = collector.figures(

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from backfill.arrays.groups import members, runs
 from backfill.errors import BackfillError
-from backfill.groups import members, runs
 from backfill.html.figures import (
     EXAMPLES,
     TOP,
@@ -37,8 +37,8 @@ from backfill.html.figures import (
     SendTrace,
 )
 from backfill.read import Chunk, Dataset
-from backfill.reasons import Reason
-from backfill.times import TimeStatus
+from backfill.validation.reasons import Reason
+from backfill.validation.times import TimeStatus
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]

@@ -22,7 +22,7 @@ from backfill.html.style import CSS
 from backfill.html.svg import columns, esc, hbars, number
 
 if TYPE_CHECKING:
-    from backfill.summary import Summary
+    from backfill.report.summary import Summary
 
 REPORT_FILE = "report.html"
 FRAGMENT = ("<!-- backfill-report -->", "<!-- /backfill-report -->")

@@ -10,7 +10,7 @@ from backfill.html.figures import Figures
 from backfill.html.svg import esc, line, number
 
 if TYPE_CHECKING:
-    from backfill.summary import Summary
+    from backfill.report.summary import Summary
 
 
 def sending(summary: Summary, figures: Figures | None) -> Iterator[str]:
