@@ -24,10 +24,10 @@ from backfill.folder import location as runfolder
 from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint, token_digest
 from backfill.folder.files import atomic_write_json, read_json_dict
 from backfill.folder.lock import RunLock
-from backfill.html import write_report
-from backfill.html.aggregates import Collector
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified
+from backfill.report.page import write_report
+from backfill.report.page.aggregates import Collector
 from backfill.report.progress import Progress, Snapshot
 from backfill.report.summary import FileRows, RunStatus, Summary, ThisRun
 from backfill.report.table import (

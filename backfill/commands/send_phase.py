@@ -40,8 +40,8 @@ import pyarrow as pa
 from backfill.config.settings import Credentials, Settings
 from backfill.errors import Aborted, BackfillError, Interrupted
 from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
-from backfill.html.figures import SendTrace
 from backfill.read import Chunk
+from backfill.report.page.figures import SendTrace
 from backfill.report.progress import Progress, Snapshot
 from backfill.report.table import Validated, chunk_reasons
 from backfill.send.answers import Settled

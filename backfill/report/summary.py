@@ -114,7 +114,7 @@ class Summary:
 
     def _repr_html_(self) -> str:
         """The report in a notebook: the written page's content, else the counts alone."""
-        from backfill.html import fragment_of, render
+        from backfill.report.page import fragment_of, render
 
         if self.report_path is not None:
             try:

@@ -29,8 +29,8 @@ import pyarrow as pa
 
 from backfill.errors import InputChanged
 from backfill.folder.files import disk_errors, fsync_dir, open_private
-from backfill.html.aggregates import Collector
 from backfill.read import Chunk, ChunkSource, Dataset
+from backfill.report.page.aggregates import Collector
 from backfill.report.summary import Summary
 from backfill.validation.judge import Verdicts
 from backfill.validation.reasons import REJECT_REASONS, Reason

@@ -79,7 +79,7 @@ U8 = npt.NDArray[np.uint8]
 
 
 class Observer(Protocol):
-    """Sees what judging computes anyway, for the report's figures (``backfill.html``).
+    """Sees what judging computes anyway, for the report's figures (``backfill.report.page``).
 
     Called with arrays the rules made; it must not change them.
     """

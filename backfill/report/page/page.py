@@ -16,10 +16,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backfill.html.figures import Example, Figures
-from backfill.html.sending import sending
-from backfill.html.style import CSS
-from backfill.html.svg import columns, esc, hbars, number
+from backfill.report.page.figures import Example, Figures
+from backfill.report.page.sending import sending
+from backfill.report.page.style import CSS
+from backfill.report.page.svg import columns, esc, hbars, number
 
 if TYPE_CHECKING:
     from backfill.report.summary import Summary

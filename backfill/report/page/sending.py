@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from backfill.html.figures import Figures
-from backfill.html.svg import esc, line, number
+from backfill.report.page.figures import Figures
+from backfill.report.page.svg import esc, line, number
 
 if TYPE_CHECKING:
     from backfill.report.summary import Summary

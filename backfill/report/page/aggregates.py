@@ -26,7 +26,8 @@ import numpy.typing as npt
 
 from backfill.arrays.groups import members, runs
 from backfill.errors import BackfillError
-from backfill.html.figures import (
+from backfill.read import Chunk, Dataset
+from backfill.report.page.figures import (
     EXAMPLES,
     TOP,
     Cluster,
@@ -36,7 +37,6 @@ from backfill.html.figures import (
     RejectLine,
     SendTrace,
 )
-from backfill.read import Chunk, Dataset
 from backfill.validation.reasons import Reason
 from backfill.validation.times import TimeStatus
 

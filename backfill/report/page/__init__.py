@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from backfill.html.figures import Figures, SendTrace
-from backfill.html.page import REPORT_FILE, document, fragment_of, render, write
+from backfill.report.page.figures import Figures, SendTrace
+from backfill.report.page.page import REPORT_FILE, document, fragment_of, render, write
 
 if TYPE_CHECKING:
     from backfill.config.settings import Settings
