@@ -319,7 +319,8 @@ def _show(summary: Any, settings: Any, command: str, note: str, extra: str = "")
     lines = [render_table(summary, title=title)]
     if extra:
         lines.append(extra)
-    lines.append(f"reports: {summary.out / 'rejects.csv'}, {summary.out / 'summary.json'}")
+    page = f", {summary.report}" if summary.report else ""
+    lines.append(f"reports: {summary.out / 'rejects.csv'}, {summary.out / 'summary.json'}{page}")
     human: IO[str] = sys.stderr if settings.json else sys.stdout
     print("\n".join(lines), file=human)
     if settings.json:

@@ -136,6 +136,7 @@ def test_default_out_is_runs_name_under_cwd(sample_runs: dict[str, Any]) -> None
     assert out == sample_runs["cwd"] / "runs" / "mappings-csv"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "rejects.csv",
+        "report.html",
         "summary.json",
     ]
 

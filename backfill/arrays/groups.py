@@ -27,13 +27,16 @@ def repeated_values(values: U64, at_least: int) -> U64:
     One sorted copy (sorting is several times faster than an argsort of everything); a run of
     ``k`` or more equal values is where ``v[i] == v[i + k - 1]``.
     """
-    ordered = np.sort(values)
+    return repeated_in_sorted(np.sort(values), at_least)
+
+
+def repeated_in_sorted(ordered: U64, at_least: int) -> U64:
+    """``repeated_values`` of values already sorted (a caller that needs the sorted copy too)."""
     n = len(ordered)
     if n < at_least:
         return np.zeros(0, dtype=np.uint64)
     span = at_least - 1
     hits = ordered[: n - span][ordered[span:] == ordered[: n - span]]
-    del ordered
     return np.unique(hits)
 
 

@@ -26,6 +26,8 @@ from backfill.folder.files import atomic_write_json, read_json_dict
 from backfill.folder.lock import RunLock
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified
+from backfill.report.page import write_report
+from backfill.report.page.aggregates import Collector
 from backfill.report.progress import Progress, Snapshot
 from backfill.report.summary import FileRows, RowRef, RunStatus, Summary, ThisRun, TrimmedIds
 from backfill.report.table import (
@@ -73,8 +75,9 @@ def validate(
             estimated_send_s=round(valid / settings.rate_per_s, 1),
         )
         if earlier is None:
-            # In a run's folder, summary.json stays the run's: a dry run must not turn a
-            # finished run's status into "validated".
+            # In a run's folder, summary.json and report.html stay the run's: a dry run must
+            # not turn a finished run's status into "validated".
+            summary = write_report(summary, validated, settings)
             atomic_write_json(out_dir / SUMMARY_FILE, summary.to_json())
     return summary
 
@@ -159,6 +162,7 @@ def _send(
             progress.close()
             validated.rejects.close()
             summary = _run_summary(settings, validated, sending, started, status, already)
+            summary = write_report(summary, validated, settings, trace=sending.trace)
             if status is RunStatus.COMPLETED:
                 ckpt.state = "completed"
                 ckpt.write()
@@ -198,24 +202,32 @@ def judge_and_report(
         progress.tick()
 
     rules = Rules(settings.id_merge, settings.non_uuid_anon)
+    # Simplified ID Merge has no 500-id cluster: no cluster_limit rule.
+    limit = None if settings.simplified else settings.max_cluster_size
+    collector = (
+        Collector(dataset, max_cluster_size=limit, time_column=settings.columns.time)
+        if settings.report
+        else None
+    )
     progress.follow(lambda: Snapshot("validating", rows_read=rows[0]))
     verdicts = judge(
         devices(source) if settings.simplified else source,
         now_ms=started,
-        # Simplified ID Merge has no 500-id cluster: no cluster_limit rule.
-        max_cluster_size=None if settings.simplified else settings.max_cluster_size,
+        max_cluster_size=limit,
         on_rows=on_rows,
         rules=rules,
         # Temp files of a big input go next to the reports: a disk the user chose for this
         # run, where the system's temp folder may be a small RAM disk.
         spill_dir=out_dir,
+        observe=collector,
     )
     progress.follow(lambda: Snapshot("writing rejects", rows_read=rows[0]))
     rejects = RejectsFile(out_dir, keep_api_rejects=keep_api_rejects)
     kinds = EventKinds(settings)
     try:
         for chunk in source():
-            rejects.write(reject_rows(chunk, verdicts, started, dataset, rules))
+            lines = reject_rows(chunk, verdicts, started, dataset, rules)
+            rejects.write(lines if collector is None else collector.see(chunk, lines, dataset))
             kinds.count(chunk, verdicts)
         rejects.commit()
     except BaseException:
@@ -223,7 +235,7 @@ def judge_and_report(
         raise
     finally:
         verdicts.close()  # the references were for the report; sending needs the reasons only
-    return Validated(source, dataset, verdicts, started, rejects, kinds.counts)
+    return Validated(source, dataset, verdicts, started, rejects, kinds.counts, collector)
 
 
 class EventKinds:

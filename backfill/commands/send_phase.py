@@ -41,6 +41,7 @@ from backfill.config.settings import Credentials, Settings
 from backfill.errors import Aborted, BackfillError, Interrupted
 from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
 from backfill.read import Chunk
+from backfill.report.page.figures import SendTrace
 from backfill.report.progress import Progress, Snapshot
 from backfill.report.table import Validated, chunk_reasons
 from backfill.send.answers import Settled
@@ -71,6 +72,8 @@ class Run:
         self.out_dir = checkpoint.path.parent
         self.progress = progress
         self.stats = SendStats()
+        #: Imported events over time and Mixpanel's refusals, for report.html.
+        self.trace = SendTrace()
         self.encoder = Encoder(
             token=settings.token,
             batch_size=settings.batch_size,
@@ -248,11 +251,12 @@ class Run:
 
     def _settled(self, settled: Settled) -> None:
         """Record a settled batch: refusals to rejects.csv, its span to the checkpoint."""
+        lines = []
         if settled.refused:
             dataset = self.validated.dataset
             rows = np.array([r.row for r in settled.refused], dtype=np.int64)
             files, within = dataset.locate(rows)
-            self.validated.rejects.add_api_rejects(
+            lines = [
                 (row, r.anon, r.identified, Reason.API_REJECTED.code, r.message, f.name)
                 for r, row, f in zip(
                     settled.refused,
@@ -260,9 +264,11 @@ class Run:
                     (dataset.files[i] for i in files.tolist()),
                     strict=True,
                 )
-            )
+            ]
+            self.validated.rejects.add_api_rejects(lines)
         first, last = settled.batch.span
         self.checkpoint.settle(first, last, settled.imported, len(settled.refused))
+        self.trace.settled(self.send_seconds(), self.checkpoint.events_imported, lines)
         self._dirty = True
         self.progress.tick()
 

@@ -190,6 +190,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("rate", "float", "events per second (Mixpanel allows ~30,000 per project)",
            default=25_000.0, above=0, metavar="EVENTS/S", unit="events/s"),
     Option("no_progress", "bool", "no progress display", default=False, commands=_READING),
+    Option("no_report", "bool", "write no report.html in the run folder", default=False),
     Option("json", "bool", "print the summary as one JSON object on stdout (the rest on "
            "stderr)", default=False, keyed=False, commands=_READING),
     Option("project_id", "str", "the Mixpanel project id", commands=frozenset({RUN, VERIFY}),

@@ -38,6 +38,8 @@ class Settings:
     delimiter: str | None = None
     progress: bool = True
     json: bool = False
+    #: Whether to write ``report.html`` (``--no-report`` turns it off).
+    report: bool = True
     id_merge: str = "original"
     non_uuid_anon: str = "refuse"
     pairing_event: str = "Identity Backfill"
@@ -164,6 +166,7 @@ def build_settings(source: Source, values: Mapping[str, Any], env: Mapping[str, 
         out=Path(out) if out else None,
         delimiter=_delimiter(values.get("delimiter")),
         progress=not values.get("no_progress"),
+        report=not values.get("no_report"),
         json=bool(values.get("json")),
         id_merge=values["id_merge"],
         non_uuid_anon=values["non_uuid_anon"],

@@ -147,11 +147,31 @@ class Summary:
         from backfill.report.table import REJECTS_FILE, read_rejects
 
         return read_rejects(self.out / REJECTS_FILE, self.index_labels)
+    #: Where ``report.html`` was written (None with ``--no-report``).
+    report: str | None = None
 
     @property
     def rows_rejected(self) -> int:
         """Every rejected row, Mixpanel's refusals included."""
         return sum(self.rejected.values())
+
+    @property
+    def report_path(self) -> Path | None:
+        """The run folder's ``report.html``, if this command wrote one."""
+        return None if self.report is None else Path(self.report)
+
+    def _repr_html_(self) -> str:
+        """The report in a notebook: the written page's content, else the counts alone."""
+        from backfill.report.page import fragment_of, render
+
+        if self.report_path is not None:
+            try:
+                fragment = fragment_of(self.report_path.read_text(encoding="utf-8"))
+            except OSError:
+                fragment = None
+            if fragment is not None:
+                return fragment
+        return render(self, None)
 
     @property
     def sent(self) -> bool:

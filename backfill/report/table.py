@@ -31,6 +31,7 @@ import pyarrow as pa
 from backfill.errors import InputChanged
 from backfill.folder.files import disk_errors, fsync_dir, open_private
 from backfill.read import Chunk, ChunkSource, Dataset
+from backfill.report.page.aggregates import Collector
 from backfill.report.summary import Summary
 from backfill.validation.judge import Verdicts
 from backfill.validation.reasons import REJECT_REASONS, Reason
@@ -63,6 +64,8 @@ class Validated:
     rejects: RejectsFile
     #: The events the valid pairs make, by kind (``$identify``, ``$merge``, a pairing event).
     events_by_kind: Mapping[str, int] = field(default_factory=dict)
+    #: The report's figures, gathered while judging (None with ``--no-report``).
+    collector: Collector | None = None
 
 
 class RejectsFile:

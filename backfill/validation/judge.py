@@ -40,12 +40,13 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from backfill.arrays.groups import members, repeated_values, runs
+from backfill.arrays.groups import members, repeated_in_sorted, repeated_values, runs
 from backfill.arrays.hashing import Hasher, hash_strings, hash_strings_seeds
 from backfill.read import Chunk, ChunkSource
 from backfill.validation.collisions import RowBits, TiesFound, verify
@@ -58,6 +59,7 @@ from backfill.validation.rules import (
     row_reasons,
 )
 from backfill.validation.spill import Records, Store
+from backfill.validation.times import to_epoch_ms
 from backfill.validation.verdicts import References, Trimmed, Verdicts, blocks
 
 __all__ = [
@@ -73,6 +75,28 @@ __all__ = [
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+
+class Observer(Protocol):
+    """Sees what judging computes anyway, for the report's figures (``backfill.report.page``).
+
+    Called with arrays the rules made; it must not change them.
+    """
+
+    def rows(self, reasons: U8, times: tuple[I64, U8] | None) -> None:
+        """A chunk's per-row verdicts, and its times as ``to_epoch_ms`` parsed them."""
+
+    def begin(self) -> None:
+        """The whole-dataset decisions start (again, when a hash collision remakes them)."""
+
+    def anon_groups(
+        self, idx: I64, starts: I64, group_of: I64, ident: U64, conflicted: npt.NDArray[np.bool_]
+    ) -> None:
+        """One unit's anon groups of two or more rows (rules 6-7), rows in group order."""
+
+    def clusters(self, rows: I64, hu: U64, ordered: U64, reasons: U8) -> None:
+        """One unit of the identified index before rule 8; ``ordered`` is ``hu`` sorted."""
 
 
 # --- whole-file rules ----------------------------------------------------------------------
@@ -110,6 +134,7 @@ def _judge_anon_unit(
     reasons: npt.NDArray[np.uint8],
     references: References,
     check: RowBits | None,
+    observe: Observer | None = None,
 ) -> None:
     """Rules 6-7 in one unit of rows (every row of an anon hash is in the same unit)."""
     sel = members(ha, repeated_values(ha, 2))
@@ -130,6 +155,8 @@ def _judge_anon_unit(
     positions = np.where(differs, np.arange(len(idx)), len(idx))
     first_other = np.minimum.reduceat(positions, starts)
     conflicted = first_other < len(idx)
+    if observe is not None:
+        observe.anon_groups(idx, starts, group_of, ident, conflicted)
     first = idx[starts][group_of]
     is_conflict = conflicted[group_of]
     is_duplicate = ~is_conflict & (idx != first)
@@ -147,6 +174,7 @@ def _judge_cluster_unit(
     reasons: npt.NDArray[np.uint8],
     max_cluster_size: int,
     check: RowBits | None,
+    observe: Observer | None = None,
 ) -> None:
     """Rule 8 in one unit of rows (every row of an identified hash is in the same unit).
 
@@ -154,7 +182,11 @@ def _judge_cluster_unit(
     rules 6-7: after a collision is resolved a group can only split, so the rows to verify
     must cover every group that could reach the limit.
     """
-    sel = members(hu, repeated_values(hu, max_cluster_size))
+    ordered = np.sort(hu)
+    if observe is not None:
+        observe.clusters(rows, hu, ordered, reasons)
+    sel = members(hu, repeated_in_sorted(ordered, max_cluster_size))
+    del ordered
     if len(sel) == 0:
         return
     if check is not None:
@@ -178,16 +210,19 @@ class _Index:
     by_ident: Store | None
     max_cluster_size: int | None
     unit_bytes: int
+    observe: Observer | None = None
 
     def decide(
         self, references: References, *, check: RowBits | None, ties: TiesFound | None
     ) -> None:
         """Rules 6-8 for every passing row, unit by unit; ``check`` collects rows to verify."""
+        if self.observe is not None:
+            self.observe.begin()
         for unit in self.by_anon.units(self.unit_bytes):
             rows, ha, hu = unit.numbers
             if ties is not None:
                 ha, hu = ties.anon.apply(rows, ha), ties.ident.apply(rows, hu)
-            _judge_anon_unit(rows, ha, hu, self.reasons, references, check)
+            _judge_anon_unit(rows, ha, hu, self.reasons, references, check, self.observe)
         if self.by_ident is None or self.max_cluster_size is None:
             return
         # Only now: the cluster rule counts the rows that survived rules 6-7 in every unit.
@@ -195,7 +230,9 @@ class _Index:
             rows, hu = unit.numbers
             if ties is not None:
                 hu = ties.ident.apply(rows, hu)
-            _judge_cluster_unit(rows, hu, self.reasons, self.max_cluster_size, check)
+            _judge_cluster_unit(
+                rows, hu, self.reasons, self.max_cluster_size, check, self.observe
+            )
 
     def undo(self) -> None:
         """Forget the decisions of rules 6-8 (they alone set these reasons)."""
@@ -218,6 +255,7 @@ def judge(
     index_memory_bytes: int = DEFAULT_INDEX_MEMORY_BYTES,
     partitions: int = DEFAULT_PARTITIONS,
     rules: Rules = ORIGINAL,
+    observe: Observer | None = None,
 ) -> Verdicts:
     """Read the whole input once (twice if hashes repeat) and decide every row's verdict.
 
@@ -229,6 +267,8 @@ def judge(
     (default: the system's temp folder) in ``partitions`` hash partitions; the files have no
     name and vanish with the process, whatever way it ends. Memory is then one byte per row
     (the reasons) plus about ``index_memory_bytes``, whatever the row count.
+
+    ``observe`` sees what the rules compute, for the report (see ``Observer``).
     """
     if max_cluster_size is not None and max_cluster_size < 2:
         raise ValueError("max_cluster_size must be at least 2")
@@ -252,8 +292,10 @@ def judge(
         by_anon = store(np.int64, np.uint64, np.uint64)
         by_ident = None if max_cluster_size is None else store(np.int64, np.uint64)
         trimmed = Trimmed()
-        reasons = _first_pass(source, now_ms, hasher, on_rows, by_anon, by_ident, rules, trimmed)
-        index = _Index(reasons, by_anon, by_ident, max_cluster_size, budget.unit_bytes)
+        reasons = _first_pass(
+            source, now_ms, hasher, on_rows, by_anon, by_ident, rules, trimmed, observe
+        )
+        index = _Index(reasons, by_anon, by_ident, max_cluster_size, budget.unit_bytes, observe)
         spilled = by_anon.disk_bytes + (0 if by_ident is None else by_ident.disk_bytes)
         references = References(len(reasons), limit_bytes=budget.small_bytes, spill_dir=spill_dir)
         try:
@@ -311,6 +353,7 @@ def _first_pass(
     by_ident: Store | None,
     rules: Rules,
     trimmed: Trimmed,
+    observe: Observer | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Per-row rules for every row; each passing row's fingerprint into the stores; the
     trimmed ids counted into ``trimmed``."""
@@ -318,7 +361,12 @@ def _first_pass(
     # reasons twice for a moment.
     reasons = bytearray()
     for chunk in source():
-        chunk_reasons = row_reasons(chunk, now_ms, rules)
+        times = None
+        if observe is not None and chunk.time is not None:
+            times = to_epoch_ms(chunk.time, now_ms)
+        chunk_reasons = row_reasons(chunk, now_ms, rules, times=times)
+        if observe is not None:
+            observe.rows(chunk_reasons, times)
         ok = chunk_reasons == Reason.VALID
         if ok.any():
             keep = pa.array(ok)

@@ -67,8 +67,17 @@ class Rules:
 ORIGINAL = Rules()
 
 
-def row_reasons(chunk: Chunk, now_ms: int, rules: Rules = ORIGINAL) -> npt.NDArray[np.uint8]:
-    """The first failing per-row rule of each row (SPEC 1-5, then invalid_time), or VALID."""
+def row_reasons(
+    chunk: Chunk,
+    now_ms: int,
+    rules: Rules = ORIGINAL,
+    *,
+    times: tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]] | None = None,
+) -> npt.NDArray[np.uint8]:
+    """The first failing per-row rule of each row (SPEC 1-5, then invalid_time), or VALID.
+
+    ``times``: the chunk's times already parsed by ``to_epoch_ms`` (a caller that keeps them).
+    """
     anon, ident = chunk.anon, chunk.identified
     missing_anon = bool_mask(anon.is_null())
     if rules.uuid_only:
@@ -82,7 +91,7 @@ def row_reasons(chunk: Chunk, now_ms: int, rules: Rules = ORIGINAL) -> npt.NDArr
     reasons = np.zeros(len(chunk), dtype=np.uint8)
     # Later rules first, so that each earlier rule overwrites: a row keeps its first failure.
     if chunk.time is not None:
-        _, status = to_epoch_ms(chunk.time, now_ms)
+        _, status = times if times is not None else to_epoch_ms(chunk.time, now_ms)
         reasons[status != TimeStatus.OK] = Reason.INVALID_TIME
     reasons[self_merge] = Reason.SELF_MERGE
     reasons[bad_ident] = Reason.INVALID_IDENTIFIED_ID
