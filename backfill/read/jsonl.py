@@ -156,6 +156,11 @@ def _parse(file: DataFile, number: int, line: bytes, keys: frozenset[str]) -> di
             parse_constant=str,
             object_pairs_hook=_Object.of,
         )
+    except RecursionError:
+        raise InputError(
+            f"{file.name}: line {number} nests arrays or objects too deeply to be a mapping "
+            "record (thousands of levels): fix that line or re-export the file as JSON Lines"
+        ) from None
     except ValueError as e:
         msg = getattr(e, "msg", str(e))
         raise InputError(
