@@ -8,8 +8,9 @@ Order in which a request to ``/import`` is answered (the first that applies wins
     3. ``strict=1``: 400;
     4. the fault for this request: ``always`` if set, else the next scripted one, else one
        drawn at random (``503``, ``429``, ``408``, ``drop``, the redirects ``302``/``307``,
-       ``400_whole`` (a 400 naming no record) and ``200_not_json`` answer now; ``slow``
-       waits ``slow_s`` and goes on);
+       ``400_whole`` (a 400 naming no record) and ``200_not_json`` answer now, as do the
+       hostile servers' faults of ``hostile`` (``*_deep``, ``*_echo``, ``200_brotli``);
+       ``slow`` waits ``slow_s`` and goes on);
     5. the body: encoding and content type 400, bad gzip 400, too many bytes 413, invalid
        JSON or no events 400, too many events 413;
     6. the rate limit (``rate_limit_events_per_s``): 429, nothing imported; then a Simplified
