@@ -33,11 +33,11 @@ from runkit import (
 )
 
 from backfill import cli
-from backfill.answers import Answer, interpret
 from backfill.errors import Aborted, RetryableSendError
-from backfill.files import MAX_JSON_FILE_BYTES
+from backfill.folder.files import MAX_JSON_FILE_BYTES
+from backfill.folder.registry import STATE_FILE, key_for, state_dir
 from backfill.read.lines import read_lines
-from backfill.registry import STATE_FILE, key_for, state_dir
+from backfill.send.answers import Answer, interpret
 from backfill.standin import DEFAULT_SERVICE_ACCOUNT, running_standin
 from backfill.standin.faults import Fault
 

@@ -17,8 +17,8 @@ import pytest
 
 import backfill
 from backfill.errors import ConfigError, InputError
-from backfill.report import render_table
-from backfill.summary import RunStatus, Summary, ThisRun
+from backfill.report.summary import RunStatus, Summary, ThisRun
+from backfill.report.table import render_table
 
 ANON = "3f0c2a4e-8b1d-4c6a-9e2f-1a2b3c4d5e6f"
 
