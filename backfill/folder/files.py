@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from backfill.boundedjson import MiB, read_file
 from backfill.errors import ConfigError, OutOfSpace
+from backfill.untrusted.boundedjson import MiB, read_file
 
 PRIVATE_FILE = 0o600
 PRIVATE_FOLDER = 0o700

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from backfill.boundedjson import loads
 from backfill.errors import RunLocked
+from backfill.untrusted.boundedjson import loads
 
 LOCK_FILE = ".lock"
 

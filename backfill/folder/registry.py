@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backfill.boundedjson import MiB, read_file
 from backfill.folder.files import PRIVATE_FILE, atomic_write_json
+from backfill.untrusted.boundedjson import MiB, read_file
 
 STATE_FILE = "runs.json"
 #: Files that make a folder a run folder worth going back to.

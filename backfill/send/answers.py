@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from backfill.boundedjson import MiB, loads
 from backfill.errors import (
     AuthRefused,
     IdentityEventsRefused,
@@ -30,8 +29,9 @@ from backfill.errors import (
     RetryableSendError,
     UnexpectedAnswer,
 )
-from backfill.masking import shown
 from backfill.send.events import Batch
+from backfill.untrusted.boundedjson import MiB, loads
+from backfill.untrusted.masking import shown
 
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SIMPLIFIED_HINT = "simplified identity"

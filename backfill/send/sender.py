@@ -45,10 +45,10 @@ from backfill.errors import (
     UnexpectedAnswer,
     Unreachable,
 )
-from backfill.masking import shown
 from backfill.send.answers import Answer, Settled, TooLarge, interpret
 from backfill.send.events import Batch, Encoder
 from backfill.send.pacing import Pacer, PacingRules
+from backfill.untrusted.masking import shown
 
 #: A ``Retry-After`` longer than this is not waited out in full (documented in the README).
 MAX_RETRY_AFTER_S = 300.0
