@@ -29,6 +29,7 @@ from backfill.config.settings import (
     settings_for,
 )
 from backfill.errors import BackfillError, ConfigError
+from backfill.read.memory import is_in_memory
 from backfill.report.progress import Progress
 from backfill.report.summary import Summary
 
@@ -138,4 +139,16 @@ def normalize_source(source: SourceLike) -> Any:
         if not source:
             raise ConfigError("source is an empty list: give at least one file, folder or URL")
         return tuple(os.fspath(s) for s in source)
-    return source
+    if is_in_memory(source):
+        return source
+    kind = type(source)
+    hint = (
+        ": a Series is one column; pass a DataFrame of the anon and identified columns, e.g. "
+        "pd.DataFrame({'anon_id': anon, 'identified_id': ids})"
+        if kind.__name__ == "Series"
+        else ""
+    )
+    raise ConfigError(
+        f"source is a {kind.__module__.split('.')[0]}.{kind.__name__}, not a path, URL, list "
+        f"of them, pandas DataFrame or pyarrow Table{hint}"
+    )

@@ -69,7 +69,7 @@ def validate(
             status=RunStatus.VALIDATED,
             **_counts(settings, validated, out_dir, started),
             # A dry run in a folder where a run already sent pairs must not report zero.
-            events_imported=int((earlier or {}).get("events_imported", 0)),
+            events_imported=_count_of((earlier or {}).get("events_imported")),
             batches_planned=math.ceil(valid / settings.batch_size),
             rate_per_s=settings.rate_per_s,
             estimated_send_s=round(valid / settings.rate_per_s, 1),
@@ -80,6 +80,11 @@ def validate(
             summary = write_report(summary, validated, settings)
             atomic_write_json(out_dir / SUMMARY_FILE, summary.to_json())
     return summary
+
+
+def _count_of(value: object) -> int:
+    """A count read from a checkpoint that may be damaged: 0 unless a non-negative int."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def run(

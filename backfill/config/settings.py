@@ -8,6 +8,7 @@ later code never meets a bad one. Credentials come only from the environment or 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import tomllib
 from collections.abc import Mapping
@@ -79,6 +80,11 @@ class Credentials:
     legacy: bool = False
 
     def __post_init__(self) -> None:
+        if self.legacy:
+            _check_printable(self.secret, "MIXPANEL_API_SECRET")
+        else:
+            _check_printable(self.username, "MIXPANEL_SERVICE_ACCOUNT_USERNAME")
+            _check_printable(self.secret, "MIXPANEL_SERVICE_ACCOUNT_SECRET")
         if not self.legacy and ":" in self.username:
             # HTTP Basic cannot carry a colon in the user name: the secret would be split.
             raise ConfigError(
@@ -97,6 +103,32 @@ class Credentials:
     def basic_auth(self) -> tuple[str, str]:
         """(user, password) for HTTP Basic: the legacy secret goes as user, empty password."""
         return (self.secret, "") if self.legacy else (self.username, self.secret)
+
+    @property
+    def echoes(self) -> tuple[str, ...]:
+        """Every spelling of the secret a server could echo back: masked wherever it is quoted.
+
+        The secret itself and the ``Authorization`` header's base64 of ``user:secret`` (with
+        and without its padding); ``masking.shown`` masks these and any ``Basic ...`` token.
+        """
+        user, password = self.basic_auth
+        encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        return (self.secret, encoded, encoded.rstrip("="))
+
+
+def _check_printable(value: str, variable: str) -> None:
+    """HTTP Basic carries printable ASCII only; say so before anything is read or sent.
+
+    Mixpanel's user names and secrets are plain ASCII, so any other character (a byte that is
+    not UTF-8, a non-breaking space, an accent) is a copy-paste accident. The message names the
+    variable, never the value or the offending character's position: it is a secret.
+    """
+    if not (value.isascii() and value.isprintable()):
+        raise ConfigError(
+            f"{variable} holds a character that is not printable ASCII (Mixpanel's credentials "
+            "never do; a copy-paste or an encoding accident?): set it again, copied from "
+            "Mixpanel's Project Settings"
+        )
 
 
 def load_config(path: Path | None, command: str) -> dict[str, Any]:

@@ -112,13 +112,18 @@ class RowIntervals:
         """Rebuild from ``to_json`` output, merging defensively; ValueError if malformed."""
         if not isinstance(data, list):
             raise ValueError(f"done is {type(data).__name__}, not a list of [first, last]")
-        out = cls()
+        spans: list[tuple[int, int]] = []
         for pair in data:
             if not isinstance(pair, list) or len(pair) != 2:
                 raise ValueError(f"done holds {pair!r}, not [first, last]")
             first, last = (_count(v, "a done row") for v in pair)
             if not 1 <= first <= last:
                 raise ValueError(f"done holds [{first}, {last}]")
+            spans.append((first, last))
+        # In order, each add lands at the end of the lists: a file written out of order (by
+        # hand, or built to hurt) costs n log n, not the n² of inserting at the front.
+        out = cls()
+        for first, last in sorted(spans):
             out.add(first, last)
         return out
 
@@ -200,7 +205,8 @@ class Checkpoint:
         except (OSError, ValueError) as e:
             if not restart:
                 raise CheckpointMismatch(
-                    f"{path} is unreadable ({e}): pass --restart to start over"
+                    f"{path} is unreadable ({_reason(e)}): pass --restart to start over, or "
+                    "choose another --out to keep it"
                 ) from None
             data = None
         if restart or data is None:
@@ -228,7 +234,8 @@ class Checkpoint:
     def _load(cls, path: Path, data: Any) -> Checkpoint:
         if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
             raise CheckpointMismatch(
-                f"{path} was written by another version of backfill: pass --restart to start over"
+                f"{path} was written by another version of backfill (or is not a checkpoint): "
+                "pass --restart to start over, or choose another --out to keep it"
             )
         try:
             if not isinstance(data["identity"], dict):
@@ -254,7 +261,8 @@ class Checkpoint:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointMismatch(
-                f"{path} is damaged ({type(e).__name__}: {e}): pass --restart to start over"
+                f"{path} is damaged ({type(e).__name__}: {_reason(e)}): pass --restart to start "
+                "over, or choose another --out to keep it"
             ) from None
 
     @classmethod
@@ -338,6 +346,13 @@ class Checkpoint:
 _MAX_COUNT = 1 << 48
 
 
+def _reason(e: Exception) -> str:
+    """Why a checkpoint could not be read, on one line (an OSError names the path already)."""
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return " ".join(str(e).split())[:160]
+
+
 def _count(value: Any, name: str) -> int:
     """A non-negative whole number, as JSON wrote it (not a bool, a float or a string)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
@@ -358,7 +373,8 @@ def _counts(value: Any, name: str) -> dict[str, int]:
 def _seconds(value: Any) -> float:
     if value is None:
         return time.time()
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # Up to the year 9999: past it (or not finite) no date can show it, and ``status`` must.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2.5e11:
         raise ValueError(f"a time stamp is {value!r}")
     return float(value)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backfill.errors import ConfigError, OutOfSpace
+from backfill.untrusted.boundedjson import MiB, read_file
 
 PRIVATE_FILE = 0o600
 PRIVATE_FOLDER = 0o700
@@ -97,10 +98,18 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: No file of a run folder comes near this: a checkpoint's done spans take a few KiB.
+MAX_JSON_FILE_BYTES = 64 * MiB
+
+
 def read_json(path: Path) -> Any:
-    """The JSON in ``path``, or None if the file does not exist."""
+    """The JSON in ``path``, or None if the file does not exist.
+
+    Bounded (``boundedjson``): a file too deep, too large or not UTF-8 JSON raises
+    ``Unreadable``, a ``ValueError`` of one line.
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_file(path, max_bytes=MAX_JSON_FILE_BYTES)
     except FileNotFoundError:
         return None
 

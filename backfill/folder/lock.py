@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from backfill.errors import RunLocked
+from backfill.untrusted.boundedjson import loads
 
 LOCK_FILE = ".lock"
 
@@ -103,7 +104,7 @@ def _try_flock(fd: int, kind: int, attempts: int = 5) -> bool:
 
 def _read_holder(fd: int) -> dict[str, Any]:
     try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        data = loads(os.pread(fd, 4096, 0) or b"{}", max_bytes=4096)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from backfill.folder.files import PRIVATE_FILE, atomic_write_json
+from backfill.untrusted.boundedjson import MiB, read_file
 
 STATE_FILE = "runs.json"
 #: Files that make a folder a run folder worth going back to.
 _RUN_FILES = ("checkpoint.json", "summary.json")
+#: Thousands of runs take a few hundred KiB; a larger file is not one backfill wrote.
+_MAX_BYTES = 16 * MiB
 
 
 def state_dir(env: Mapping[str, str]) -> Path:
@@ -54,7 +57,10 @@ def lookup(key: str, env: Mapping[str, str]) -> Path | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("out"), str):
         return None
     folder = Path(entry["out"])
-    return folder if any((folder / f).is_file() for f in _RUN_FILES) else None
+    try:
+        return folder if any((folder / f).is_file() for f in _RUN_FILES) else None
+    except (OSError, ValueError):  # a path with a NUL byte, or one too long: not a run
+        return None
 
 
 def remember(key: str, folder: Path, env: Mapping[str, str]) -> None:
@@ -79,7 +85,7 @@ def remember(key: str, folder: Path, env: Mapping[str, str]) -> None:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_file(path, max_bytes=_MAX_BYTES)
+    except (OSError, ValueError):  # missing, damaged, too deep or too large: as if empty
         return {}
     return data if isinstance(data, dict) else {}

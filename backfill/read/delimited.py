@@ -28,6 +28,7 @@ import pyarrow.csv as pacsv
 from backfill.errors import InputError
 from backfill.read.chunk import Columns
 from backfill.read.formats import content_hint, looks_like
+from backfill.read.lines import read_lines
 from backfill.read.source import DataFile
 
 #: pyarrow's parse block: a record longer than this cannot be read (and is no row of ids).
@@ -229,18 +230,8 @@ class _TooLarge(Exception):
 def _lines(file: DataFile) -> Iterator[str]:
     """The file's lines (``\\n``-terminated), decoded leniently: the scan only counts."""
     with file.open_stream() as f:
-        rest = b""
-        first = True
-        while block := f.read(1 << 20):
-            data = rest + bytes(block)
-            if first:
-                data = data.removeprefix(b"\xef\xbb\xbf")
-                first = False
-            *whole, rest = data.split(b"\n")
-            for line in whole:
-                yield (line + b"\n").decode("utf-8", errors="replace")
-        if rest:
-            yield rest.decode("utf-8", errors="replace")
+        for line in read_lines(f, 1 << 20, keepends=True):
+            yield line.decode("utf-8", errors="replace")
 
 
 def _records(file: DataFile, delimiter: str) -> Iterator[_Record]:

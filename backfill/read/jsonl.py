@@ -28,6 +28,7 @@ import pyarrow.json as pajson
 from backfill.errors import InputError
 from backfill.read.chunk import Columns
 from backfill.read.formats import content_hint, is_binary
+from backfill.read.lines import read_lines
 from backfill.read.source import DataFile
 
 BLOCK_BYTES = 1 << 20
@@ -133,17 +134,7 @@ def _exact_batches(
 def _lines(file: DataFile) -> Iterator[bytes]:
     try:
         with file.open_stream() as f:
-            rest = b""
-            first = True
-            while block := f.read(BLOCK_BYTES):
-                data = rest + bytes(block)
-                if first:
-                    data = data.removeprefix(b"\xef\xbb\xbf")
-                    first = False
-                *whole, rest = data.split(b"\n")
-                yield from whole
-            if rest:
-                yield rest
+            yield from read_lines(f, BLOCK_BYTES)
     except (OSError, EOFError, pa.ArrowException) as e:
         hint = " (is it a valid .gz file?)" if file.gzipped else " (re-export the file)"
         raise InputError(f"cannot read {file.name}: {_first_line(e)}{hint}") from None
@@ -165,6 +156,11 @@ def _parse(file: DataFile, number: int, line: bytes, keys: frozenset[str]) -> di
             parse_constant=str,
             object_pairs_hook=_Object.of,
         )
+    except RecursionError:
+        raise InputError(
+            f"{file.name}: line {number} nests arrays or objects too deeply to be a mapping "
+            "record (thousands of levels): fix that line or re-export the file as JSON Lines"
+        ) from None
     except ValueError as e:
         msg = getattr(e, "msg", str(e))
         raise InputError(
@@ -173,8 +169,8 @@ def _parse(file: DataFile, number: int, line: bytes, keys: frozenset[str]) -> di
         ) from None
     if not isinstance(obj, dict):
         raise InputError(
-            f"{file.name}: line {number} holds a JSON {_kind(obj)}, not an object: JSON Lines "
-            "has one object per line"
+            f"{file.name}: line {number} holds a JSON {_kind(obj, text)}, not an object: JSON "
+            "Lines has one object per line"
         )
     twice = obj.repeated & keys if isinstance(obj, _Object) else frozenset()
     if twice:
@@ -214,14 +210,17 @@ def _text(file: DataFile, number: int, key: str, value: Any) -> str | None:
     return str(value)
 
 
-def _kind(value: Any) -> str:
+def _kind(value: Any, text: str = '"') -> str:
+    """What JSON value ``text`` held: numbers arrive as strings (``parse_int=str``)."""
     if isinstance(value, dict):
         return "object"
     if isinstance(value, list):
         return "array"
-    if isinstance(value, str):
-        return "string"
-    return "number" if not isinstance(value, bool) else "boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "string" if text.lstrip().startswith('"') else "number"
 
 
 def _first_line(e: BaseException) -> str:

@@ -2,9 +2,15 @@
 
 Read with Parquet's rules: text or integer id columns (integers become decimal strings),
 trimmed, null = missing; a time column may also hold timestamps, dates or floats. A pandas
-``object`` column is taken value by value: ``str`` as it is, ``int`` as its decimal string,
-``None``/``NaN``/``pd.NA`` as missing; anything else (a float id, a dict) is refused, naming
-the first such row, since no string "as written" exists for it.
+``object`` column is taken value by value: ``str`` as it is, an integer (Python's or numpy's)
+as its decimal string, ``None``/``NaN``/``pd.NA`` as missing; anything else (a float id, a
+dict) is refused, naming the first such row, since no string "as written" exists for it.
+
+Columns are chosen by name as written: a DataFrame's labels are compared by their string
+form, so integer labels (``pd.read_csv(header=None)``) are chosen with ``anon_column="0"``.
+A frame with two labels of one string form (``0`` and ``"0"``) is refused as ambiguous.
+A frame or table without rows is refused as having no data rows, before its column types
+are judged (an empty column has no type worth naming).
 
 The source is one pseudo-file named ``<DataFrame>`` or ``<pyarrow.Table>``. Its fingerprint is
 a digest of the chosen columns' content, so the same rows give the same fingerprint in every
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from typing import Any
 
 import pyarrow as pa
@@ -43,6 +50,8 @@ def memory_file(source: Any, columns: Columns) -> DataFile:
         source = pa.Table.from_batches([source])
     if isinstance(source, pa.Table):
         name, fmt = TABLE, "table"
+        check_columns(name, source.column_names, columns)
+        _check_rows(name, source.num_rows)
         check_schema(name, source.schema, columns)
         table = source.select(list(dict.fromkeys(columns.names())))
     else:
@@ -52,12 +61,19 @@ def memory_file(source: Any, columns: Columns) -> DataFile:
     return DataFile(name=name, format=fmt, size=table.nbytes, table=table)
 
 
+def _check_rows(name: str, rows: int) -> None:
+    if rows == 0:
+        raise InputError(f"input has no data rows: {name} (is it the right DataFrame?)")
+
+
 def _from_pandas(df: Any, columns: Columns) -> pa.Table:
+    # By position, not by label: a label may be the integer 0 where the option names "0".
     found = [str(c) for c in df.columns]
     check_columns(DATAFRAME, found, columns)
+    _check_rows(DATAFRAME, len(df))
     arrays: dict[str, pa.Array] = {}
     for name in dict.fromkeys(columns.names()):
-        series = df[name]
+        series = df.iloc[:, found.index(name)]
         if str(series.dtype) == "object":
             arrays[name] = _object_column(name, series.tolist())
             continue
@@ -76,8 +92,8 @@ def _object_column(name: str, values: list[Any]) -> pa.Array:
     for row, value in enumerate(values, start=1):
         if value is None or isinstance(value, str):
             out.append(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            out.append(str(value))
+        elif not isinstance(value, bool) and isinstance(value, numbers.Integral):
+            out.append(str(int(value)))  # numpy's integers too (not its bool_: not Integral)
         elif (isinstance(value, float) and math.isnan(value)) or _is_pd_na(value):
             out.append(None)
         else:

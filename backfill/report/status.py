@@ -93,15 +93,32 @@ def read_status(out_dir: Path, *, now: float | None = None) -> RunState:
         )
     if holder is not None:
         return RunState(**base)
+    _refuse_damaged(out_dir)
     raise InputError(f"{out_dir} holds no checkpoint.json or summary.json: is it a run folder?")
+
+
+def _refuse_damaged(out_dir: Path) -> None:
+    """Name the file that is there but cannot be read, and its fix (exit 2, one line)."""
+    fixes = {
+        CHECKPOINT_FILE: "rerun with --restart to start over, or choose another --out",
+        SUMMARY_FILE: "run the same command again to write it anew, or choose another --out",
+    }
+    for name, fix in fixes.items():
+        if (out_dir / name).exists():
+            raise InputError(
+                f"{out_dir / name} is unreadable (damaged, or not written by backfill): {fix}"
+            )
 
 
 def _summary(out_dir: Path) -> Summary | None:
     data = read_json_dict(out_dir / SUMMARY_FILE)
     try:
-        return None if data is None else Summary.from_json(data, out_dir)
-    except (KeyError, TypeError, ValueError):
+        summary = None if data is None else Summary.from_json(data, out_dir)
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None  # a damaged summary is a report's to skip, not to fail on
+    # from_json keeps this field as written (typed int only by annotation); the view formats it.
+    imported: object = None if summary is None else summary.events_imported
+    return summary if isinstance(imported, int) else None
 
 
 def _progress(ckpt: Checkpoint, now: float, *, active: bool) -> dict[str, Any]:

@@ -226,10 +226,16 @@ def render_table(summary: Summary, *, title: str | None = None) -> str:
         ("rows read", f"{read:,}", ""),
         ("rows valid", f"{valid:,}", _share(valid, read)),
     ]
-    total = summary.rows_rejected
+    # Mixpanel refuses valid rows: its refusals are shown as a part of the valid ones, so that
+    # valid and rejected shares add up to the rows read (counted in both, they passed 100%).
+    refused = summary.rejected.get(Reason.API_REJECTED.code, 0)
+    if refused:
+        share = f"{_share(refused, read)}  (api_rejected)"
+        lines.append(("  refused by Mixpanel", f"{refused:,}", share))
+    total = summary.rows_rejected - refused
     lines.append(("rows rejected", f"{total:,}", _share(total, read)))
     for code, count in summary.rejected.items():
-        if count:
+        if count and code != Reason.API_REJECTED.code:
             lines.append((f"  {code}", f"{count:,}", _share(count, read)))
     trimmed = summary.trimmed_ids
     if trimmed.count:

@@ -30,9 +30,13 @@ from backfill.errors import (
     UnexpectedAnswer,
 )
 from backfill.send.events import Batch
+from backfill.untrusted.boundedjson import MiB, loads
+from backfill.untrusted.masking import shown
 
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SIMPLIFIED_HINT = "simplified identity"
+#: More than the sender reads (8 MiB): an answer is never refused for its size here.
+_MAX_JSON_BYTES = 16 * MiB
 
 
 @dataclass(frozen=True)
@@ -66,36 +70,49 @@ class Answer:
     body: bytes | None  # None: longer than MAX_ANSWER_BYTES, so not Mixpanel's
     retry_after: str | None = None
     location: str | None = None
+    #: The credential's spellings a server could echo (``Credentials.echoes``): masked in
+    #: every message quoting this answer, as are ``Basic ...`` tokens and control characters.
+    secrets: tuple[str, ...] = ()
 
     def json(self) -> dict[str, Any] | None:
-        """The body as a JSON object, or None if it is not one."""
+        """The body as a JSON object, or None if it is not one (or too deep: ``boundedjson``)."""
         if self.body is None:
             return None
         try:
-            data = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+            data = loads(self.body, max_bytes=_MAX_JSON_BYTES)
+        except ValueError:
             return None
         return data if isinstance(data, dict) else None
 
     def message(self) -> str:
-        """Mixpanel's ``error`` text, else the start of the body, on one line."""
+        """Mixpanel's ``error`` text, else the start of the body, on one line, masked."""
         answer = self.json() or {}
         text = answer.get("error")
         if not isinstance(text, str) or not text:
-            text = (self.body or b"")[:200].decode("utf-8", "replace")
-        return " ".join(text.split())[:300]
+            return self.quote(200)
+        return self.shown(text)[:300]
+
+    def quote(self, size: int) -> str:
+        """The start of the body as a message may quote it: one line, masked."""
+        return self.shown((self.body or b"(over 8 MiB)")[:size].decode("utf-8", "replace"))
+
+    def shown(self, text: str) -> str:
+        """Server text made safe to print or write (``masking.shown`` with this credential)."""
+        return shown(text, self.secrets)
 
 
 def interpret(batch: Batch, answer: Answer, url: str) -> Settled:
     """What one answer means: the batch settled, or raise TooLarge, a retry, or an Aborted."""
     status = answer.status
     if status in (200, 400):
+        if answer.json() is None:
+            raise _not_mixpanel(answer, url)
         return settle(batch, answer, url)
     if 300 <= status < 400:
         raise UnexpectedAnswer(
             f"{url} answered HTTP {status}, a redirect to "
-            f"{answer.location or '(no Location)'}; backfill never follows redirects (the "
-            "request would lose its body or carry your users' ids elsewhere): point "
+            f"{answer.shown(answer.location or '(no Location)')}; backfill never follows "
+            "redirects (the request would lose its body or carry your users' ids elsewhere): point "
             "--api-url at Mixpanel's /import (or choose --region), then rerun to resume"
         )
     if status in (401, 403):
@@ -133,17 +150,12 @@ def settle(batch: Batch, answer: Answer, url: str) -> Settled:
     if answer.status == 400:
         # A 400 that names no record refuses the request, whatever else its body holds.
         failed = (data or {}).get("failed_records")
-        refused, unnamed = _map_failed(batch, failed if isinstance(failed, list) else [])
+        refused, unnamed = _map_failed(batch, failed if isinstance(failed, list) else [], answer)
         if unnamed or not refused:
             raise _request_refused(answer, unnamed)
     imported = None if data is None else data.get("num_records_imported")
     if data is None or not isinstance(imported, int) or isinstance(imported, bool):
-        shown = " ".join((answer.body or b"(over 8 MiB)")[:120].decode("utf-8", "replace").split())
-        raise UnexpectedAnswer(
-            f"{url} answered HTTP {answer.status} without Mixpanel's num_records_imported "
-            f"({shown!r}): it is not Mixpanel's /import (check --api-url / --region); nothing "
-            "was counted as imported, rerun to resume"
-        )
+        raise _not_mixpanel(answer, url)
     if imported + len(refused) != len(batch):
         raise UnexpectedAnswer(
             f"Mixpanel's answer does not add up: {len(batch)} records sent, "
@@ -152,6 +164,15 @@ def settle(batch: Batch, answer: Answer, url: str) -> Settled:
             "records are resent as identical events, which Mixpanel counts once)"
         )
     return Settled(batch, imported, refused)
+
+
+def _not_mixpanel(answer: Answer, url: str) -> UnexpectedAnswer:
+    """A 200 or 400 that is not Mixpanel's JSON object with ``num_records_imported``."""
+    return UnexpectedAnswer(
+        f"{url} answered HTTP {answer.status} without Mixpanel's num_records_imported "
+        f"({answer.quote(120)!r}): it is not Mixpanel's /import (check --api-url / --region); "
+        "nothing was counted as imported, rerun to resume"
+    )
 
 
 def _request_refused(answer: Answer, unnamed: list[str]) -> RequestRefused:
@@ -170,7 +191,9 @@ def _request_refused(answer: Answer, unnamed: list[str]) -> RequestRefused:
     )
 
 
-def _map_failed(batch: Batch, failed: list[Any]) -> tuple[tuple[Refusal, ...], list[str]]:
+def _map_failed(
+    batch: Batch, failed: list[Any], answer: Answer
+) -> tuple[tuple[Refusal, ...], list[str]]:
     """Each failed record to its source row, by ``$insert_id`` (either key) or by index.
 
     Returns the refusals, and the entries that name no record of this batch (a plain string,
@@ -183,11 +206,12 @@ def _map_failed(batch: Batch, failed: list[Any]) -> tuple[tuple[Refusal, ...], l
     for record in failed:
         i = _record_position(record, position, len(batch))
         if i is None:
-            unnamed.append(_entry_text(record))
+            unnamed.append(answer.shown(_entry_text(record)))
             continue
         field_name = record.get("field")
         text = str(record.get("message") or "refused")
-        found.setdefault(i, f"{field_name}: {text}" if field_name else text)
+        # rejects.csv and the terminal both show it: masked like every quote of a server.
+        found.setdefault(i, answer.shown(f"{field_name}: {text}" if field_name else text)[:300])
     anon = batch.pairs.anon
     ident = batch.pairs.identified
     refused = tuple(

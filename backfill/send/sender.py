@@ -42,11 +42,13 @@ from backfill.errors import (
     Aborted,
     RetriesExhausted,
     RetryableSendError,
+    UnexpectedAnswer,
     Unreachable,
 )
 from backfill.send.answers import Answer, Settled, TooLarge, interpret
 from backfill.send.events import Batch, Encoder
 from backfill.send.pacing import Pacer, PacingRules
+from backfill.untrusted.masking import shown
 
 #: A ``Retry-After`` longer than this is not waited out in full (documented in the README).
 MAX_RETRY_AFTER_S = 300.0
@@ -138,6 +140,8 @@ class Sender:
         #: This run's pacing: the bucket of events/s and the gate of requests in flight.
         self.pacer = Pacer(config.rate_per_s, config.batch_size, config.concurrency, config.pacing)
         user, password = config.credentials.basic_auth
+        #: What a server could echo of the credential: masked in every message quoting it.
+        self._echoes = config.credentials.echoes
         self._headers = {
             "Authorization": aiohttp.encode_basic_auth(user, password),
             "Content-Type": "application/json",
@@ -376,6 +380,7 @@ class Sender:
                         await _read_capped(response, MAX_ANSWER_BYTES),
                         response.headers.get("Retry-After"),
                         response.headers.get("Location"),
+                        self._echoes,
                     )
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise _classify(e, self.config.import_url) from None
@@ -422,5 +427,14 @@ def _classify(e: BaseException, url: str) -> RetryableSendError | Aborted:
     ):
         return RetryableSendError(f"connection dropped ({type(e).__name__})", cause="connection")
     if isinstance(e, aiohttp.ClientResponseError):
-        return RetryableSendError(f"bad response ({e.status})", cause="connection")
+        # aiohttp's parser refused the answer; ``e.status`` is the parser's 400, not the server's.
+        said = shown(str(e.message).split(". ")[0])[:200]
+        if "content-encoding" in said.lower():
+            return UnexpectedAnswer(
+                f"{host} answered in an encoding backfill cannot read ({said}; it asks for "
+                "gzip, and Mixpanel answers plain JSON): a proxy in front of --api-url may "
+                "recompress answers; check --api-url, then rerun to resume (nothing was "
+                "counted as imported)"
+            )
+        return RetryableSendError(f"an answer that is not valid HTTP ({said})", cause="connection")
     return RetryableSendError(f"{type(e).__name__}", cause="connection")

@@ -8,8 +8,9 @@ Order in which a request to ``/import`` is answered (the first that applies wins
     3. ``strict=1``: 400;
     4. the fault for this request: ``always`` if set, else the next scripted one, else one
        drawn at random (``503``, ``429``, ``408``, ``drop``, the redirects ``302``/``307``,
-       ``400_whole`` (a 400 naming no record) and ``200_not_json`` answer now; ``slow``
-       waits ``slow_s`` and goes on);
+       ``400_whole`` (a 400 naming no record) and ``200_not_json`` answer now, as do the
+       hostile servers' faults of ``hostile`` (``*_deep``, ``*_echo``, ``200_brotli``);
+       ``slow`` waits ``slow_s`` and goes on);
     5. the body: encoding and content type 400, bad gzip 400, too many bytes 413, invalid
        JSON or no events 400, too many events 413;
     6. the rate limit (``rate_limit_events_per_s``): 429, nothing imported; then a Simplified
@@ -27,6 +28,7 @@ whose client gives up (timeout) is still carried to the end, as on a real server
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -87,6 +89,37 @@ def rate_limited(rates: FaultRates) -> web.Response:
     """Mixpanel's 429 as live probes saw it: no ``code``, ``status`` 0, no Retry-After."""
     body = {"error": _RATE_LIMIT_MESSAGE, "status": 0}
     return web.json_response(body, status=429, headers=rates.retry_after())
+
+
+_JSON = "application/json"
+
+
+def hostile(fault: Fault, authorization: str) -> web.Response | None:
+    """The answer of a hostile or broken server's fault, or None for every other fault.
+
+    Mixpanel never answers these; a proxy or an impostor at ``--api-url`` may, and backfill
+    must end each with one line and its exit code, quoting nothing it should not.
+    """
+    if fault in ("200_deep", "400_deep", "503_deep"):
+        return web.Response(status=int(fault[:3]), body=b"[" * 100_000, content_type=_JSON)
+    if fault in ("403_echo", "502_echo"):
+        token = authorization.partition(" ")[2]
+        try:
+            decoded = base64.b64decode(token).decode("utf-8", "replace")
+        except ValueError:
+            decoded = ""
+        page = (
+            f"\x1b[31mProxy\x1b[0m\x1b]0;owned\x07 X-Token: {token}\r\nX-User: {decoded}\r\n"
+            f"Authorization: {authorization}\r\nX-Echo: {authorization}\r\n"
+        )
+        return web.Response(status=int(fault[:3]), text=page, content_type="text/plain")
+    if fault == "200_brotli":
+        # A valid brotli stream of b'{"code":200}' would need a brotli library; any bytes do,
+        # since a client without one cannot read it either way.
+        body = b'\x8b\x05\x80{"code":200,"num_records_imported":1}\x03'
+        headers = {"Content-Encoding": "br"}
+        return web.Response(status=200, body=body, headers=headers, content_type=_JSON)
+    return None
 
 
 class _Drop(Exception):
@@ -164,7 +197,9 @@ class ImportEndpoint:
             return refusal
         fault = self.state.next_fault()
         record.fault = fault
-        early = await self._apply_fault(fault)
+        early: web.StreamResponse | None = hostile(fault, request.headers.get("Authorization", ""))
+        if early is None:
+            early = await self._apply_fault(fault)
         if early is not None:
             return early
         refusal = self._refuse_whole(body, record)

@@ -30,6 +30,15 @@ Fault = Literal[
     "200_not_json",
     "302",
     "307",
+    # Hostile or broken servers' answers, scripted only (never drawn at random): a body of
+    # 100,000 nested ``[`` on a 200, 400 or 503; a proxy's 403 or 502 page that echoes the
+    # request's Authorization header among ANSI escape sequences; a 200 in brotli.
+    "200_deep",
+    "400_deep",
+    "503_deep",
+    "403_echo",
+    "502_echo",
+    "200_brotli",
 ]
 #: Names accepted by ``StandinState.script``; ``ok`` uses up a script slot with no fault.
 FAULT_NAMES: Final[tuple[Fault, ...]] = get_args(Fault)

@@ -194,6 +194,10 @@ def _describe_unusable(what: str, text: str) -> str:
 
 
 def _describe_anon(anon: str, rules: Rules) -> str:
+    if rules.id_merge == "simplified" and anon.startswith(DEVICE_PREFIX):
+        # Simplified judges the id its ingest reads, one $device: less: describe that one.
+        rest = anon[len(DEVICE_PREFIX) :]
+        return _describe_unusable(f"anon id after {DEVICE_PREFIX}", rest)
     if not rules.uuid_only or re.search(_BROKEN, anon):
         return _describe_unusable("anon id", anon)
     if anon.startswith(DEVICE_PREFIX):
