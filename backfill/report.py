@@ -298,7 +298,7 @@ def reject_rows(
             texts = [describe(reason, None, None, first_row=ref) for ref in refs]
         elif reason is Reason.INVALID_TIME:
             texts = _time_details(chunk, at, bad, now)
-        elif reason in (Reason.INVALID_ANON_ID, Reason.INVALID_IDENTIFIED_ID):
+        elif reason in _ID_REASONS:
             texts = [describe(reason, anons[k], idents[k], rules=rules) for k in at.tolist()]
         else:
             same = describe(reason, None, None, max_cluster_size=verdicts.max_cluster_size)
@@ -312,6 +312,8 @@ def reject_rows(
 
 
 _CODES = {int(r): r.code for r in Reason}
+#: Reasons whose detail depends on the row's ids.
+_ID_REASONS = (Reason.MISSING_ANON_ID, Reason.INVALID_ANON_ID, Reason.INVALID_IDENTIFIED_ID)
 
 
 def _time_details(

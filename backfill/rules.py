@@ -70,7 +70,11 @@ ORIGINAL = Rules()
 def row_reasons(chunk: Chunk, now_ms: int, rules: Rules = ORIGINAL) -> npt.NDArray[np.uint8]:
     """The first failing per-row rule of each row (SPEC 1-5, then invalid_time), or VALID."""
     anon, ident = chunk.anon, chunk.identified
-    missing_anon = bool_mask(anon.is_null())
+    # SPEC: an anon id that is empty once one leading ``$device:`` is stripped is missing, in
+    # both systems (else Simplified would send ``"$device_id": ""``, one "device" shared by
+    # every such row). Simplified's chunks come stripped (``devices``), Original's as written.
+    bare = "" if rules.id_merge == "simplified" else DEVICE_PREFIX
+    missing_anon = bool_mask(anon.is_null()) | bool_mask(pc.equal(anon, bare))
     if rules.uuid_only:
         # Anchored at both ends, the pattern refuses line breaks, NULs and invisibles too.
         bad_anon = ~bool_mask(pc.match_substring_regex(anon, IDENTIFY_ANON_PATTERN))
@@ -148,6 +152,8 @@ def describe(
 ) -> str:
     """The human ``detail`` column of a rejected row."""
     if reason is Reason.MISSING_ANON_ID:
+        if anon:
+            return f"anon id is only the prefix {anon!r}, with no id after it"
         return "anon id is empty"
     if reason is Reason.INVALID_ANON_ID:
         return _describe_anon(anon or "", rules)
