@@ -30,6 +30,8 @@ Fault = Literal[
     "200_not_json",
     "302",
     "307",
+    "200_refused",
+    "200_refused_all_imported",
 ]
 #: Names accepted by ``StandinState.script``; ``ok`` uses up a script slot with no fault.
 FAULT_NAMES: Final[tuple[Fault, ...]] = get_args(Fault)
