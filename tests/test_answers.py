@@ -196,7 +196,7 @@ def test_a_200_naming_refused_records_settles_them_as_refusals() -> None:
 def test_a_200_that_refuses_without_adding_up_stops(failed: list[Any]) -> None:
     """A self-contradictory 200 (refusals beside all-imported, or unnamed ones) settles nothing."""
     (batch,) = batches(10, 10)
-    with pytest.raises(UnexpectedAnswer, match="does not add up|does not name"):
+    with pytest.raises(UnexpectedAnswer, match=r"does not add up|does not name"):
         answered(batch, 200, code=200, num_records_imported=10, failed_records=failed)
 
 

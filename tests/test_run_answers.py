@@ -13,7 +13,6 @@ from typing import Any
 from unittest.mock import ANY
 
 import numpy as np
-
 from aiohttp import web
 from runkit import STANDIN_CREDENTIALS, CliResult, clean_env, run_cli, serving, uuid4s, write_pairs
 
