@@ -231,7 +231,7 @@ def judge_and_report(
         if accept is not None:
             accept(verdicts)
         progress.follow(lambda: Snapshot("writing rejects", rows_read=rows[0]))
-        rejects = RejectsFile(out_dir, keep_api_rejects=keep_api_rejects)
+        rejects = RejectsFile(out_dir, dataset, keep_api_rejects=keep_api_rejects)
         try:
             for chunk in source():
                 rejects.write(reject_rows(chunk, verdicts, started, dataset, rules))
