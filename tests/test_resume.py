@@ -44,6 +44,8 @@ import pytest
 
 from backfill.checkpoint import RowIntervals
 from backfill.events import insert_ids
+from backfill.read import open_dataset
+from backfill.report import RejectsFile
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,
@@ -825,6 +827,35 @@ async def test_a_resume_spelling_the_file_another_way_lists_each_refusal_once(
     assert summary["rejected"]["api_rejected"] == len(refused)
     assert summary["events_imported"] == len(big.valid) - len(refused)
     assert standin.state.identify_pairs() == big.pairs(set(big.valid) - refused)
+
+
+def test_refusals_of_an_older_rejects_csv_are_matched_by_name_and_kept_once(
+    tmp_path: Path,
+) -> None:
+    """A 6-column api_rejected line (before file_fingerprint) is carried with the file's
+    fingerprint; the same refusal met again is not listed twice."""
+    (tmp_path / "x").mkdir()
+    source = tmp_path / "x" / "m.csv"
+    source.write_text("anon_id,identified_id\na,b\nc,d\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rejects.csv").write_text(
+        f"row,anon_id,identified_id,reason,detail,file\n2,c,d,api_rejected,bad,{source}\n",
+        encoding="utf-8",
+    )
+    rejects_file = RejectsFile(out, open_dataset(str(source)), keep_api_rejects=True)
+    rejects_file.commit()
+    assert rejects_file.add_api_rejects([(2, "c", "d", "api_rejected", "bad", str(source))]) == 0
+    rejects_file.close()
+    (line,) = rejects(out)
+    assert (line["row"], line["file"]) == ("2", str(source))
+    assert len(line["file_fingerprint"]) == 16
+    spelled = str(tmp_path / "x" / ".." / "x" / "m.csv")
+    again = RejectsFile(out, open_dataset(spelled), keep_api_rejects=True)
+    again.commit()
+    assert again.add_api_rejects([(2, "c", "d", "api_rejected", "bad", spelled)]) == 0
+    again.close()
+    assert [(r["row"], r["file"]) for r in rejects(out)] == [("2", spelled)]
 
 
 # --- 8. backfill status --------------------------------------------------------------------
