@@ -3,7 +3,7 @@ first run's start kept in the checkpoint, and no done span hides a row that was 
 nor listed in ``rejects.csv``.
 
 The clock moves between runs: each test sets the clock the pipeline reads
-(``backfill.pipeline.now_ms``, the one source of "now" for the checkpoint and for judging)
+(``backfill.commands.pipeline.now_ms``, the one source of "now" for the checkpoint and for judging)
 before each call of the Python API. The stand-in serves from a thread with the real clock;
 every time here lies days in the past, so it accepts them all.
 """
@@ -21,8 +21,8 @@ import pytest
 from runkit import uuid4s
 
 import backfill
-from backfill import pipeline
-from backfill.rehearse import standin_thread
+from backfill.commands import pipeline
+from backfill.commands.rehearse import standin_thread
 from backfill.standin import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, Standin, StandinConfig
 
 #: The migration's first run: two days before the real clock.
