@@ -7,6 +7,7 @@ answers only a broken or hostile server gives come from a plain aiohttp handler 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import subprocess
 import time
@@ -28,7 +29,7 @@ from backfill.errors import (
     Unreachable,
 )
 from backfill.send import sender as send_module
-from backfill.send.answers import retry_after_seconds
+from backfill.send.answers import Answer, Settled, interpret, retry_after_seconds
 from backfill.send.events import Batch
 from backfill.standin import FaultRates, StandinConfig, running_standin
 
@@ -166,6 +167,52 @@ async def test_answer_whose_numbers_do_not_add_up_settles_nothing(
     assert f"num_records_imported {imported}" in str(info.value)
     assert "10 records sent" in str(info.value)
     assert settled == []
+
+
+def answered(batch: Batch, status: int, **body: Any) -> Settled:
+    """What ``interpret`` makes of this JSON answer to ``batch``."""
+    return interpret(batch, Answer(status, json.dumps(body).encode()), "http://mp/import")
+
+
+def test_a_200_naming_refused_records_settles_them_as_refusals() -> None:
+    """A 200 whose failed_records names records: those are refused, the rest imported."""
+    (batch,) = batches(10, 10)
+    first_id = batch.insert_ids[3].as_py()
+    failed = [{"$insert_id": first_id, "message": "m1"}, {"index": 7, "message": "m2"}]
+    settled = answered(batch, 200, code=200, num_records_imported=8, failed_records=failed)
+    assert settled.imported == 8
+    assert [r.row for r in settled.refused] == [int(batch.pairs.rows[3]), int(batch.pairs.rows[7])]
+    assert [r.message for r in settled.refused] == ["m1", "m2"]
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [
+        [{"index": 0, "message": "bad"}],  # named, yet counted imported too: 10 + 1 != 10
+        ["some records were refused"],  # a refusal that names no record
+        [{"$insert_id": "not-of-this-batch", "index": 0}],  # another request's record
+    ],
+)
+def test_a_200_that_refuses_without_adding_up_stops(failed: list[Any]) -> None:
+    """A self-contradictory 200 (refusals beside all-imported, or unnamed ones) settles nothing."""
+    (batch,) = batches(10, 10)
+    with pytest.raises(UnexpectedAnswer, match=r"does not add up|does not name"):
+        answered(batch, 200, code=200, num_records_imported=10, failed_records=failed)
+
+
+@pytest.mark.parametrize("key", ["$insert_id", "insert_id"])
+def test_a_refusal_naming_an_insert_id_not_in_the_batch_does_not_trust_its_index(
+    key: str,
+) -> None:
+    """An unknown insert id beside a valid index names no record: the 400 refuses the request."""
+    (batch,) = batches(10, 10)
+    failed = [{key: "0" * 32, "index": 2, "message": "bad"}]
+    with pytest.raises(RequestRefused, match="refused the whole request"):
+        answered(batch, 400, code=400, num_records_imported=9, failed_records=failed)
+    # A known insert id wins over a wrong index.
+    known = [{key: batch.insert_ids[5].as_py(), "index": 2, "message": "bad"}]
+    settled = answered(batch, 400, code=400, num_records_imported=9, failed_records=known)
+    assert [r.row for r in settled.refused] == [int(batch.pairs.rows[5])]
 
 
 async def test_answer_without_num_records_imported_is_not_mixpanels() -> None:

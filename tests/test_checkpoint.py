@@ -241,6 +241,40 @@ def test_a_new_checkpoint_fixes_the_event_time_to_the_first_runs_start(tmp_path:
     assert later.runs == 2
 
 
+def test_the_first_runs_start_is_the_now_of_every_resume_and_restart_takes_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """started_ms (what "in the future" is measured from) is kept by resumes, even with
+    --event-time, and renewed by --restart; an old checkpoint falls back to created_at."""
+    saved_checkpoint(tmp_path, start_ms=START_MS, event_time_ms=1_600_000_000_000)
+    later = open_checkpoint(
+        tmp_path, start_ms=START_MS + 3_600_000, event_time_ms=1_600_000_000_000
+    )
+    assert later.started_ms == START_MS
+    assert json.loads((tmp_path / CHECKPOINT_FILE).read_text())["started_ms"] == START_MS
+    restarted = open_checkpoint(tmp_path, start_ms=START_MS + 7_200_000, restart=True)
+    assert restarted.started_ms == START_MS + 7_200_000
+    restarted.write()
+    data = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
+    del data["started_ms"], data["verdicts"]
+    (tmp_path / CHECKPOINT_FILE).write_text(json.dumps(data))
+    legacy = open_checkpoint(tmp_path)
+    assert legacy.started_ms == int(data["created_at"] * 1000)
+
+
+def test_verdicts_that_differ_are_refused_only_once_a_span_is_done(tmp_path: Path) -> None:
+    """check_verdicts: the first digest is recorded; another one with done rows is refused."""
+    ckpt = open_checkpoint(tmp_path)
+    ckpt.check_verdicts("a" * 64)
+    ckpt.check_verdicts("b" * 64)  # nothing done yet: nothing judged otherwise is relied on
+    ckpt.settle(1, 100, imported=100, refused=0)
+    ckpt.check_verdicts("b" * 64)
+    with pytest.raises(CheckpointMismatch, match=r"judged otherwise.*--restart"):
+        ckpt.check_verdicts("a" * 64)
+    ckpt.write()
+    assert open_checkpoint(tmp_path).verdicts == "b" * 64
+
+
 def test_an_explicit_event_time_wins_on_a_new_checkpoint(tmp_path: Path) -> None:
     """With --event-time the checkpoint's time is that value, not the start."""
     ckpt = open_checkpoint(tmp_path, event_time_ms=1_600_000_000_000)

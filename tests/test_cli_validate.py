@@ -153,8 +153,8 @@ def rejects_but_file(folder: Path) -> list[list[str]]:
     """rejects.csv's lines without their ``file`` column (the one thing a copy changes)."""
     with (folder / "rejects.csv").open(encoding="utf-8", newline="") as f:
         lines = list(csv.reader(f))
-    assert lines[0][-1] == "file"
-    return [line[:-1] for line in lines]
+    at = lines[0].index("file")
+    return [line[:at] + line[at + 1 :] for line in lines]
 
 
 def test_csv_and_parquet_samples_give_identical_rejects(sample_runs: dict[str, Any]) -> None:
@@ -184,14 +184,15 @@ def test_sample_summary_json_matches_rejects(sample_runs: dict[str, Any], fmt: s
 
 
 def test_sample_rejects_rows_are_1_based_records(sample_runs: dict[str, Any]) -> None:
-    """rejects.csv has SPEC's header, and row N is the Nth record after the header."""
+    """rejects.csv has SPEC's header (then file_fingerprint, for Mixpanel's refusals), and
+    row N is the Nth record after the header."""
     rejects = read_rejects(sample_runs["csv"][1] / "rejects.csv")
-    assert rejects[0] == REJECTS_HEADER
+    assert rejects[0] == [*REJECTS_HEADER, "file_fingerprint"]
     records = sample_rows()
     rows = [int(r[0]) for r in rejects[1:]]
     assert rows == sorted(set(rows)), "each row once, in row order"
-    for row, anon, ident, reason, detail, name in rejects[1:]:
-        assert name == str(SAMPLE_CSV)
+    for row, anon, ident, reason, detail, name, fingerprint in rejects[1:]:
+        assert (name, fingerprint) == (str(SAMPLE_CSV), "")
         source = records[int(row) - 1]
         assert (anon, ident) == (source[0].strip(), source[1].strip()), row
         assert detail, row

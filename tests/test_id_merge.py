@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from runkit import CliResult, backfill_cli, uuid4s, write_pairs
@@ -102,6 +103,29 @@ def test_simplified_sends_one_pairing_event_per_pair_and_binds_every_device(
     again = backfill(*args, cwd=tmp_path)
     assert again.code == 0, again.stderr
     assert simplified.state.requests_count == sent, "a finished run sends nothing more"
+
+
+@pytest.mark.parametrize("mode", [("--id-merge", "simplified"), ("--non-uuid-anon", "merge")])
+def test_an_anon_id_of_only_the_device_prefix_is_missing_and_never_sent(
+    tmp_path: Path, simplified: Standin, original: Standin, mode: tuple[str, str]
+) -> None:
+    """`$device:` alone is missing_anon_id (Simplified and Original): no empty id is sent."""
+    rows = [("$device:", "alice"), (P1, "bob"), ("$device:", "alice"), ("$device:" + D1, "dave")]
+    source = write_pairs(tmp_path / "m.csv", rows)
+    standin = simplified if mode[1] == "simplified" else original
+    result = backfill("run", source, "--out", "o", "--api-url", standin.url, *mode, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    found = rejects(tmp_path / "o")
+    assert found == {1: ("missing_anon_id", ANY), 3: ("missing_anon_id", ANY)}
+    assert "no id after it" in found[1][1]
+    sent = [e["properties"] for e in events(standin)]
+    ids = [p.get("$device_id", p.get("$anon_id", p.get("$distinct_ids"))) for p in sent]
+    assert len(sent) == 2, sent
+    assert all(i and "" not in (i if isinstance(i, list) else [i]) for i in ids), ids
+    assert {r.events for r in standin.state.requests} <= {1, 2}
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["rejected"]["missing_anon_id"] == 2
+    assert summary["events_imported"] == 2
 
 
 def test_original_sends_device_prefixed_uuids_as_written_and_refuses_legacy_ids(

@@ -43,6 +43,8 @@ import pyarrow as pa
 import pytest
 
 from backfill.folder.checkpoint import RowIntervals
+from backfill.read import open_dataset
+from backfill.report.table import RejectsFile
 from backfill.send.events import insert_ids
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
@@ -789,6 +791,71 @@ async def test_rejects_csv_holds_each_row_once_across_interrupted_and_killed_run
     assert summary["rejected"]["api_rejected"] == len(refused)
     assert sum(summary["rejected"].values()) == len(big.invalid) + len(refused)
     assert summary["runs"] == 3
+
+
+async def test_a_resume_spelling_the_file_another_way_lists_each_refusal_once(
+    tmp_path: Path, big: Dataset
+) -> None:
+    """kill -9 while Mixpanel refuses half the rows, then resume with the file spelled
+    x/../x/… instead of x/…: each refusal listed once, api_rejected counted once."""
+    (tmp_path / "x").mkdir()
+    big.copy_to(tmp_path / "x")
+    out = tmp_path / "out"
+    refused = set(sorted(big.valid)[1::2])
+    refused_ids = frozenset(big.valid[r][1] for r in refused)
+    async with serve(refuse_distinct_ids=refused_ids) as standin:
+        first = run_args(Path("x/mappings.csv"), out, standin.url)
+        async with launched(first, cwd=tmp_path) as proc:
+            await until(lambda: checkpoint_done(out) > 4000, "a checkpoint with refusals", proc)
+            seen = standin.state.events_imported
+            await until(lambda: standin.state.events_imported >= seen + 4 * BATCH, "more", proc)
+            proc.kill()
+            await proc.wait()
+        listed = {int(r["row"]) for r in rejects(out) if r["reason"] == "api_rejected"}
+        assert 1000 < len(listed) < len(refused), "killed mid-way, with refusals listed"
+        standin.state.faults = FaultRates()
+        spelled = Path("x/../x/mappings.csv")
+        again = run_args(spelled, out, standin.url)
+        result = await cli(again, cwd=tmp_path)
+        assert result.code == 0, result.stderr
+    assert_rejects_once(out)
+    rows = rejects(out)
+    assert {int(r["row"]) for r in rows if r["reason"] == "api_rejected"} == refused
+    assert {r["file"] for r in rows} == {str(spelled)}, "as this run spells it"
+    assert len({r["file_fingerprint"] for r in rows if r["reason"] == "api_rejected"}) == 1
+    summary = load(out / "summary.json")
+    assert summary["rejected"]["api_rejected"] == len(refused)
+    assert summary["events_imported"] == len(big.valid) - len(refused)
+    assert standin.state.identify_pairs() == big.pairs(set(big.valid) - refused)
+
+
+def test_refusals_of_an_older_rejects_csv_are_matched_by_name_and_kept_once(
+    tmp_path: Path,
+) -> None:
+    """A 6-column api_rejected line (before file_fingerprint) is carried with the file's
+    fingerprint; the same refusal met again is not listed twice."""
+    (tmp_path / "x").mkdir()
+    source = tmp_path / "x" / "m.csv"
+    source.write_text("anon_id,identified_id\na,b\nc,d\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rejects.csv").write_text(
+        f"row,anon_id,identified_id,reason,detail,file\n2,c,d,api_rejected,bad,{source}\n",
+        encoding="utf-8",
+    )
+    rejects_file = RejectsFile(out, open_dataset(str(source)), keep_api_rejects=True)
+    rejects_file.commit()
+    assert rejects_file.add_api_rejects([(2, "c", "d", "api_rejected", "bad", str(source))]) == 0
+    rejects_file.close()
+    (line,) = rejects(out)
+    assert (line["row"], line["file"]) == ("2", str(source))
+    assert len(line["file_fingerprint"]) == 16
+    spelled = str(tmp_path / "x" / ".." / "x" / "m.csv")
+    again = RejectsFile(out, open_dataset(spelled), keep_api_rejects=True)
+    again.commit()
+    assert again.add_api_rejects([(2, "c", "d", "api_rejected", "bad", spelled)]) == 0
+    again.close()
+    assert [(r["row"], r["file"]) for r in rejects(out)] == [("2", spelled)]
 
 
 # --- 8. backfill status --------------------------------------------------------------------

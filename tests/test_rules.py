@@ -78,6 +78,18 @@ def test_simplified_compares_devices_with_one_prefix_stripped() -> None:
     ]
 
 
+def test_an_anon_id_of_only_the_device_prefix_is_missing_in_every_system() -> None:
+    """`$device:` alone is missing_anon_id in all three modes; `$device:$device:` is not empty."""
+    for rules in (ORIGINAL, MERGE):
+        assert reasons(rules, ["$device:"], ["u"]) == [Reason.MISSING_ANON_ID], rules
+    stripped = device_ids(pa.array(["$device:", "$device:$device:"]))
+    assert reasons(SIMPLIFIED, stripped.to_pylist(), ["u", "v"]) == [
+        Reason.MISSING_ANON_ID,
+        Reason.VALID,
+    ]
+    assert "no id after it" in describe(Reason.MISSING_ANON_ID, "$device:", "u")
+
+
 @pytest.mark.parametrize(
     ("anon", "rules", "words"),
     [

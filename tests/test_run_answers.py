@@ -10,10 +10,13 @@ import csv
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
+import numpy as np
 from aiohttp import web
 from runkit import STANDIN_CREDENTIALS, CliResult, clean_env, run_cli, serving, uuid4s, write_pairs
 
+from backfill.folder.checkpoint import RowIntervals
 from backfill.standin import (
     FaultRates,
     StandinConfig,
@@ -135,6 +138,44 @@ async def test_whole_request_400_stops_within_three_requests_then_resumes(
     assert state.identify_pairs() == set(pairs)
     assert summary(out)["events_imported"] == 3000
     assert rejects(out) == {}
+
+
+async def test_a_200_naming_refused_records_lists_them_and_a_contradictory_one_stops(
+    tmp_path: Path,
+) -> None:
+    """A 200 whose failed_records names records: api_rejected; one also counting them
+    imported: exit 3, their rows not done; healthy again: each refusal listed once."""
+    pairs = valid_pairs(3000, 43)
+    refused_rows = {17, 1500, 3000}
+    config = StandinConfig(refuse_distinct_ids=frozenset(pairs[r - 1][1] for r in refused_rows))
+    source = write_pairs(tmp_path / "m.csv", pairs)
+    honest, liar = tmp_path / "honest", tmp_path / "liar"
+    async with running_standin(config) as standin:
+        standin.state.always = "200_refused"
+        first = await run(source, honest, standin.url, "--batch-size", "200")
+        assert {r.status for r in standin.state.requests} == {200}
+        standin.state.always = "200_refused_all_imported"
+        stopped = await run(source, liar, standin.url, "--batch-size", "200")
+        assert stopped.code == 3, stopped.stderr
+        no_traceback(stopped)
+        assert "does not add up" in stopped.stderr
+        ckpt = json.loads((liar / "checkpoint.json").read_text())
+        assert not RowIntervals.from_json(ckpt["done"]).contains(np.array([17, 1500, 3000])).any()
+        assert summary(liar)["status"] == "aborted"
+        assert summary(liar)["rejected"]["api_rejected"] == 0
+        assert summary(liar)["events_imported"] <= 3000 - 3
+        standin.state.always = None
+        healed = await run(source, liar, standin.url, "--batch-size", "200")
+    assert first.code == 0, first.stderr
+    assert rejects(honest) == {
+        r: (*pairs[r - 1], "api_rejected", ANY) for r in sorted(refused_rows)
+    }
+    assert summary(honest)["events_imported"] == 3000 - 3
+    assert summary(honest)["rejected"]["api_rejected"] == 3
+    assert healed.code == 0, healed.stderr
+    assert set(rejects(liar)) == refused_rows
+    assert summary(liar)["events_imported"] == 3000 - 3
+    assert summary(liar)["rejected"]["api_rejected"] == 3
 
 
 async def test_wrong_credentials_cost_exactly_one_request(tmp_path: Path) -> None:

@@ -9,13 +9,16 @@ the input and streams the valid pairs to the sender, never holding them all.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from backfill.config.settings import Credentials, Settings
@@ -58,8 +61,12 @@ def validate(
     dataset = open_source(settings, chunk_rows)
     out_dir = runfolder.prepare(settings, dataset)
     with RunLock(out_dir, command="validate"):
+        # In the folder of a run of this input, rows are judged as that run judges them.
+        ckpt = Checkpoint.read(out_dir)
+        same = ckpt is not None and ckpt.identity.get("input") == dataset.fingerprint()
+        now = ckpt.started_ms if ckpt is not None and same else None
         try:
-            validated = judge_and_report(settings, dataset, dataset, out_dir, progress)
+            validated = judge_and_report(settings, dataset, dataset, out_dir, progress, now=now)
         finally:
             progress.close()
         validated.rejects.close()
@@ -124,11 +131,13 @@ def run(
                 out_dir,
                 progress,
                 keep_api_rejects=not settings.restart,
+                # "In the future" means after the migration's start, in every run of it.
+                now=ckpt.started_ms,
+                accept=lambda verdicts: _resumable(ckpt, verdicts),
             )
         except BaseException:
             progress.close()
             raise
-        ckpt.check_rows(validated.verdicts.rows_read)
         ckpt.rows_total = validated.verdicts.rows_read
         ckpt.events_total = validated.verdicts.rows_valid
         ckpt.rejected = validated.verdicts.counts()
@@ -197,9 +206,16 @@ def judge_and_report(
     progress: Progress,
     *,
     keep_api_rejects: bool = True,
+    now: int | None = None,
+    accept: Callable[[Verdicts], None] | None = None,
 ) -> Validated:
-    """Judge every row and write ``rejects.csv`` (validation part, earlier refusals kept)."""
-    started = now_ms()
+    """Judge every row and write ``rejects.csv`` (validation part, earlier refusals kept).
+
+    ``now`` (epoch ms) is what ``invalid_time`` calls the future from: a run's fixed start.
+    ``accept`` sees the verdicts before ``rejects.csv`` is rewritten, and may refuse them (a
+    resume whose rows judge otherwise), leaving the report of the earlier runs as it was.
+    """
+    started = now_ms() if now is None else now
     rows = [0]
 
     def on_rows(n: int) -> None:
@@ -226,18 +242,21 @@ def judge_and_report(
         spill_dir=out_dir,
         observe=collector,
     )
-    progress.follow(lambda: Snapshot("writing rejects", rows_read=rows[0]))
-    rejects = RejectsFile(out_dir, keep_api_rejects=keep_api_rejects)
     kinds = EventKinds(settings)
     try:
-        for chunk in source():
-            lines = reject_rows(chunk, verdicts, started, dataset, rules)
-            rejects.write(lines if collector is None else collector.see(chunk, lines, dataset))
-            kinds.count(chunk, verdicts)
-        rejects.commit()
-    except BaseException:
-        rejects.close()
-        raise
+        if accept is not None:
+            accept(verdicts)
+        progress.follow(lambda: Snapshot("writing rejects", rows_read=rows[0]))
+        rejects = RejectsFile(out_dir, dataset, keep_api_rejects=keep_api_rejects)
+        try:
+            for chunk in source():
+                lines = reject_rows(chunk, verdicts, started, dataset, rules)
+                rejects.write(lines if collector is None else collector.see(chunk, lines, dataset))
+                kinds.count(chunk, verdicts)
+            rejects.commit()
+        except BaseException:
+            rejects.close()
+            raise
     finally:
         verdicts.close()  # the references were for the report; sending needs the reasons only
     return Validated(source, dataset, verdicts, started, rejects, kinds.counts, collector)
@@ -261,6 +280,22 @@ class EventKinds:
             merges = int(merge_mask(chunk.anon.filter(pa.array(valid))).sum())
             self.counts["$merge"] += merges
         self.counts[self.main] += int(valid.sum()) - merges
+
+
+def _resumable(ckpt: Checkpoint, verdicts: Verdicts) -> None:
+    """Refuse a checkpoint whose done rows do not fit these verdicts (CheckpointMismatch)."""
+    ckpt.check_rows(verdicts.rows_read)
+    ckpt.check_verdicts(verdicts_digest(verdicts))
+
+
+def verdicts_digest(verdicts: Verdicts) -> str:
+    """SHA-256 of which rows are to be sent (one bit a row), in blocks: memory stays small."""
+    digest = hashlib.sha256(str(verdicts.rows_read).encode())
+    block = 1 << 24
+    for start in range(0, verdicts.rows_read, block):
+        valid = verdicts.reasons[start : start + block] == Reason.VALID
+        digest.update(np.packbits(valid).tobytes())
+    return digest.hexdigest()
 
 
 def event_identity(settings: Settings, dataset: Dataset) -> dict[str, Any]:

@@ -14,6 +14,15 @@ What ``checkpoint.json`` records
       rate or the batch size: a rerun may reach Mixpanel another way, faster or slower.
     * ``event_time_ms``: fixed by the first run (``--event-time``, else that run's start), so
       every resend of a pair is the identical event and Mixpanel deduplicates it.
+    * ``started_ms``: the migration's start, the "now" that ``invalid_time`` measures "in the
+      future" from, fixed by the first run: a resumed run judges every row as the first run
+      did. A row refused as future-dated lies inside a done span; judged valid by a later
+      clock it would be neither sent nor listed in ``rejects.csv``: lost.
+    * ``verdicts``: a digest of which rows are to be sent. Every done span was settled for
+      that set of rows: a rerun whose rows judge otherwise (another backfill version, a
+      checkpoint edited by hand) is refused, naming ``--restart``, since rows in its done
+      spans could be ones it never sent nor listed. So no span is done unless each of its
+      rows was imported or written to ``rejects.csv``.
     * Cumulative counts (imported, refused, requests, retries) that move with ``done``.
 
 How it is written
@@ -170,6 +179,8 @@ class Checkpoint:
     path: Path
     identity: dict[str, Any]
     event_time_ms: int
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    verdicts: str | None = None
     done: RowIntervals = field(default_factory=RowIntervals)
     events_imported: int = 0
     events_refused: int = 0
@@ -220,7 +231,9 @@ class Checkpoint:
                 if isinstance(kept, int)
                 else start_ms
             )
-            ckpt = cls(path, dict(identity), fixed)
+            # A restart is a new migration: its rows are judged against a new "now" (done is
+            # empty, so nothing judged by the old one is relied on).
+            ckpt = cls(path, dict(identity), fixed, started_ms=start_ms)
         else:
             ckpt = cls._load(path, data)
             _check_identity(path, ckpt, identity, event_time_ms)
@@ -240,17 +253,23 @@ class Checkpoint:
         try:
             if not isinstance(data["identity"], dict):
                 raise ValueError("identity is not an object")
+            created_at = _seconds(data.get("created_at"))
             return cls(
                 path=path,
                 identity=dict(data["identity"]),
                 event_time_ms=_event_time(data["event_time_ms"]),
+                # Checkpoints of before ``started_ms``: the first run's start, near enough.
+                started_ms=_event_time(
+                    data.get("started_ms", int(created_at * 1000)), "started_ms"
+                ),
+                verdicts=_optional_digest(data.get("verdicts")),
                 done=RowIntervals.from_json(data["done"]),
                 events_imported=_count(data["events_imported"], "events_imported"),
                 events_refused=_count(data["events_refused"], "events_refused"),
                 requests=_count(data.get("requests", 0), "requests"),
                 retries=_counts(data.get("retries", {}), "retries"),
                 runs=_count(data.get("runs", 0), "runs"),
-                created_at=_seconds(data.get("created_at")),
+                created_at=created_at,
                 events_total=_optional_count(data.get("events_total"), "events_total"),
                 rows_total=_optional_count(data.get("rows_total"), "rows_total"),
                 rejected=_counts(data.get("rejected", {}), "rejected"),
@@ -287,6 +306,21 @@ class Checkpoint:
                 f"{rows:,} rows: the checkpoint is damaged; pass --restart to start over"
             )
 
+    def check_verdicts(self, digest: str) -> None:
+        """Refuse to resume done spans settled for other verdicts; else record ``digest``.
+
+        ``digest`` names which rows are to be sent (``pipeline.verdicts_digest``).
+        """
+        if self.verdicts not in (None, digest) and self.done.starts:
+            raise CheckpointMismatch(
+                f"{self.path.parent} holds a run whose rows were judged otherwise than they "
+                "are now (by another version of backfill, or its checkpoint.json was edited): "
+                "rows it records as done may be ones it neither sent nor listed in "
+                "rejects.csv. Pass --restart to judge and send everything again (pairs "
+                "already sent are deduplicated by Mixpanel), or choose another --out"
+            )
+        self.verdicts = digest
+
     @property
     def settled(self) -> int:
         """Pairs settled so far, all runs: imported or refused by Mixpanel."""
@@ -307,6 +341,8 @@ class Checkpoint:
             "state": self.state,
             "identity": self.identity,
             "event_time_ms": self.event_time_ms,
+            "started_ms": self.started_ms,
+            "verdicts": self.verdicts,
             "done": self.done.to_json(),
             "rows_total": self.rows_total,
             "events_total": self.events_total,
@@ -379,12 +415,18 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
-def _event_time(value: Any) -> int:
-    """The fixed event time: epoch ms from 1971 to now (a little clock skew allowed)."""
-    ms = _count(value, "event_time_ms")
+def _event_time(value: Any, name: str = "event_time_ms") -> int:
+    """A fixed time: epoch ms from 1971 to now (a little clock skew allowed)."""
+    ms = _count(value, name)
     if not MIN_TIME_MS <= ms <= time.time() * 1000 + 86_400_000:
-        raise ValueError(f"event_time_ms {ms} is not between 1971 and now")
+        raise ValueError(f"{name} {ms} is not between 1971 and now")
     return ms
+
+
+def _optional_digest(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and len(value) == 64):
+        return value
+    raise ValueError(f"verdicts is {value!r}, not a SHA-256 digest")
 
 
 def _check_identity(

@@ -6,6 +6,14 @@ written to a temp file and renamed into place once complete. Mixpanel's own refu
 ones are appended and synced to disk before the checkpoint that marks their batch done, so a
 crash can repeat a refusal (it is then skipped) but never lose one.
 
+A refusal is known by its file's fingerprint and its row, not by the file's name: the same file
+spelled another way (``./x/../x/m.csv``, an absolute path) on a resume is the same file, as it
+is for the checkpoint. The ``file_fingerprint`` column holds it on Mixpanel's refusals (the
+lines a resume carries over; validation's lines are rebuilt, so theirs stays empty), and a
+carried line takes the file's name as this run spells it. Two files of one dataset with the
+same fingerprint hold the same rows, so every row of the second repeats one of the first
+(``duplicate_pair``) or fails as it does: it is never sent, never refused by Mixpanel.
+
 A cell that a spreadsheet would run as a formula (one starting with ``=``, ``+``, ``-``, ``@``,
 a tab or a carriage return) is written with a ``'`` in front, the convention spreadsheets
 themselves use for "text, not a formula" (OWASP's advice for CSV exports). The raw value is the
@@ -16,8 +24,10 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import itertools
+import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,10 +54,12 @@ if TYPE_CHECKING:
 
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
-REJECTS_HEADER = ("row", "anon_id", "identified_id", "reason", "detail", "file")
+REJECTS_HEADER = ("row", "anon_id", "identified_id", "reason", "detail", "file", "file_fingerprint")
 
 #: (row within its file, anon id, identified id, reason code, detail, file name)
 RejectRow = tuple[int, str, str, str, str, str]
+#: A refusal's identity: (file fingerprint, or the file's name in a line without one; row).
+_Where = tuple[str, int]
 
 
 @dataclass
@@ -71,11 +83,14 @@ class Validated:
 class RejectsFile:
     """Writes ``rejects.csv``: validation rejects in row order, then Mixpanel's refusals."""
 
-    def __init__(self, out_dir: Path, *, keep_api_rejects: bool) -> None:
+    def __init__(self, out_dir: Path, dataset: Dataset, *, keep_api_rejects: bool) -> None:
         self.path = out_dir / REJECTS_FILE
         self._tmp = out_dir / f".{REJECTS_FILE}.{os.getpid()}.tmp"
+        self._dataset = dataset
+        self._ids: dict[str, str] | None = None
+        self._names: dict[str, str] = {}  # the inverse of _ids
         self._carried: list[list[str]] = self._read_api_rejects() if keep_api_rejects else []
-        self.api_rows: set[tuple[str, int]] = {_where(r) for r in self._carried}
+        self.api_rows: set[_Where] = {_where(r) for r in self._carried}
         with disk_errors(self._tmp):
             self._file: io.TextIOWrapper | None = open_private(self._tmp, "w")
             self._csv = csv.writer(self._file, lineterminator="\n")
@@ -89,7 +104,7 @@ class RejectsFile:
     def write(self, rows: Iterable[RejectRow]) -> None:
         """Add validation rejects (call in row order)."""
         with disk_errors(self._tmp):
-            self._csv.writerows(_safe(r) for r in rows)
+            self._csv.writerows((*_safe(r), "") for r in rows)
 
     def commit(self) -> None:
         """Finish the validation part: carry over earlier refusals, move the file into place."""
@@ -107,15 +122,32 @@ class RejectsFile:
 
     def add_api_rejects(self, rows: Iterable[RejectRow]) -> int:
         """Append Mixpanel's refusals not already recorded; returns how many were new."""
-        new = [r for r in rows if (r[5], r[0]) not in self.api_rows]
-        for r in new:
-            self.api_rows.add((r[5], r[0]))
+        ids = self.file_ids()
+        new = []
+        for r in rows:
+            fingerprint = ids.get(r[5], "")
+            where = (fingerprint or r[5], r[0])
+            if where not in self.api_rows:
+                self.api_rows.add(where)
+                new.append((*_safe(r), fingerprint))
         if new:
             assert self._file is not None
             with disk_errors(self.path):
-                self._csv.writerows(_safe(r) for r in new)
+                self._csv.writerows(new)
                 self._file.flush()
         return len(new)
+
+    def file_ids(self) -> dict[str, str]:
+        """Each file's name as this run spells it -> its fingerprint (computed once, on need:
+        a dry run with no refusal to carry never reads its files a third time)."""
+        if self._ids is None:
+            entries = self._dataset.fingerprint()["files"]
+            self._ids = {
+                f.name: file_id(entry)
+                for f, entry in zip(self._dataset.files, entries, strict=True)
+            }
+            self._names = {v: k for k, v in self._ids.items()}
+        return self._ids
 
     def fileno(self) -> int | None:
         """The open file's descriptor (for an fsync from another thread), if open."""
@@ -144,7 +176,8 @@ class RejectsFile:
 
         A crash or a full disk can leave the last line torn: only lines with every column,
         before the file's last line break, count (the refusal of a torn line belongs to a
-        batch never marked done, which the run meets again).
+        batch never marked done, which the run meets again). A line of an older version
+        (no fingerprint) is matched by its file's name.
         """
         try:
             text = self.path.read_text(encoding="utf-8")
@@ -152,20 +185,37 @@ class RejectsFile:
             return []
         reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
         next(reader, None)
-        seen: set[tuple[str, int]] = set()
+        seen: set[_Where] = set()
         rows = []
         for r in reader:
-            if len(r) != len(REJECTS_HEADER) or r[3] != Reason.API_REJECTED.code:
+            if len(r) not in (6, len(REJECTS_HEADER)) or r[3] != Reason.API_REJECTED.code:
                 continue
-            if r[0].isdigit() and _where(r) not in seen:
-                seen.add(_where(r))
-                rows.append(r)
+            if not r[0].isdigit():
+                continue
+            line = self._as_of_now(r[:6], r[6] if len(r) > 6 else "")
+            if _where(line) not in seen:
+                seen.add(_where(line))
+                rows.append(line)
         return rows
 
+    def _as_of_now(self, line: list[str], fingerprint: str) -> list[str]:
+        """A carried line with its file's fingerprint and its name as this run spells it."""
+        ids = self.file_ids()
+        fingerprint = fingerprint or ids.get(line[5], "")
+        if fingerprint in self._names:
+            line[5] = _cell(self._names[fingerprint])
+        return [*line, fingerprint]
 
-def _where(line: list[str]) -> tuple[str, int]:
-    """A rejects.csv line's (file, row)."""
-    return (line[5], int(line[0]))
+
+def file_id(entry: Mapping[str, object]) -> str:
+    """A short, stable digest of one file's fingerprint entry (``Dataset.fingerprint``)."""
+    text = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _where(line: list[str]) -> _Where:
+    """A rejects.csv line's identity: (its file's fingerprint, else its file's name; row)."""
+    return (line[6] or line[5], int(line[0]))
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -342,7 +392,7 @@ def reject_rows(
             texts = [describe(reason, None, None, first_row=ref) for ref in refs]
         elif reason is Reason.INVALID_TIME:
             texts = _time_details(chunk, at, bad, now)
-        elif reason in (Reason.INVALID_ANON_ID, Reason.INVALID_IDENTIFIED_ID):
+        elif reason in _ID_REASONS:
             texts = [describe(reason, anons[k], idents[k], rules=rules) for k in at.tolist()]
         else:
             same = describe(reason, None, None, max_cluster_size=verdicts.max_cluster_size)
@@ -356,6 +406,8 @@ def reject_rows(
 
 
 _CODES = {int(r): r.code for r in Reason}
+#: Reasons whose detail depends on the row's ids.
+_ID_REASONS = (Reason.MISSING_ANON_ID, Reason.INVALID_ANON_ID, Reason.INVALID_IDENTIFIED_ID)
 
 
 def _time_details(

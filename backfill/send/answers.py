@@ -3,9 +3,11 @@
 * A record counts as imported only when the answer says so: a 200 or a 400 whose
   ``num_records_imported`` plus the records it refuses by name (``$insert_id``, ``insert_id``
   or ``index``) add up to the request. Refused records go to the report.
+* A 200 is settled by the same arithmetic: records its ``failed_records`` name are refusals.
 * A 400 that names no record (no ``failed_records``, plain strings, entries with neither a
-  known insert id nor a valid index) refuses the request, not its rows: the run stops, those
-  rows not done. A Simplified ID Merge project answers ``$identify`` this way.
+  known insert id nor a valid index, or with an insert id that is not in the request) refuses
+  the request, not its rows: the run stops, those rows not done. A Simplified ID Merge
+  project answers ``$identify`` this way. A 200 with such an entry stops the run too.
 * 401/403, redirects, answers that are not Mixpanel's JSON or do not add up, a 413 for a
   single event: the run stops (``Aborted``), nothing of that request counted.
 * 408, 429, 5xx are worth a retry (``RetryableSendError``), honouring ``Retry-After`` given
@@ -146,13 +148,22 @@ def interpret(batch: Batch, answer: Answer, url: str) -> Settled:
 def settle(batch: Batch, answer: Answer, url: str) -> Settled:
     """A 200 or 400 as Mixpanel's strict mode answers: what was imported, what refused."""
     data = answer.json()
-    refused: tuple[Refusal, ...] = ()
-    if answer.status == 400:
+    # A 200 is read like a 400: records it names are refusals, and the sum below must hold
+    # (else a 200 listing refusals would count them imported, and no report would show them).
+    failed = (data or {}).get("failed_records")
+    refused, unnamed = _map_failed(batch, failed if isinstance(failed, list) else [], answer)
+    if answer.status == 400 and (unnamed or not refused):
         # A 400 that names no record refuses the request, whatever else its body holds.
-        failed = (data or {}).get("failed_records")
-        refused, unnamed = _map_failed(batch, failed if isinstance(failed, list) else [], answer)
-        if unnamed or not refused:
-            raise _request_refused(answer, unnamed)
+        raise _request_refused(answer, unnamed)
+    if unnamed:
+        # A 200 refusing something that is no record of this request: which rows it refused
+        # cannot be told, so nothing of it counts (the SPEC's "does not add up").
+        raise UnexpectedAnswer(
+            f"{url} answered HTTP 200 but refused records it does not name "
+            f"({'; '.join(dict.fromkeys(unnamed))}): the request is not counted as settled; "
+            "rerun to resume (its records are resent as identical events, which Mixpanel "
+            "counts once)"
+        )
     imported = None if data is None else data.get("num_records_imported")
     if data is None or not isinstance(imported, int) or isinstance(imported, bool):
         raise _not_mixpanel(answer, url)
@@ -226,8 +237,12 @@ def _record_position(record: Any, position: dict[str, int], size: int) -> int | 
         return None
     for key in ("$insert_id", "insert_id"):
         value = record.get(key)
-        if isinstance(value, str) and value in position:
-            return position[value]
+        if isinstance(value, str):
+            # An insert id names the record better than a position does: one that is not in
+            # this batch says the entry is about another request, so its index (if any) is
+            # not trusted either. The entry names no record of this batch, which refuses the
+            # request (a 400) or stops the run (a 200); never a guess at which row it was.
+            return position.get(value)
     index = record.get("index")
     # bool is an int in Python: {"index": true} names no record.
     if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < size:

@@ -18,7 +18,11 @@ Order in which a request to ``/import`` is answered (the first that applies wins
     7. per-record validation and import of the valid records;
     8. ``500_after_import`` / ``drop_after_import``: the records are stored, then the answer
        is a 500 or a dropped connection (as when Mixpanel stores a batch but the reply is lost);
-    9. 200, or 400 with ``failed_records``.
+    9. 200, or 400 with ``failed_records``; with the fault ``200_refused`` the same refusals
+       come on a 200 (``num_records_imported`` still true), with ``200_refused_all_imported``
+       on a 200 that also counts them imported (a self-contradictory answer). Mixpanel is
+       not known to answer so; a server in front of it might, and backfill must not count
+       refused records as imported.
 
 Every body is read to its end and parsed before step 2, only so that the request log can show
 its size and ``$insert_id``s whatever the answer; nothing is stored before step 7. A request
@@ -211,6 +215,9 @@ class ImportEndpoint:
             return answer(500, "Internal server error")
         if fault == "drop_after_import":
             raise _Drop
+        if failed and fault in ("200_refused", "200_refused_all_imported"):
+            claimed = record.imported + (len(failed) if fault == "200_refused_all_imported" else 0)
+            return answer(200, failed_records=failed, num_records_imported=claimed)
         if failed:
             return answer(
                 400, VALIDATION_FAILED, failed_records=failed, num_records_imported=record.imported

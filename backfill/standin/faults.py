@@ -39,6 +39,8 @@ Fault = Literal[
     "403_echo",
     "502_echo",
     "200_brotli",
+    "200_refused",
+    "200_refused_all_imported",
 ]
 #: Names accepted by ``StandinState.script``; ``ok`` uses up a script slot with no fault.
 FAULT_NAMES: Final[tuple[Fault, ...]] = get_args(Fault)

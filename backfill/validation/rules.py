@@ -79,7 +79,11 @@ def row_reasons(
     ``times``: the chunk's times already parsed by ``to_epoch_ms`` (a caller that keeps them).
     """
     anon, ident = chunk.anon, chunk.identified
-    missing_anon = bool_mask(anon.is_null())
+    # SPEC: an anon id that is empty once one leading ``$device:`` is stripped is missing, in
+    # both systems (else Simplified would send ``"$device_id": ""``, one "device" shared by
+    # every such row). Simplified's chunks come stripped (``devices``), Original's as written.
+    bare = "" if rules.id_merge == "simplified" else DEVICE_PREFIX
+    missing_anon = bool_mask(anon.is_null()) | bool_mask(pc.equal(anon, bare))
     if rules.uuid_only:
         # Anchored at both ends, the pattern refuses line breaks, NULs and invisibles too.
         bad_anon = ~bool_mask(pc.match_substring_regex(anon, IDENTIFY_ANON_PATTERN))
@@ -157,6 +161,8 @@ def describe(
 ) -> str:
     """The human ``detail`` column of a rejected row."""
     if reason is Reason.MISSING_ANON_ID:
+        if anon:
+            return f"anon id is only the prefix {anon!r}, with no id after it"
         return "anon id is empty"
     if reason is Reason.INVALID_ANON_ID:
         return _describe_anon(anon or "", rules)

@@ -3,7 +3,8 @@
 A number of 1e11 or more is milliseconds, anything smaller seconds: 1e11 seconds lies in the
 year 5138, and 1e11 milliseconds in 1973, so the only values read the "wrong" way round are
 millisecond times from 1971-1973. An ISO 8601 time without a zone is UTC. Valid times are at
-or after 1971-01-01T00:00:00Z and not after the moment the run started.
+or after 1971-01-01T00:00:00Z and not after ``now``: for a run, the migration's start, fixed
+in its checkpoint by the first run, so that a resumed run judges every row alike.
 
 Epoch microseconds and nanoseconds (a plain integer column from a warehouse, not a timestamp
 type) are not units the contract knows: read as milliseconds they lie thousands of years
