@@ -61,6 +61,7 @@ def test_rejects_keep_the_dataframe_labels_and_text(tmp_path: Path) -> None:
     rejects = summary.rejects()
     assert list(rejects.columns) == [
         "index", "row", "anon_id", "identified_id", "reason", "detail", "file",
+        "file_fingerprint",
     ]  # fmt: skip
     assert rejects["index"].tolist() == [20, 40]
     assert rejects["row"].tolist() == [2, 4]

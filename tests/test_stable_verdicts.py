@@ -127,7 +127,7 @@ def test_a_resume_whose_rows_judge_otherwise_is_refused_and_restart_sends_the_ro
     sent = standin.state.requests_count
 
     clock_at(monkeypatch, T0 + HOUR_MS)
-    with pytest.raises(backfill.CheckpointMismatch, match=r"judged otherwise.*--restart"):
+    with pytest.raises(backfill.CheckpointMismatch, match=r"judged otherwise.*restart=True"):
         run(source=source, out=out, standin=standin)
     assert standin.state.requests_count == sent, "nothing sent"
     assert rejects(out)[FUTURE_ROW][0] == "invalid_time", "the listing is not lost meanwhile"
