@@ -208,6 +208,10 @@ def _settings(args: argparse.Namespace, command: str) -> Any:
     return settings
 
 
+def _note(line: str) -> None:
+    print(f"backfill: {line}", file=sys.stderr)
+
+
 def _progress(settings: Any) -> Any:
     from backfill.progress import Progress
 
@@ -238,7 +242,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        summary = pipeline.run(settings, creds, progress=_progress(settings))
+        summary = pipeline.run(settings, creds, progress=_progress(settings), notify=_note)
     except BackfillError as e:
         if e.summary is not None:
             _show(e.summary, settings, "run", f"to {settings.import_url}")
@@ -347,6 +351,16 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _next_command(error: BackfillError, given: Sequence[str], *, resumable: bool) -> None:
+    """The command that fixes ``error`` (or resumes a run after it), whole, on its own line."""
+    from backfill.commandline import suggest
+
+    if error.fix:
+        print(f"backfill: run next: {suggest(given, error.fix)}", file=sys.stderr)
+    elif error.resumes and resumable:
+        print(f"backfill: to resume, run: {suggest(given)}", file=sys.stderr)
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -354,7 +368,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
     if args.command is None:
         print(START_HERE, file=sys.stderr, end="")
         return EXIT_USAGE
@@ -367,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[command](args)
     except BackfillError as e:
         print(f"backfill: error: {e}", file=sys.stderr)
+        _next_command(e, given, resumable=command == RUN)
         return e.exit_code
     except KeyboardInterrupt:
         print("backfill: interrupted", file=sys.stderr)

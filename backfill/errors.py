@@ -57,6 +57,11 @@ class BackfillError(Exception):
 
     exit_code = 1
     summary: Summary | None = None
+    #: The flags that fix it, for the command the CLI prints to copy: ``("--restart", None)``
+    #: adds a flag, ``("--id-merge", "simplified")`` sets one. Empty: the fix is not a flag.
+    fix: tuple[tuple[str, str | None], ...] = ()
+    #: Whether the same command, run again, resumes (the CLI then prints it to copy).
+    resumes = False
 
 
 class UsageError(BackfillError):
@@ -80,6 +85,8 @@ class ConfigError(UsageError):
 class CheckpointMismatch(UsageError):
     """The checkpoint in --out describes another input or other event settings."""
 
+    fix = (("--restart", None),)
+
 
 class RunLocked(UsageError):
     """Another backfill process holds the lock on the same --out folder."""
@@ -93,6 +100,7 @@ class Aborted(BackfillError):
     """The run stopped early; the checkpoint is kept so the same command resumes."""
 
     exit_code = EXIT_ABORTED
+    resumes = True
 
 
 class AuthRefused(Aborted):
@@ -105,6 +113,9 @@ class RequestRefused(Aborted):
 
 class IdentityEventsRefused(RequestRefused):
     """The project uses Simplified ID Merge, which refuses every identity event."""
+
+    fix = (("--id-merge", "simplified"),)
+    resumes = False
 
 
 class UnexpectedAnswer(Aborted):
@@ -122,6 +133,9 @@ class RetriesExhausted(Aborted):
 class InputChangedWhileSending(Aborted):
     """The input changed (grew, or was overwritten) while its validated pairs were being sent."""
 
+    fix = (("--restart", None),)
+    resumes = False
+
 
 class OutOfSpace(Aborted):
     """No space left while writing the checkpoint or the reports (written parts stay valid)."""
@@ -131,6 +145,7 @@ class Interrupted(BackfillError):
     """SIGINT or SIGTERM stopped the run after in-flight requests settled."""
 
     exit_code = EXIT_INTERRUPTED
+    resumes = True
 
 
 class SendError(Exception):

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,12 +87,14 @@ def run(
     progress: Progress | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     record_folder: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> Summary:
     """Validate, then send every valid pair not yet done; resumable; returns the summary.
 
     Raises Aborted (exit 3) or Interrupted (exit 130) after writing the checkpoint and a
     summary with status ``aborted`` / ``interrupted`` (also on the error's ``summary``).
-    ``record_folder=False`` (a rehearsal) keeps the folder out of the registry.
+    ``record_folder=False`` (a rehearsal) keeps the folder out of the registry. ``notify``
+    receives the line to show when the run replaces a checkpoint that settled nothing.
     """
     started = time.time()
     progress = progress or Progress(enabled=False)
@@ -105,6 +108,8 @@ def run(
             start_ms=now_ms(),
             restart=settings.restart,
         )
+        if ckpt.note and notify:
+            notify(ckpt.note)
         # Written at once: the event time is fixed from now on, and `status` sees the run.
         ckpt.write()
         try:
