@@ -169,7 +169,8 @@ def test_validate_reports_what_each_mode_would_send(tmp_path: Path) -> None:
 def test_a_changed_id_merge_system_is_refused_naming_restart(
     tmp_path: Path, original: Standin
 ) -> None:
-    """A run folder made for Original refuses a Simplified rerun: exit 2 naming --restart."""
+    """A run folder that imported under Original refuses a Simplified rerun: exit 2 naming only
+    --id-merge (old → new) and printing the command with --restart, which, run, starts over."""
     source = write_pairs(tmp_path / "m.csv", ROWS)
     first = backfill("run", source, "--out", "o", "--api-url", original.url, cwd=tmp_path)
     assert first.code == 0, first.stderr
@@ -177,9 +178,15 @@ def test_a_changed_id_merge_system_is_refused_naming_restart(
     again = backfill("run", source, "--out", "o", "--api-url", original.url,
                      "--id-merge", "simplified", cwd=tmp_path)  # fmt: skip
     assert again.code == 2
-    assert "--id-merge" in again.stderr
-    assert "--restart" in again.stderr
+    assert "(--id-merge: original → simplified) that already settled 7 pairs" in again.stderr
+    assert "--non-uuid-anon" not in again.stderr
+    assert "--pairing-event" not in again.stderr
     assert original.state.requests_count == sent
+    command = printed_command(again)
+    assert command[-1] == "--restart"
+    restarted = run_printed(command, tmp_path)
+    assert restarted.code == 0, restarted.stderr
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["id_merge"] == "simplified"
 
 
 @pytest.mark.parametrize("name", ["$identify", "$merge", "$create_alias", " "])
@@ -222,7 +229,8 @@ def test_the_printed_fix_for_a_refused_canary_completes_the_run(
     assert command[3:] == [*args, "--id-merge", "simplified"]
     fixed = run_printed(command, tmp_path)
     assert fixed.code == 0, fixed.stderr
-    assert "settled nothing" in fixed.stderr and "starting afresh" in fixed.stderr
+    assert "settled nothing" in fixed.stderr
+    assert "starting afresh" in fixed.stderr
     assert "--id-merge: original → simplified" in fixed.stderr
     assert simplified.state.merged_pairs() == {
         (P1, "alice"), (D1, "bob"), (LEGACY, "carol"), (IOS, "dave"), (P2, "erin"), (D2, "ivan")
