@@ -174,13 +174,18 @@ def _status_parser(sub: Any) -> None:
     st = sub.add_parser(
         "status",
         help="progress of a run, from the files in its folder (while it runs or after)",
-        description="Show a run's progress from its checkpoint.json and summary.json.",
-        epilog="examples:\n  backfill status --out runs/mappings\n  backfill status   "
-        "# every run under runs/\n  backfill status --out runs/mappings --json",
+        description="Show runs' progress from their checkpoint.json and summary.json: with no "
+        "argument, every run this user started (from any directory); with an INPUT, that "
+        "input's run; with --out, that folder's.",
+        epilog="examples:\n  backfill status                  # every run, one line each\n"
+        "  backfill status mappings.csv     # the run of this input\n"
+        "  backfill status --out runs/mappings --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    st.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: all under runs/)")
+    st.add_argument("inputs", nargs="*", metavar="INPUT",
+                    help="the input a run read, as given to run (default: every run)")  # fmt: skip
+    st.add_argument("--out", type=Path, metavar="DIR", help="a run folder")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
 
 
@@ -323,20 +328,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
     from backfill.errors import InputError
-    from backfill.status import find_run_dirs, read_status, render_status
+    from backfill.status import find_runs, read_status, render_list, render_status
 
     statuses = []
-    for folder in find_run_dirs(args.out):
+    for folder, recorded in find_runs(args.out, args.inputs, os.environ):
         try:
-            statuses.append(read_status(folder))
+            statuses.append(read_status(folder, recorded_input=recorded))
         except InputError:
             if args.out is not None:
-                raise  # the folder asked for; under runs/, a folder without a run is skipped
-    if not statuses:
-        raise InputError("no runs found under runs/: pass --out DIR (the folder a run wrote to)")
+                raise  # the folder asked for; elsewhere a folder without a run is skipped
     if args.json:
         shown = [s.to_json() for s in statuses]
         print(json.dumps(shown[0] if args.out else shown, indent=2))
+    elif args.out is None and not args.inputs and len(statuses) > 1:
+        print(render_list(statuses))
     else:
         print("\n\n".join(render_status(s) for s in statuses))
     return 0

@@ -42,6 +42,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from backfill.summary import Summary
 
+#: Flags to set on the user's command: ``(flag, value)``, value None for a flag alone.
+Fix = tuple[tuple[str, str | None], ...]
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
@@ -59,7 +62,7 @@ class BackfillError(Exception):
     summary: Summary | None = None
     #: The flags that fix it, for the command the CLI prints to copy: ``("--restart", None)``
     #: adds a flag, ``("--id-merge", "simplified")`` sets one. Empty: the fix is not a flag.
-    fix: tuple[tuple[str, str | None], ...] = ()
+    fix: Fix = ()
     #: Whether the same command, run again, resumes (the CLI then prints it to copy).
     resumes = False
 
@@ -85,7 +88,7 @@ class ConfigError(UsageError):
 class CheckpointMismatch(UsageError):
     """The checkpoint in --out describes another input or other event settings."""
 
-    fix = (("--restart", None),)
+    fix: Fix = (("--restart", None),)
 
 
 class RunLocked(UsageError):
@@ -114,7 +117,7 @@ class RequestRefused(Aborted):
 class IdentityEventsRefused(RequestRefused):
     """The project uses Simplified ID Merge, which refuses every identity event."""
 
-    fix = (("--id-merge", "simplified"),)
+    fix: Fix = (("--id-merge", "simplified"),)
     resumes = False
 
 
@@ -133,7 +136,7 @@ class RetriesExhausted(Aborted):
 class InputChangedWhileSending(Aborted):
     """The input changed (grew, or was overwritten) while its validated pairs were being sent."""
 
-    fix = (("--restart", None),)
+    fix: Fix = (("--restart", None),)
     resumes = False
 
 

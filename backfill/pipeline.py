@@ -55,7 +55,13 @@ def validate(
     started = time.time()
     progress = progress or Progress(enabled=False)
     dataset = open_source(settings, chunk_rows)
-    out_dir = runfolder.prepare(settings, dataset)
+    out_dir = runfolder.prepare(
+        settings,
+        dataset,
+        check=lambda out: runfolder.refuse_another_input(
+            out, lambda: event_identity(settings, dataset)["input"]
+        ),
+    )
     with RunLock(out_dir, command="validate"):
         try:
             validated = judge_and_report(settings, dataset, dataset, out_dir, progress)

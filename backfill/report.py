@@ -32,13 +32,14 @@ from backfill.files import disk_errors, fsync_dir, open_private
 from backfill.read import Chunk, ChunkSource, Dataset
 from backfill.reasons import REJECT_REASONS, Reason
 from backfill.rules import ORIGINAL, Rules, describe
+from backfill.summary import SUMMARY_FILE as SUMMARY_FILE  # kept here for its importers
 from backfill.summary import Summary
+from backfill.summary import duration as duration  # kept here for its importers
 from backfill.times import TimeStatus, to_epoch_ms
 from backfill.times import describe as describe_time
 from backfill.validation import Verdicts
 
 REJECTS_FILE = "rejects.csv"
-SUMMARY_FILE = "summary.json"
 REJECTS_HEADER = ("row", "anon_id", "identified_id", "reason", "detail", "file")
 
 #: (row within its file, anon id, identified id, reason code, detail, file name)
@@ -253,18 +254,6 @@ def _send_rows(summary: Summary) -> list[tuple[str, str, str]]:
 
 def _share(part: float, whole: int) -> str:
     return f"{100.0 * float(part) / whole:5.1f}%" if whole else ""
-
-
-def duration(seconds: float) -> str:
-    """A duration for people: "under 1 s", "42 s", "17 min", "3.5 h"."""
-    s = float(seconds)
-    if s < 1:
-        return "under 1 s"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _retries(causes: Mapping[str, int]) -> str:

@@ -150,3 +150,19 @@ class Summary:
             allowed = {f.name for f in fields(ThisRun)}
             values["this_run"] = ThisRun(**{k: v for k, v in this.items() if k in allowed})
         return cls(**values)
+
+
+#: The file every command writes its summary to (``status`` reads it too).
+SUMMARY_FILE = "summary.json"
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: "under 1 s", "42 s", "17 min", "3.5 h"."""
+    s = float(seconds)
+    if s < 1:
+        return "under 1 s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
