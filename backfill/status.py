@@ -179,7 +179,9 @@ def render_list(statuses: Sequence[RunState]) -> str:
     rows = [("FOLDER", "STATE", "IMPORTED", "INPUT")]
     for s in statuses:
         total = f" of {s.pairs_total:,}" if s.pairs_total is not None else ""
-        state = state_text(s).split(" (stopped")[0]
+        state = (
+            state_text(s) if s.active or s.finished else s.last_status or "stopped (killed?)"
+        )
         rows.append((s.out, state, f"{s.events_imported:,}{total}", s.input or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(
