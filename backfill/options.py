@@ -155,7 +155,9 @@ class Option:
 
 OPTIONS: Final[tuple[Option, ...]] = (
     Option("out", "str", "folder for the reports and the checkpoint", metavar="DIR",
-           default_text="`runs/<input name>/` (rehearse: `…-rehearsal/`)", unit="folder"),
+           default_text="the folder of the unfinished run of the same input and project, "
+           "wherever that run was started, else `runs/<input name>/` in the current directory "
+           "(rehearse: always `runs/<input name>-rehearsal/`)", unit="folder"),
     Option("format", "choice", "input format", choices=("csv", "tsv", "parquet", "jsonl"),
            default_text="from the file extension"),
     Option("delimiter", "str", "field separator of a CSV file, one character", metavar="CHAR",
