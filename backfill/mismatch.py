@@ -58,8 +58,9 @@ def refusal(folder: Path, found: list[str], imported: int, refused: int) -> Chec
     return CheckpointMismatch(
         f"{folder} holds a run made with other settings ({'; '.join(found)}) that already "
         f"settled {imported + refused:,} pairs ({imported:,} imported): pass --restart to "
-        "discard its checkpoint and start over with these settings, or --out DIR to start "
-        "this run in another folder"
+        "discard its checkpoint and start over with these settings (pairs sent again as "
+        "unchanged events are deduplicated by Mixpanel), or --out DIR to start this run in "
+        "another folder"
     )
 
 
