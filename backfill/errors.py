@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from backfill.summary import Summary
+    from backfill.report.summary import Summary
 
 #: Flags to set on the user's command: ``(flag, value)``, value None for a flag alone.
 Fix = tuple[tuple[str, str | None], ...]

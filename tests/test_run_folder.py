@@ -21,8 +21,8 @@ import pytest
 from runkit import REPO, STANDIN_CREDENTIALS, CliResult, clean_env, uuid4s, write_pairs
 from runkit import backfill_cli as backfill
 
-from backfill.rehearse import standin_thread
-from backfill.runfolder import FOLDER_RULE
+from backfill.commands.rehearse import standin_thread
+from backfill.folder.location import FOLDER_RULE
 from backfill.standin import (
     FaultRates,
     Standin,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from runkit import CliResult, backfill_cli, clean_env, uuid4s, write_pairs
 
-from backfill.rehearse import standin_thread
+from backfill.commands.rehearse import standin_thread
 from backfill.standin import Standin, StandinConfig
 
 
@@ -92,5 +92,5 @@ def test_status_imports_neither_pyarrow_nor_aiohttp(tmp_path: Path, standin: Sta
     proc = subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     loaded = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
-    assert "backfill.status" in loaded
+    assert "backfill.report.status" in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("pyarrow", "aiohttp")}

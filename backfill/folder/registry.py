@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backfill.files import PRIVATE_FILE, atomic_write_json
+from backfill.folder.files import PRIVATE_FILE, atomic_write_json
 
 STATE_FILE = "runs.json"
 #: Files that make a folder a run folder worth going back to.

@@ -20,14 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backfill import registry
-from backfill.checkpoint import Checkpoint
 from backfill.errors import InputError
-from backfill.files import read_json_dict
-from backfill.lock import LOCK_FILE, active_holder
-from backfill.reasons import Reason
-from backfill.runfolder import RUNS_ROOT, folder_for
-from backfill.summary import SUMMARY_FILE, Summary, duration
+from backfill.folder import registry
+from backfill.folder.checkpoint import Checkpoint
+from backfill.folder.files import read_json_dict
+from backfill.folder.location import RUNS_ROOT, folder_for
+from backfill.folder.lock import LOCK_FILE, active_holder
+from backfill.report.summary import SUMMARY_FILE, Summary, duration
+from backfill.validation.reasons import Reason
 
 
 @dataclass(frozen=True)

@@ -37,17 +37,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from backfill.answers import Settled
-from backfill.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
+from backfill.config.settings import Credentials, Settings
 from backfill.errors import Aborted, BackfillError, Interrupted
-from backfill.events import Batch, Encoder, Pairs
-from backfill.progress import Progress, Snapshot
+from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
 from backfill.read import Chunk
-from backfill.reasons import Reason
-from backfill.report import Validated, chunk_reasons
-from backfill.send import SendConfig, Sender, SendStats
-from backfill.settings import Credentials, Settings
-from backfill.times import to_epoch_ms
+from backfill.report.progress import Progress, Snapshot
+from backfill.report.table import Validated, chunk_reasons
+from backfill.send.answers import Settled
+from backfill.send.events import Batch, Encoder, Pairs
+from backfill.send.sender import SendConfig, Sender, SendStats
+from backfill.validation.reasons import Reason
+from backfill.validation.times import to_epoch_ms
 
 #: Seconds that requests in flight get to settle after Ctrl-C, on top of --timeout.
 GRACE_S = 5.0

@@ -28,16 +28,16 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from backfill.errors import InputChanged
-from backfill.files import disk_errors, fsync_dir, open_private
+from backfill.folder.files import disk_errors, fsync_dir, open_private
 from backfill.read import Chunk, ChunkSource, Dataset
-from backfill.reasons import REJECT_REASONS, Reason
-from backfill.rules import ORIGINAL, Rules, describe
-from backfill.summary import SUMMARY_FILE as SUMMARY_FILE  # kept here for its importers
-from backfill.summary import Summary
-from backfill.summary import duration as duration  # kept here for its importers
-from backfill.times import TimeStatus, to_epoch_ms
-from backfill.times import describe as describe_time
-from backfill.validation import Verdicts
+from backfill.report.summary import SUMMARY_FILE as SUMMARY_FILE  # kept here for its importers
+from backfill.report.summary import Summary
+from backfill.report.summary import duration as duration  # kept here for its importers
+from backfill.validation.judge import Verdicts
+from backfill.validation.reasons import REJECT_REASONS, Reason
+from backfill.validation.rules import ORIGINAL, Rules, describe
+from backfill.validation.times import TimeStatus, to_epoch_ms
+from backfill.validation.times import describe as describe_time
 
 REJECTS_FILE = "rejects.csv"
 REJECTS_HEADER = ("row", "anon_id", "identified_id", "reason", "detail", "file")

@@ -17,13 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backfill import registry
 from backfill.errors import CheckpointMismatch
-from backfill.files import prepare_folder
+from backfill.folder import registry
+from backfill.folder.files import prepare_folder
 
 if TYPE_CHECKING:
+    from backfill.config.settings import Settings
     from backfill.read import Dataset
-    from backfill.settings import Settings
 
 RUNS_ROOT = Path("runs")
 #: The rule, as ``--out --help``, the README and the note of a command print it.
