@@ -357,7 +357,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def _next_command(error: BackfillError, given: Sequence[str], *, resumable: bool) -> None:
     """The command that fixes ``error`` (or resumes a run after it), whole, on its own line."""
-    from backfill.commandline import suggest
+    from backfill.config.commandline import suggest
 
     if error.fix:
         print(f"backfill: run next: {suggest(given, error.fix)}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backfill.commandline import program, suggest
+from backfill.config.commandline import program, suggest
 
 SIMPLIFIED = ("--id-merge", "simplified")
 

@@ -53,7 +53,7 @@ import numpy.typing as npt
 
 from backfill.errors import CheckpointMismatch
 from backfill.folder.files import atomic_write_bytes, read_json
-from backfill.mismatch import differences, fresh_note, refusal
+from backfill.folder.mismatch import differences, fresh_note, refusal
 from backfill.mixpanel import MIN_TIME_MS
 
 CHECKPOINT_FILE = "checkpoint.json"
