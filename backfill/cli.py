@@ -211,14 +211,19 @@ def _serve_parser(sub: Any) -> None:
 def _status_parser(sub: Any) -> None:
     st = sub.add_parser(
         "status",
-        help=HELPS["status"],
-        description="Show a run's progress from its checkpoint.json and summary.json.",
-        epilog="examples:\n  backfill status --out runs/mappings\n  backfill status   "
-        "# every run under runs/\n  backfill status --out runs/mappings --json",
+        help="progress of a run, from the files in its folder (while it runs or after)",
+        description="Show runs' progress from their checkpoint.json and summary.json: with no "
+        "argument, every run this user started (from any directory); with an INPUT, that "
+        "input's run; with --out, that folder's.",
+        epilog="examples:\n  backfill status                  # every run, one line each\n"
+        "  backfill status mappings.csv     # the run of this input\n"
+        "  backfill status --out runs/mappings --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    st.add_argument("--out", type=Path, metavar="DIR", help="run folder (default: all under runs/)")
+    st.add_argument("inputs", nargs="*", metavar="INPUT",
+                    help="the input a run read, as given to run (default: every run)")  # fmt: skip
+    st.add_argument("--out", type=Path, metavar="DIR", help="a run folder")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
 
 
@@ -244,6 +249,10 @@ def _settings(args: argparse.Namespace, command: str) -> Any:
     if note:
         print(f"backfill: {note}", file=sys.stderr)
     return settings
+
+
+def _note(line: str) -> None:
+    print(f"backfill: {line}", file=sys.stderr)
 
 
 def _progress(settings: Any) -> Any:
@@ -275,7 +284,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        summary = pipeline.run(settings, creds, progress=_progress(settings))
+        summary = pipeline.run(settings, creds, progress=_progress(settings), notify=_note)
     except BackfillError as e:
         if e.summary is not None:
             _show(e.summary, settings, "run", f"to {settings.import_url}")
@@ -366,20 +375,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
     from backfill.errors import InputError
-    from backfill.report.status import find_run_dirs, read_status, render_status
+    from backfill.report.status import find_runs, read_status, render_list, render_status
 
     statuses = []
-    for folder in find_run_dirs(args.out):
+    for folder, recorded in find_runs(args.out, args.inputs, os.environ):
         try:
-            statuses.append(read_status(folder))
+            statuses.append(read_status(folder, recorded_input=recorded))
         except InputError:
             if args.out is not None:
-                raise  # the folder asked for; under runs/, a folder without a run is skipped
-    if not statuses:
-        raise InputError("no runs found under runs/: pass --out DIR (the folder a run wrote to)")
+                raise  # the folder asked for; elsewhere a folder without a run is skipped
     if args.json:
         shown = [s.to_json() for s in statuses]
         print(json.dumps(shown[0] if args.out else shown, indent=2))
+    elif args.out is None and not args.inputs and len(statuses) > 1:
+        print(render_list(statuses))
     else:
         print("\n\n".join(render_status(s) for s in statuses))
     return 0
@@ -414,6 +423,16 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _next_command(error: BackfillError, given: Sequence[str], *, resumable: bool) -> None:
+    """The command that fixes ``error`` (or resumes a run after it), whole, on its own line."""
+    from backfill.config.commandline import suggest
+
+    if error.fix:
+        print(f"backfill: run next: {suggest(given, error.fix)}", file=sys.stderr)
+    elif error.resumes and resumable:
+        print(f"backfill: to resume, run: {suggest(given)}", file=sys.stderr)
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -421,7 +440,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given)
     if args.command is None:
         print(parser.format_help(), file=sys.stderr, end="")
         return EXIT_USAGE
@@ -434,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[command](args)
     except BackfillError as e:
         print(f"backfill: error: {e}", file=sys.stderr)
+        _next_command(e, given, resumable=command == RUN)
         return e.exit_code
     except KeyboardInterrupt:
         print("backfill: interrupted", file=sys.stderr)

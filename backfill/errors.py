@@ -42,6 +42,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from backfill.report.summary import Summary
 
+#: Flags to set on the user's command: ``(flag, value)``, value None for a flag alone.
+Fix = tuple[tuple[str, str | None], ...]
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
@@ -59,6 +62,11 @@ class BackfillError(Exception):
 
     exit_code = 1
     summary: Summary | None = None
+    #: The flags that fix it, for the command the CLI prints to copy: ``("--restart", None)``
+    #: adds a flag, ``("--id-merge", "simplified")`` sets one. Empty: the fix is not a flag.
+    fix: Fix = ()
+    #: Whether the same command, run again, resumes (the CLI then prints it to copy).
+    resumes = False
 
 
 class UsageError(BackfillError):
@@ -82,6 +90,8 @@ class ConfigError(UsageError):
 class CheckpointMismatch(UsageError):
     """The checkpoint in --out describes another input or other event settings."""
 
+    fix: Fix = (("--restart", None),)
+
 
 class RunLocked(UsageError):
     """Another backfill process holds the lock on the same --out folder."""
@@ -95,6 +105,7 @@ class Aborted(BackfillError):
     """The run stopped early; the checkpoint is kept so the same command resumes."""
 
     exit_code = EXIT_ABORTED
+    resumes = True
 
 
 class AuthRefused(Aborted):
@@ -107,6 +118,9 @@ class RequestRefused(Aborted):
 
 class IdentityEventsRefused(RequestRefused):
     """The project uses Simplified ID Merge, which refuses every identity event."""
+
+    fix: Fix = (("--id-merge", "simplified"),)
+    resumes = False
 
 
 class UnexpectedAnswer(Aborted):
@@ -124,6 +138,9 @@ class RetriesExhausted(Aborted):
 class InputChangedWhileSending(Aborted):
     """The input changed (grew, or was overwritten) while its validated pairs were being sent."""
 
+    fix: Fix = (("--restart", None),)
+    resumes = False
+
 
 class OutOfSpace(Aborted):
     """No space left while writing the checkpoint or the reports (written parts stay valid)."""
@@ -133,6 +150,7 @@ class Interrupted(BackfillError):
     """SIGINT or SIGTERM stopped the run after in-flight requests settled."""
 
     exit_code = EXIT_INTERRUPTED
+    resumes = True
 
 
 class SendError(Exception):

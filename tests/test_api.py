@@ -128,22 +128,24 @@ def test_run_of_a_table_imports_every_valid_pair_and_a_rerun_resumes_it(
     creds: backfill.Credentials,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """run(Table) imports every valid pair; the same rows again (from elsewhere) send nothing."""
+    """run(Table) stopped at its canary (a refused secret) is resumed from elsewhere by the same
+    rows (their content names the run): every valid pair imported, in the first folder."""
     table = pa.Table.from_pandas(sample_frame(), preserve_index=False)
     monkeypatch.chdir(tmp_path)
-    options = {"credentials": creds, "api_url": standin.url, "project_id": DEFAULT_PROJECT_ID}
-    first = backfill.run(table, time_column="merged_at", **options)  # type: ignore[arg-type]
-    assert first.events_imported == 631 == standin.state.events_imported
-    assert first.out.name.startswith("table-")
-    folder = first.out.resolve()
+    options = {"api_url": standin.url, "project_id": DEFAULT_PROJECT_ID}
+    refused = backfill.Credentials("backfill-rehearsal", "wrong")
+    with pytest.raises(backfill.BackfillError, match="refused"):
+        backfill.run(table, time_column="merged_at", credentials=refused, **options)  # type: ignore[arg-type]
+    folder = (tmp_path / "runs").resolve()
+    (stopped,) = folder.iterdir()
+    assert stopped.name.startswith("table-")
     other = tmp_path / "elsewhere"
     other.mkdir()
     monkeypatch.chdir(other)
-    sent = standin.state.requests_count
-    again = backfill.run(table, time_column="merged_at", **options)  # type: ignore[arg-type]
-    assert again.out.resolve() == folder, "its content names its run folder"
-    assert again.already_complete
-    assert standin.state.requests_count == sent
+    again = backfill.run(table, time_column="merged_at", credentials=creds, **options)  # type: ignore[arg-type]
+    assert again.out.resolve() == stopped, "its content names its run folder"
+    assert again.events_imported == 631 == standin.state.events_imported
+    assert not (other / "runs").exists()
 
 
 def test_run_imports_every_valid_pair_and_resumes(

@@ -455,15 +455,15 @@ def test_token_digest_is_stable_and_never_the_token() -> None:
     [
         (
             {"input": {"size": 124, "sha256": "cd" * 32}},
-            "input files (one was added, removed or changed)",
+            "input files: one was added, removed or changed",
         ),
-        ({"project_id": "2"}, "project id"),
-        ({"time_column": "merged_at"}, "time_column"),
-        ({"anon_column": "device_id"}, "anon_column"),
-        ({"identified_column": "user_id"}, "identified_column"),
-        ({"max_cluster_size": 100}, "max_cluster_size"),
-        ({"format": "parquet"}, "format"),
-        ({"token": token_digest("a-token")}, "MIXPANEL_PROJECT_TOKEN"),
+        ({"project_id": "2"}, "project id: 1 → 2"),
+        ({"time_column": "merged_at"}, "--time-column: none → merged_at"),
+        ({"anon_column": "device_id"}, "--anon-column: anon_id → device_id"),
+        ({"identified_column": "user_id"}, "--identified-column: identified_id → user_id"),
+        ({"max_cluster_size": 100}, "--max-cluster-size: 500 → 100"),
+        ({"format": "parquet"}, "--format: csv → parquet"),
+        ({"token": token_digest("a-token")}, "MIXPANEL_PROJECT_TOKEN: set"),
     ],
 )
 def test_a_changed_identity_is_refused_naming_what_changed_and_restart(
@@ -487,7 +487,8 @@ def test_a_changed_identity_is_refused_naming_what_changed_and_restart(
 def test_a_changed_event_time_is_refused(tmp_path: Path) -> None:
     """An --event-time other than the checkpoint's is refused; the same one, or none, resumes."""
     saved_checkpoint(tmp_path, event_time_ms=1_600_000_000_000)
-    with pytest.raises(CheckpointMismatch, match=r"event_time.*--restart"):
+    changed = r"--event-time: 2020-09-13T12:26:40\+00:00 → .*--restart"
+    with pytest.raises(CheckpointMismatch, match=changed):
         open_checkpoint(tmp_path, event_time_ms=1_600_000_000_001)
     assert open_checkpoint(tmp_path, event_time_ms=1_600_000_000_000).runs == 2
     assert open_checkpoint(tmp_path).event_time_ms == 1_600_000_000_000
@@ -508,6 +509,38 @@ def test_several_changes_are_all_named(tmp_path: Path) -> None:
         open_checkpoint(tmp_path, changed)
     assert "input files" in str(caught.value)
     assert "project id" in str(caught.value)
+
+
+def test_a_checkpoint_that_settled_nothing_gives_way_to_other_settings(tmp_path: Path) -> None:
+    """A run whose canary was refused (nothing settled) is replaced by a rerun with another ID
+    merge system, without --restart: the new checkpoint says why, keeps the event time."""
+    original = {**IDENTITY, "id_merge": "original", "non_uuid_anon": "refuse"}
+    first = open_checkpoint(tmp_path, original)
+    first.requests = 1  # the refused canary
+    first.write()
+    simplified = {**IDENTITY, "id_merge": "simplified", "pairing_event": "Identity Backfill"}
+    fresh = open_checkpoint(tmp_path, simplified, start_ms=START_MS + 5000)
+    assert fresh.identity == simplified
+    assert (fresh.runs, fresh.requests, fresh.event_time_ms) == (1, 0, START_MS)
+    assert fresh.note is not None
+    assert "settled nothing" in fresh.note
+    assert "--id-merge: original → simplified" in fresh.note
+    assert "--non-uuid-anon" not in fresh.note
+    assert "--pairing-event" not in fresh.note
+
+
+def test_a_mismatch_names_only_the_setting_that_changed(tmp_path: Path) -> None:
+    """A run that imported pairs under Original, rerun as Simplified: refused, the message
+    names --id-merge with both values and not the two settings that belong to each system."""
+    saved_checkpoint(tmp_path, identity={**IDENTITY, "id_merge": "original",
+                                         "non_uuid_anon": "refuse"})  # fmt: skip
+    simplified = {**IDENTITY, "id_merge": "simplified", "pairing_event": "Identity Backfill"}
+    with pytest.raises(CheckpointMismatch, match=r"\(--id-merge: original → simplified\) that "
+                       r"already settled 200 pairs \(199 imported\): pass --restart") as caught:
+        open_checkpoint(tmp_path, simplified)
+    assert "--non-uuid-anon" not in str(caught.value)
+    assert "--pairing-event" not in str(caught.value)
+    assert caught.value.fix == (("--restart", None),)
 
 
 @pytest.mark.parametrize(

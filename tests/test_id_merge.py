@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
 import pytest
-from runkit import CliResult, backfill_cli, uuid4s, write_pairs
+from runkit import STANDIN_CREDENTIALS, CliResult, backfill_cli, clean_env, uuid4s, write_pairs
 
 from backfill.commands.rehearse import standin_thread
 from backfill.standin import Standin, StandinConfig
@@ -191,7 +193,8 @@ def test_validate_reports_what_each_mode_would_send(tmp_path: Path) -> None:
 def test_a_changed_id_merge_system_is_refused_naming_restart(
     tmp_path: Path, original: Standin
 ) -> None:
-    """A run folder made for Original refuses a Simplified rerun: exit 2 naming --restart."""
+    """A run folder that imported under Original refuses a Simplified rerun: exit 2 naming only
+    --id-merge (old → new) and printing the command with --restart, which, run, starts over."""
     source = write_pairs(tmp_path / "m.csv", ROWS)
     first = backfill("run", source, "--out", "o", "--api-url", original.url, cwd=tmp_path)
     assert first.code == 0, first.stderr
@@ -199,9 +202,15 @@ def test_a_changed_id_merge_system_is_refused_naming_restart(
     again = backfill("run", source, "--out", "o", "--api-url", original.url,
                      "--id-merge", "simplified", cwd=tmp_path)  # fmt: skip
     assert again.code == 2
-    assert "--id-merge" in again.stderr
-    assert "--restart" in again.stderr
+    assert "(--id-merge: original → simplified) that already settled 7 pairs" in again.stderr
+    assert "--non-uuid-anon" not in again.stderr
+    assert "--pairing-event" not in again.stderr
     assert original.state.requests_count == sent
+    command = printed_command(again)
+    assert command[-1] == "--restart"
+    restarted = run_printed(command, tmp_path)
+    assert restarted.code == 0, restarted.stderr
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["id_merge"] == "simplified"
 
 
 @pytest.mark.parametrize("name", ["$identify", "$merge", "$create_alias", " "])
@@ -212,3 +221,43 @@ def test_a_pairing_event_named_like_an_identity_event_is_refused(tmp_path: Path,
                       cwd=tmp_path)  # fmt: skip
     assert result.code == 2
     assert "--pairing-event" in result.stderr
+
+
+def printed_command(result: CliResult, prefix: str = "backfill: run next: ") -> list[str]:
+    """The command a message printed to copy, split as a shell would split it."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, result.stderr
+    return shlex.split(lines[0].removeprefix(prefix))
+
+
+def run_printed(command: list[str], cwd: Path) -> CliResult:
+    """``command`` run exactly as printed (it starts with the interpreter and ``-m backfill``)."""
+    assert command[1:3] == ["-m", "backfill"], command
+    proc = subprocess.run(command, cwd=cwd, env=clean_env(STANDIN_CREDENTIALS),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_the_printed_fix_for_a_refused_canary_completes_the_run(
+    tmp_path: Path, simplified: Standin
+) -> None:
+    """An Original run against a Simplified project stops after one event, printing the same
+    command with --id-merge simplified added; that command, run as printed, pairs every valid
+    pair (exit 0), replacing the refused run's checkpoint without --restart."""
+    source = write_pairs(tmp_path / "m.csv", ROWS)
+    args = ["run", str(source), "--api-url", simplified.url, "--no-progress"]
+    refused = backfill_cli(*args, cwd=tmp_path)
+    assert refused.code == 3, refused.stderr
+    assert [len(r.insert_ids) for r in simplified.state.requests] == [1], "the canary only"
+    command = printed_command(refused)
+    assert command[3:] == [*args, "--id-merge", "simplified"]
+    fixed = run_printed(command, tmp_path)
+    assert fixed.code == 0, fixed.stderr
+    assert "settled nothing" in fixed.stderr
+    assert "starting afresh" in fixed.stderr
+    assert "--id-merge: original → simplified" in fixed.stderr
+    assert simplified.state.merged_pairs() == {
+        (P1, "alice"), (D1, "bob"), (LEGACY, "carol"), (IOS, "dave"), (P2, "erin"), (D2, "ivan")
+    }  # fmt: skip
+    summary = json.loads((tmp_path / "runs" / "m-csv" / "summary.json").read_text())
+    assert (summary["status"], summary["events_imported"]) == ("completed", 6)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import shlex
 import shutil
 import stat
 import subprocess
@@ -21,6 +22,7 @@ from runkit import REPO, STANDIN_CREDENTIALS, CliResult, clean_env, uuid4s, writ
 from runkit import backfill_cli as backfill
 
 from backfill.commands.rehearse import standin_thread
+from backfill.folder.location import FOLDER_RULE
 from backfill.standin import (
     FaultRates,
     Standin,
@@ -157,24 +159,85 @@ def test_a_colon_in_the_service_account_name_is_refused(tmp_path: Path) -> None:
 # --- one run folder per input, wherever the command starts ----------------------------------
 
 
-def test_the_same_command_from_another_directory_finds_the_same_run(
+def stopped_run(source: Path, cwd: Path, url: str) -> None:
+    """A run in ``cwd`` stopped at its canary (the secret refused): unfinished, nothing sent."""
+    env = clean_env(STANDIN_CREDENTIALS | {"MIXPANEL_SERVICE_ACCOUNT_SECRET": "wrong"})
+    stopped = backfill("run", source, "--api-url", url, "--no-progress", cwd=cwd, env=env)
+    assert stopped.code == 3, stopped.stderr
+
+
+def test_the_same_command_from_another_directory_resumes_the_unfinished_run(
     tmp_path: Path, standin: Standin
 ) -> None:
-    """Run from A, rerun (input by absolute path) from B: B resumes A's folder, sends nothing."""
+    """A run stopped in A, rerun (input by absolute path) from B: B finishes it in A's folder,
+    printing the folder rule; nothing is written under B."""
     source = write_pairs(tmp_path / "m.csv", [(a, f"u{i}") for i, a in enumerate(uuid4s(300, 7))])
     first_dir, other_dir = tmp_path / "a", tmp_path / "b"
     first_dir.mkdir()
     other_dir.mkdir()
-    args = ("run", source, "--api-url", standin.url, "--no-progress")
-    first = backfill(*args, cwd=first_dir)
-    assert first.code == 0, first.stderr
-    sent = standin.state.requests_count
-    again = backfill(*args, cwd=other_dir)
+    stopped_run(source, first_dir, standin.url)
+    again = backfill("run", source, "--api-url", standin.url, "--no-progress", cwd=other_dir)
     assert again.code == 0, again.stderr
-    assert standin.state.requests_count == sent, "nothing sent twice"
-    assert str(first_dir / "runs" / "m-csv") in again.stderr, "the note names the folder used"
+    assert f"using {first_dir / 'runs' / 'm-csv'}: it holds the unfinished run" in again.stderr
+    assert FOLDER_RULE in again.stderr
     assert not (other_dir / "runs").exists()
-    assert "already complete" in again.stdout
+    done = json.loads((first_dir / "runs" / "m-csv" / "summary.json").read_text())
+    assert (done["status"], done["events_imported"]) == ("completed", 300)
+
+
+def test_a_finished_run_elsewhere_is_not_reused(tmp_path: Path, standin: Standin) -> None:
+    """An earlier experiment's finished run (--out runs/sigtest4) does not capture a later
+    command without --out: it writes to runs/<input name>/, printing no folder note."""
+    pairs = [(a, f"u{i}") for i, a in enumerate(uuid4s(9, 3))]
+    source = write_pairs(tmp_path / "export.csv", pairs)
+    args = ("--api-url", standin.url, "--no-progress")
+    assert backfill("run", source, "--out", "runs/sigtest4", *args, cwd=tmp_path).code == 0
+    later = backfill("run", source, *args, cwd=tmp_path)
+    assert later.code == 0, later.stderr
+    assert "using" not in later.stderr
+    assert (tmp_path / "runs" / "export-csv" / "summary.json").is_file()
+    checked = backfill("validate", "export.csv", "--no-progress", cwd=tmp_path)
+    assert checked.code == 0, checked.stderr
+    assert "reports: runs/export-csv/rejects.csv" in checked.stdout
+
+
+def test_an_unfinished_run_of_another_project_is_not_reused(
+    tmp_path: Path, standin: Standin
+) -> None:
+    """validate follows the same rule as run: the unfinished run of this input is used for its
+    own project only; with another project the command stays in runs/<input name>/ here."""
+    source = write_pairs(tmp_path / "m.csv", [(a, f"u{i}") for i, a in enumerate(uuid4s(5, 4))])
+    first_dir, other_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    other_dir.mkdir()
+    stopped_run(source, first_dir, standin.url)
+    other = clean_env(STANDIN_CREDENTIALS | {"MIXPANEL_PROJECT_ID": "999"})
+    elsewhere = backfill("validate", source, "--no-progress", cwd=other_dir, env=other)
+    assert elsewhere.code == 0, elsewhere.stderr
+    assert (other_dir / "runs" / "m-csv" / "summary.json").is_file()
+    same = backfill("validate", source, "--no-progress", cwd=other_dir)
+    assert same.code == 0, same.stderr
+    assert f"using {first_dir / 'runs' / 'm-csv'}" in same.stderr
+
+
+def test_validate_never_writes_into_another_inputs_run_folder(
+    tmp_path: Path, standin: Standin
+) -> None:
+    """validate --out into the folder of a run of other files: exit 2, the run's reports
+    untouched; the printed command (another folder) validates."""
+    source = write_pairs(tmp_path / "m.csv", [(a, f"u{i}") for i, a in enumerate(uuid4s(5, 5))])
+    assert backfill("run", source, "--out", "o", "--api-url", standin.url, cwd=tmp_path).code == 0
+    before = (tmp_path / "o" / "rejects.csv").read_bytes()
+    write_pairs(source, [("not-a-uuid", "u1")])
+    refused = backfill("validate", source, "--out", "o", "--no-progress", cwd=tmp_path)
+    assert "holds the run of another input" in one_error_line(refused, 2)
+    assert (tmp_path / "o" / "rejects.csv").read_bytes() == before
+    (command,) = [line for line in refused.stderr.splitlines() if "run next:" in line]
+    printed = shlex.split(command.split("run next: ", 1)[1])
+    assert printed[-2:] == ["--out", "o-dry-run"]
+    rerun = subprocess.run(printed, cwd=tmp_path, env=clean_env(), capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (tmp_path / "o-dry-run" / "rejects.csv").is_file()
 
 
 def test_a_dry_run_in_a_finished_runs_folder_keeps_its_summary(

@@ -59,7 +59,13 @@ def validate(
     started = time.time()
     progress = progress or Progress(enabled=False)
     dataset = open_source(settings, chunk_rows)
-    out_dir = runfolder.prepare(settings, dataset)
+    out_dir = runfolder.prepare(
+        settings,
+        dataset,
+        check=lambda out: runfolder.refuse_another_input(
+            out, lambda: event_identity(settings, dataset)["input"]
+        ),
+    )
     with RunLock(out_dir, command="validate"):
         # In the folder of a run of this input, rows are judged as that run judges them.
         ckpt = Checkpoint.read(out_dir)
@@ -101,12 +107,14 @@ def run(
     progress: Progress | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     record_folder: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> Summary:
     """Validate, then send every valid pair not yet done; resumable; returns the summary.
 
     Raises Aborted (exit 3) or Interrupted (exit 130) after writing the checkpoint and a
     summary with status ``aborted`` / ``interrupted`` (also on the error's ``summary``).
-    ``record_folder=False`` (a rehearsal) keeps the folder out of the registry.
+    ``record_folder=False`` (a rehearsal) keeps the folder out of the registry. ``notify``
+    receives the line to show when the run replaces a checkpoint that settled nothing.
     """
     started = time.time()
     progress = progress or Progress(enabled=False)
@@ -120,6 +128,8 @@ def run(
             start_ms=now_ms(),
             restart=settings.restart,
         )
+        if ckpt.note and notify:
+            notify(ckpt.note)
         # Written at once: the event time is fixed from now on, and `status` sees the run.
         ckpt.write()
         try:

@@ -163,7 +163,9 @@ class Option:
 
 OPTIONS: Final[tuple[Option, ...]] = (
     Option("out", "str", "folder for the reports and the checkpoint", metavar="DIR",
-           default_text="`runs/<input name>/` (rehearse: `…-rehearsal/`)", unit="folder",
+           default_text="the folder of the unfinished run of the same input and project, "
+           "wherever that run was started, else `runs/<input name>/` in the current directory "
+           "(rehearse: always `runs/<input name>-rehearsal/`)", unit="folder",
            commands=_READING),
     Option("format", "choice", "input format", choices=("csv", "tsv", "parquet", "jsonl"),
            default_text="from the file extension", commands=_READING),

@@ -37,8 +37,10 @@ Guarantees
     * Never skips a pair: a row enters ``done`` only after its batch settled.
     * Resends at most what was in flight or settled since the last write; resends are the
       identical events (same ``$insert_id``, same time), which Mixpanel counts once.
-    * A changed input or event setting is refused (exit 2, naming ``--restart``) rather than
-      mixed into an old run; ``--restart`` discards the checkpoint and starts over.
+    * A changed input or event setting is refused (exit 2, naming each difference and
+      ``--restart``) rather than mixed into an old run; ``--restart`` discards the checkpoint
+      and starts over. A checkpoint that settled nothing is not a run to keep: a rerun with
+      other settings replaces it, saying so (see ``mismatch``).
 
 The lock on a run folder is in ``lock``.
 """
@@ -60,6 +62,7 @@ import numpy.typing as npt
 
 from backfill.errors import CheckpointMismatch
 from backfill.folder.files import atomic_write_bytes, read_json
+from backfill.folder.mismatch import differences, fresh_note, refusal
 from backfill.mixpanel import MIN_TIME_MS
 
 CHECKPOINT_FILE = "checkpoint.json"
@@ -195,6 +198,8 @@ class Checkpoint:
     rows_total: int | None = None
     rejected: dict[str, int] = field(default_factory=dict)
     state: str = "running"
+    #: Set when this run replaced a checkpoint that settled nothing: the line to say so.
+    note: str | None = field(default=None, compare=False)
     _taken: int = field(default=0, repr=False, compare=False)
     _written: int = field(default=0, repr=False, compare=False)
     _write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -220,28 +225,38 @@ class Checkpoint:
                     "choose another --out to keep it"
                 ) from None
             data = None
-        if restart or data is None:
-            # A restart keeps the old event time (unless --event-time says otherwise), so the
-            # pairs it sends again are the identical events and Mixpanel counts them once.
-            kept = data.get("event_time_ms") if isinstance(data, dict) else None
-            fixed = (
-                event_time_ms
-                if event_time_ms is not None
-                else kept
-                if isinstance(kept, int)
-                else start_ms
-            )
-            # A restart is a new migration: its rows are judged against a new "now" (done is
-            # empty, so nothing judged by the old one is relied on).
-            ckpt = cls(path, dict(identity), fixed, started_ms=start_ms)
-        else:
-            ckpt = cls._load(path, data)
-            _check_identity(path, ckpt, identity, event_time_ms)
-        ckpt.runs += 1
-        ckpt.run_started_at = time.time()
-        ckpt.run_events = 0
-        ckpt.state = "running"
-        return ckpt
+        note = None
+        if data is not None and not restart:
+            old = cls._load(path, data)
+            found = differences(old.identity, identity, old.event_time_ms, event_time_ms)
+            if not found:
+                return old._resumed()
+            if old.settled:
+                raise refusal(out_dir, found, old.events_imported, old.events_refused)
+            # A run that settled nothing (its canary refused, say) is no progress to keep.
+            note = fresh_note(out_dir, found)
+        # A fresh start keeps the old event time (unless --event-time says otherwise), so the
+        # pairs it sends again are the identical events and Mixpanel counts them once.
+        kept = data.get("event_time_ms") if isinstance(data, dict) else None
+        fixed = (
+            event_time_ms
+            if event_time_ms is not None
+            else kept
+            if isinstance(kept, int) and not isinstance(kept, bool)
+            else start_ms
+        )
+        # A fresh start is a new migration: its rows are judged against a new "now" (done is
+        # empty, so nothing judged by the old one is relied on).
+        ckpt = cls(path, dict(identity), fixed, started_ms=start_ms, note=note)
+        return ckpt._resumed()
+
+    def _resumed(self) -> Checkpoint:
+        """This checkpoint, counting one more run that starts now."""
+        self.runs += 1
+        self.run_started_at = time.time()
+        self.run_events = 0
+        self.state = "running"
+        return self
 
     @classmethod
     def _load(cls, path: Path, data: Any) -> Checkpoint:
@@ -427,33 +442,3 @@ def _optional_digest(value: Any) -> str | None:
     if value is None or (isinstance(value, str) and len(value) == 64):
         return value
     raise ValueError(f"verdicts is {value!r}, not a SHA-256 digest")
-
-
-def _check_identity(
-    path: Path, ckpt: Checkpoint, identity: Mapping[str, Any], event_time_ms: int | None
-) -> None:
-    changed = [
-        k
-        for k in sorted(set(identity) | set(ckpt.identity))
-        if identity.get(k) != ckpt.identity.get(k)
-    ]
-    if event_time_ms is not None and event_time_ms != ckpt.event_time_ms:
-        changed.append("event_time")
-    if not changed:
-        return
-    what = ", ".join(_LABELS.get(k, k) for k in changed)
-    raise CheckpointMismatch(
-        f"{path.parent} holds a run of another {what}: pass --restart to discard its "
-        "checkpoint and start over (pairs already sent are deduplicated by Mixpanel), "
-        "or choose another --out"
-    )
-
-
-_LABELS = {
-    "input": "input files (one was added, removed or changed)",
-    "project_id": "project id",
-    "token": "MIXPANEL_PROJECT_TOKEN",
-    "id_merge": "--id-merge (ID merge system)",
-    "non_uuid_anon": "--non-uuid-anon",
-    "pairing_event": "--pairing-event",
-}

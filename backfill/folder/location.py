@@ -1,43 +1,54 @@
-"""Which folder a command writes to: ``--out``, else the one recorded for its input, else
-``runs/<input name>/`` (see ``registry`` for why the record exists)."""
+"""Which folder a command writes to, by one rule for every command (``FOLDER_RULE``).
+
+``--out`` wins; without it, the folder of an unfinished run of the same input and project,
+wherever that run was started (the ``registry`` remembers it), so "run the same command again"
+resumes from any directory; else ``runs/<input name>/`` under the current directory. A
+rehearsal never uses a real run's folder (``rehearse.rehearsal_folder``). This module imports
+neither pyarrow nor the settings at run time: ``status`` uses it and must stay light.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backfill.config.settings import Settings
+from backfill.errors import CheckpointMismatch
 from backfill.folder import registry
 from backfill.folder.files import prepare_folder
-from backfill.read import Dataset
+
+if TYPE_CHECKING:
+    from backfill.config.settings import Settings
+    from backfill.read import Dataset
 
 RUNS_ROOT = Path("runs")
+#: The rule, as ``--out --help``, the README and the note of a command print it.
+FOLDER_RULE = (
+    "without --out, a command uses the folder of the unfinished run of the same input and "
+    "project, wherever that run was started, else runs/<input name>/ in the current directory"
+)
 
 
 def locate(
     settings: Settings, env: Mapping[str, str], dataset: Dataset | None = None
 ) -> tuple[Settings, str | None]:
-    """``settings`` with its run folder decided, and a note when it was found elsewhere.
-
-    ``--out`` wins; else the folder an earlier command on this input recorded, so the same
-    command resumes from any directory; else ``runs/<input name>/``. An in-memory input needs
-    its ``dataset`` (its content names it).
-    """
+    """``settings`` with its run folder decided by ``FOLDER_RULE``, and the line to print when
+    that folder is not the default. An in-memory input needs its ``dataset`` (its content
+    names it)."""
     if settings.out is not None:
         return settings, None
     default = default_folder(settings, dataset)
-    known = registry.lookup(registry_key(settings, dataset), env)
-    if known is None:
+    known = registry.unfinished_run(registry_key(settings, dataset), settings.project_id, env)
+    if known is None or known == default.resolve():
         return replace(settings, out=default), None
-    note = None
-    if known != default.resolve():
-        note = (
-            f"this input's run folder is {known} (recorded by an earlier command): using it; "
-            "pass --out to choose another"
-        )
+    note = (
+        f"using {known}: it holds the unfinished run of this input and project "
+        f"({FOLDER_RULE}; --out DIR chooses another)"
+    )
     return replace(settings, out=known), note
 
 
@@ -47,27 +58,71 @@ def default_folder(settings: Settings, dataset: Dataset | None = None) -> Path:
     if not isinstance(settings.source, tuple):
         digest = _content_digest(dataset)
         return RUNS_ROOT / f"{_slug(type(settings.source).__name__).lower()}-{digest[:12]}"
-    first = str(settings.source[0]).rstrip("/")
+    return folder_for([str(s) for s in settings.source])
+
+
+def folder_for(locations: Sequence[str]) -> Path:
+    """The default folder of an input given as files, folders, globs or URLs."""
+    first = locations[0].rstrip("/")
     name = _slug(first.rsplit("/", 1)[-1] or first)
-    more = len(settings.source) - 1
+    more = len(locations) - 1
     return RUNS_ROOT / (name + (f"-and-{more}-more" if more else ""))
 
 
 def registry_key(settings: Settings, dataset: Dataset | None = None) -> str:
-    """The key under which the registry records this input's run folder."""
+    """The key under which the registry records this input's runs."""
     if not isinstance(settings.source, tuple):
         return "content-" + _content_digest(dataset)
     return registry.key_for([str(s) for s in settings.source])
 
 
-def prepare(settings: Settings, dataset: Dataset, *, record: bool = True) -> Path:
-    """The run folder, created (0700) and, unless ``record`` is off, recorded for this input."""
+def prepare(
+    settings: Settings,
+    dataset: Dataset,
+    *,
+    record: bool = True,
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """The run folder, created (0700), passed to ``check`` (which may refuse it) and, unless
+    ``record`` is off, recorded for this input."""
     located, _ = locate(settings, os.environ, dataset)
     assert located.out is not None
     prepare_folder(located.out)
+    if check is not None:
+        check(located.out)
     if record:
-        registry.remember(registry_key(settings, dataset), located.out, os.environ)
+        registry.remember(
+            located.out,
+            input_key=registry_key(settings, dataset),
+            input=_described(settings, dataset),
+            project_id=settings.project_id,
+            env=os.environ,
+        )
     return located.out
+
+
+def refuse_another_input(out_dir: Path, fingerprint: Callable[[], object]) -> None:
+    """A dry run never writes into the folder of another input's run (``fingerprint()`` is the
+    checkpoint's ``identity.input`` this input would have, computed only when a run is there):
+    that run's rejects.csv is its record of what Mixpanel refused."""
+    try:
+        data = json.loads((out_dir / "checkpoint.json").read_text(encoding="utf-8"))
+        recorded = data["identity"]["input"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no run here (or a damaged one, which `run` refuses in its own words)
+    if recorded != fingerprint():
+        error = CheckpointMismatch(
+            f"{out_dir} holds the run of another input (its files differ): a dry run will not "
+            "overwrite that run's reports; pass --out DIR to validate into another folder"
+        )
+        error.fix = (("--out", f"{out_dir}-dry-run"),)
+        raise error
+
+
+def _described(settings: Settings, dataset: Dataset) -> str:
+    if not isinstance(settings.source, tuple):
+        return f"a {type(settings.source).__name__} (content {_content_digest(dataset)[:12]})"
+    return ", ".join(registry.absolute([str(s) for s in settings.source]))
 
 
 def _content_digest(dataset: Dataset | None) -> str:

@@ -1,28 +1,33 @@
 """``backfill status``: a run's progress, read from the files in its folder, while it runs or after.
 
-Reads only: the lock (is a command active?), ``checkpoint.json`` (live progress, written
-every second or so by a run) through ``Checkpoint.read``, and ``summary.json`` (the last
-command's outcome) through ``Summary.from_json``. To ask whether a command is active it holds
+Which folders: ``--out DIR``; else the runs of the ``INPUT`` given (every folder the
+``registry`` recorded for it, and its ``runs/<input name>/`` here); else every run the
+registry knows, from any directory, with the run folders under ``runs/`` here.
+
+Reads only (it imports neither pyarrow nor aiohttp): the registry, the lock (is a command
+active?), ``checkpoint.json`` (live progress, written every second or so by a run) through
+``Checkpoint.read``, and ``summary.json`` (the last command's outcome) through
+``Summary.from_json``. To ask whether a command is active it holds
 a shared lock for an instant; a starting run retries past that.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from backfill.errors import InputError
+from backfill.folder import registry
 from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint
 from backfill.folder.files import read_json_dict
+from backfill.folder.location import RUNS_ROOT, folder_for
 from backfill.folder.lock import LOCK_FILE, active_holder
-from backfill.report.summary import Summary
-from backfill.report.table import SUMMARY_FILE, duration
+from backfill.report.summary import SUMMARY_FILE, Summary, duration
 from backfill.validation.reasons import Reason
-
-RUNS_ROOT = Path("runs")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class RunState:
 
     out: str
     active: bool
+    #: The input the registry recorded for this folder (None when it recorded none).
+    input: str | None = None
     active_command: str | None = None
     pid: int | None = None
     last_status: str | None = None
@@ -51,24 +58,53 @@ class RunState:
         return asdict(self)
 
 
-def find_run_dirs(out: Path | None) -> list[Path]:
-    """``out`` itself, or every run folder under ``runs/`` when no ``--out`` is given."""
+def find_runs(
+    out: Path | None, inputs: Sequence[str], env: Mapping[str, str]
+) -> list[tuple[Path, str | None]]:
+    """The run folders to show, each with its recorded input: ``out`` itself; else the runs of
+    ``inputs``; else every recorded run and every run folder under ``runs/`` here."""
     if out is not None:
         if not out.is_dir():
             raise InputError(f"no run folder at {out} (check --out)")
-        return [out]
-    if RUNS_ROOT.is_dir():
-        found = sorted(
-            d
-            for d in RUNS_ROOT.iterdir()
-            if any((d / f).exists() for f in (CHECKPOINT_FILE, SUMMARY_FILE, LOCK_FILE))
+        return [(out, _recorded_inputs(env).get(out.resolve()))]
+    if inputs:
+        key = registry.key_for(inputs)
+        known = [(e.folder, e.input) for e in registry.entries(env) if e.input_key == key]
+        found = _unique([*known, (folder_for(inputs), None)])
+        if not found:
+            raise InputError(
+                f"no run of {' '.join(inputs)} is recorded, and {folder_for(inputs)}/ holds "
+                "none: pass --out DIR (the folder its run wrote to)"
+            )
+        return found
+    local = sorted(RUNS_ROOT.iterdir()) if RUNS_ROOT.is_dir() else []
+    recorded = [(e.folder, e.input) for e in registry.entries(env)]
+    found = _unique([*recorded, *((d, None) for d in local)])
+    if not found:
+        raise InputError(
+            f"no runs recorded, and none under {RUNS_ROOT}/ here: pass an INPUT or --out DIR "
+            "(the folder a run wrote to)"
         )
-        if found:
-            return found
-    raise InputError("no runs found under runs/: pass --out DIR (the folder a run wrote to)")
+    return found
 
 
-def read_status(out_dir: Path, *, now: float | None = None) -> RunState:
+def _unique(candidates: list[tuple[Path, str | None]]) -> list[tuple[Path, str | None]]:
+    """Folders that hold a run, each once (by absolute path), the first description kept."""
+    seen: dict[Path, tuple[Path, str | None]] = {}
+    for folder, described in candidates:
+        absolute = folder.resolve()
+        if absolute not in seen and (registry.holds_run(folder) or (folder / LOCK_FILE).exists()):
+            seen[absolute] = (absolute, described)
+    return list(seen.values())
+
+
+def _recorded_inputs(env: Mapping[str, str]) -> dict[Path, str]:
+    return {e.folder: e.input for e in registry.entries(env)}
+
+
+def read_status(
+    out_dir: Path, *, now: float | None = None, recorded_input: str | None = None
+) -> RunState:
     """Everything ``status`` shows of ``out_dir``."""
     now = time.time() if now is None else now
     ckpt = Checkpoint.read(out_dir)
@@ -76,6 +112,7 @@ def read_status(out_dir: Path, *, now: float | None = None) -> RunState:
     holder = active_holder(out_dir)
     base: dict[str, Any] = {
         "out": str(out_dir),
+        "input": recorded_input or (None if summary is None else summary.input),
         "active": holder is not None,
         "active_command": (holder or {}).get("command"),
         "pid": (holder or {}).get("pid"),
@@ -143,17 +180,39 @@ def _progress(ckpt: Checkpoint, now: float, *, active: bool) -> dict[str, Any]:
     }
 
 
+def state_text(status: RunState) -> str:
+    """What the run is doing, in a few words."""
+    if status.active:
+        return f"running ({status.active_command}, pid {status.pid})"
+    if status.finished:
+        return "finished"
+    if status.last_status:
+        return f"not running (last: {status.last_status})"
+    return "not running (stopped without a summary: killed? rerun the same command)"
+
+
+def render_list(statuses: Sequence[RunState]) -> str:
+    """Several runs, one line each: folder, state, imported of total, input."""
+    rows = [("FOLDER", "STATE", "IMPORTED", "INPUT")]
+    for s in statuses:
+        total = f" of {s.pairs_total:,}" if s.pairs_total is not None else ""
+        state = (
+            state_text(s) if s.active or s.finished else s.last_status or "stopped (killed?)"
+        )
+        rows.append((s.out, state, f"{s.events_imported:,}{total}", s.input or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        for r in rows
+    )
+
+
 def render_status(status: RunState) -> str:
     """A run's state as a few aligned lines."""
-    if status.active:
-        state = f"running ({status.active_command}, pid {status.pid})"
-    elif status.finished:
-        state = "finished"
-    elif status.last_status:
-        state = f"not running (last: {status.last_status})"
-    else:
-        state = "not running (stopped without a summary: killed? rerun the same command)"
+    state = state_text(status)
     lines = [f"{status.out}: {state}"]
+    if status.input:
+        lines.append(f"  input            {status.input}")
     total, settled = status.pairs_total, status.pairs_settled
     if status.rows_read is not None:
         lines.append(f"  rows read        {status.rows_read:,}")

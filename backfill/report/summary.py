@@ -234,3 +234,17 @@ def _trimmed_ids(data: Any) -> TrimmedIds:
         else None
     )
     return TrimmedIds(int(data.get("count", 0)), ref)
+#: The file every command writes its summary to (``status`` reads it too).
+SUMMARY_FILE = "summary.json"
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: "under 1 s", "42 s", "17 min", "3.5 h"."""
+    s = float(seconds)
+    if s < 1:
+        return "under 1 s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"

@@ -42,7 +42,9 @@ from backfill.errors import InputChanged
 from backfill.folder.files import disk_errors, fsync_dir, open_private
 from backfill.read import Chunk, ChunkSource, Dataset
 from backfill.report.page.aggregates import Collector
+from backfill.report.summary import SUMMARY_FILE as SUMMARY_FILE  # kept here for its importers
 from backfill.report.summary import Summary
+from backfill.report.summary import duration as duration  # kept here for its importers
 from backfill.validation.judge import Verdicts
 from backfill.validation.reasons import REJECT_REASONS, Reason
 from backfill.validation.rules import ORIGINAL, Rules, describe
@@ -53,7 +55,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 REJECTS_FILE = "rejects.csv"
-SUMMARY_FILE = "summary.json"
 REJECTS_HEADER = ("row", "anon_id", "identified_id", "reason", "detail", "file", "file_fingerprint")
 
 #: (row within its file, anon id, identified id, reason code, detail, file name)
@@ -347,18 +348,6 @@ def _send_rows(summary: Summary) -> list[tuple[str, str, str]]:
 
 def _share(part: float, whole: int) -> str:
     return f"{100.0 * float(part) / whole:5.1f}%" if whole else ""
-
-
-def duration(seconds: float) -> str:
-    """A duration for people: "under 1 s", "42 s", "17 min", "3.5 h"."""
-    s = float(seconds)
-    if s < 1:
-        return "under 1 s"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _retries(causes: Mapping[str, int]) -> str:

@@ -1,0 +1,96 @@
+"""``backfill status`` as a user meets it: every run this user started, from any directory;
+one input's run; a folder's; and light enough to answer at once (no pyarrow, no aiohttp)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from runkit import CliResult, backfill_cli, clean_env, uuid4s, write_pairs
+
+from backfill.commands.rehearse import standin_thread
+from backfill.standin import Standin, StandinConfig
+
+
+@pytest.fixture
+def standin() -> Iterator[Standin]:
+    """The stand-in serving from a background thread."""
+    with standin_thread(StandinConfig()) as served:
+        yield served
+
+
+def backfill(*args: str | Path, cwd: Path) -> CliResult:
+    """``python -m backfill ARGS`` in ``cwd`` with the stand-in's credentials."""
+    return backfill_cli(*args, cwd=cwd)
+
+
+def three_runs(tmp_path: Path, url: str) -> tuple[Path, Path, Path]:
+    """A finished run in a/runs/m-csv, one with --out elsewhere, a dry run of another input."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for d in (a, b, c):
+        d.mkdir()
+    source = write_pairs(tmp_path / "m.csv", [(x, f"u{i}") for i, x in enumerate(uuid4s(30, 1))])
+    other = write_pairs(tmp_path / "n.csv", [(x, f"v{i}") for i, x in enumerate(uuid4s(4, 2))])
+    assert backfill("run", source, "--api-url", url, "--no-progress", cwd=a).code == 0
+    aside = tmp_path / "experiments" / "sig"
+    assert backfill("run", source, "--out", aside, "--api-url", url, "--restart", cwd=b).code == 0
+    assert backfill("validate", other, "--no-progress", cwd=c).code == 0
+    return a / "runs" / "m-csv", aside, c / "runs" / "n-csv"
+
+
+def test_status_from_an_unrelated_directory_names_every_recorded_run(
+    tmp_path: Path, standin: Standin
+) -> None:
+    """No argument, from a directory with no runs/: one line per recorded run, naming its
+    folder, state, imported of total and input."""
+    folders = three_runs(tmp_path, standin.url)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = backfill("status", cwd=elsewhere)
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["FOLDER", "STATE", "IMPORTED", "INPUT"]
+    for folder in folders:
+        (line,) = [x for x in lines if x.startswith(str(folder) + " ")]
+        if folder.name == "n-csv":
+            assert line.split()[1:] == ["validated", "0", "of", "4", str(tmp_path / "n.csv")]
+        else:
+            assert line.split()[1:] == ["finished", "30", "of", "30", str(tmp_path / "m.csv")]
+
+
+def test_status_of_an_input_shows_its_runs_only(tmp_path: Path, standin: Standin) -> None:
+    """``status INPUT`` from elsewhere shows that input's runs in full, not the others'."""
+    finished, aside, dry = three_runs(tmp_path, standin.url)
+    result = backfill("status", tmp_path / "n.csv", cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith(f"{dry}: not running (last: validated)")
+    assert f"  input            {tmp_path / 'n.csv'}" in result.stdout
+    assert str(finished) not in result.stdout
+    as_json = json.loads(backfill("status", tmp_path / "m.csv", "--json", cwd=tmp_path).stdout)
+    assert {r["out"] for r in as_json} == {str(finished), str(aside)}
+    assert all(r["finished"] and r["events_imported"] == 30 for r in as_json)
+
+
+def test_status_with_nothing_recorded_says_what_to_pass(tmp_path: Path) -> None:
+    """No run recorded and no runs/ here: exit 2, one line naming INPUT and --out."""
+    result = backfill("status", cwd=tmp_path)
+    assert result.code == 2
+    assert result.stderr == (
+        "backfill: error: no runs recorded, and none under runs/ here: pass an INPUT or "
+        "--out DIR (the folder a run wrote to)\n"
+    )
+
+
+def test_status_imports_neither_pyarrow_nor_aiohttp(tmp_path: Path, standin: Standin) -> None:
+    """``python -X importtime -m backfill status`` with runs to show loads no pyarrow/aiohttp."""
+    three_runs(tmp_path, standin.url)
+    command = [sys.executable, "-X", "importtime", "-m", "backfill", "status"]
+    proc = subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert "backfill.report.status" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("pyarrow", "aiohttp")}
