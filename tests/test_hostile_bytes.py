@@ -76,13 +76,17 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> CliResult:
 
 
 def _one_line(result: CliResult, code: int, *words: str) -> None:
-    """Exit ``code`` and, if it is an error, exactly one line naming ``words``."""
+    """Exit ``code`` and, if it is an error, exactly one line naming ``words`` (then, at most,
+    the command to copy that the CLI prints after an error it knows the fix of)."""
     assert result.code == code, result.stderr
     assert "internal error" not in result.stderr
     assert "Traceback" not in result.stderr
     assert "\x1b" not in result.stderr + result.stdout
     if code:
         lines = result.stderr.strip().splitlines()
+        if len(lines) == 2:
+            assert lines[1].startswith(("backfill: run next: ", "backfill: to resume, run: "))
+            lines = lines[:1]
         assert len(lines) == 1, result.stderr
         assert lines[0].startswith("backfill: error: "), result.stderr
         for word in words:

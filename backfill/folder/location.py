@@ -9,7 +9,6 @@ neither pyarrow nor the settings at run time: ``status`` uses it and must stay l
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from backfill.errors import CheckpointMismatch
 from backfill.folder import registry
-from backfill.folder.files import prepare_folder
+from backfill.folder.files import prepare_folder, read_json
 
 if TYPE_CHECKING:
     from backfill.config.settings import Settings
@@ -106,7 +105,7 @@ def refuse_another_input(out_dir: Path, fingerprint: Callable[[], object]) -> No
     checkpoint's ``identity.input`` this input would have, computed only when a run is there):
     that run's rejects.csv is its record of what Mixpanel refused."""
     try:
-        data = json.loads((out_dir / "checkpoint.json").read_text(encoding="utf-8"))
+        data = read_json(out_dir / "checkpoint.json")
         recorded = data["identity"]["input"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # no run here (or a damaged one, which `run` refuses in its own words)

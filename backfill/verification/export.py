@@ -33,6 +33,10 @@ from backfill.errors import (
     Unreachable,
 )
 from backfill.mixpanel import EXPORT_PATH, EXPORT_QUERIES_PER_HOUR
+from backfill.read.lines import Lines
+from backfill.untrusted.boundedjson import loads
+from backfill.untrusted.masking import shown
+from backfill.verification.match import MAX_LINE_BYTES
 
 #: Requests one verify may make, retries included (the export allows 60 an hour).
 MAX_REQUESTS = 8
@@ -137,15 +141,15 @@ class ExportClient:
             ) as response:
                 if response.status != 200:
                     await self._refused(response)
-                rest = b""
+                # An exported event is a few KiB: a longer line is no event of ours, and
+                # one without an end must not fill the memory.
+                lines = Lines(max_line_bytes=MAX_LINE_BYTES)
                 async for chunk in response.content.iter_chunked(_CHUNK):
-                    lines = (rest + chunk).split(b"\n")
-                    rest = lines.pop()
-                    for line in lines:
+                    for line in lines.feed(chunk):
                         if line.strip():
                             on_line(line)
-                if rest.strip():
-                    on_line(rest)
+                if (last := lines.end()) is not None and last.strip():
+                    on_line(last)
         except aiohttp.ClientConnectorError as e:
             if isinstance(e, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
                 raise Unreachable(
@@ -163,9 +167,12 @@ class ExportClient:
         status = response.status
         text = (await response.content.read(4096)).decode("utf-8", "replace")
         try:
-            said = str(json.loads(text).get("error") or text)
+            said = str(loads(text, max_bytes=4096).get("error") or text)
         except (ValueError, AttributeError):
             said = text.strip()[:200]
+        # Server text reaches the terminal: a proxy may echo the Authorization header, or
+        # send escape sequences.
+        said = shown(said, self.config.credentials.echoes)
         if status == 429 or status == 408 or status >= 500:
             if status == 429:
                 self.rate_limited += 1

@@ -11,14 +11,17 @@ whose key is not one of the run's are the project's own and are ignored.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from backfill.mixpanel import FAILURE_DESCRIPTION, FAILURE_REASON, IDENTITY_FAILURE_REASON
+from backfill.untrusted.boundedjson import MiB, loads
 from backfill.verification.pairs import U64, key_of
+
+#: One exported event is a few KiB; a line past this is no event of ours (and is not parsed).
+MAX_LINE_BYTES: Final = 8 * MiB
 
 NOT_FOUND: Final = 0
 MERGED: Final = 1
@@ -46,7 +49,7 @@ class Matcher:
         """One exported event (a JSON Lines line)."""
         self.lines += 1
         try:
-            event = json.loads(raw)
+            event = loads(raw, max_bytes=MAX_LINE_BYTES)
             props: dict[str, Any] = event["properties"]
             key = key_of(str(props.get("$insert_id", "")))
         except (ValueError, TypeError, KeyError):
