@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from backfill.errors import (
     Aborted,
+    AlreadySent,
     AuthRefused,
     BackfillError,
     CheckpointMismatch,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aborted",
+    "AlreadySent",
     "AuthRefused",
     "BackfillError",
     "CheckpointMismatch",

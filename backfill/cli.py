@@ -245,7 +245,7 @@ def _settings(args: argparse.Namespace, command: str) -> Any:
     )
     if command == REHEARSE:
         return settings  # a rehearsal has its own folder, never a recorded run's
-    settings, note = locate(settings, os.environ)
+    settings, note = locate(settings, os.environ, command=command)
     if note:
         print(f"backfill: {note}", file=sys.stderr)
     return settings

@@ -93,6 +93,10 @@ class CheckpointMismatch(UsageError):
     fix: Fix = (("--restart", None),)
 
 
+class AlreadySent(UsageError):
+    """A finished run elsewhere already sent this input to this project (``--out`` chooses)."""
+
+
 class RunLocked(UsageError):
     """Another backfill process holds the lock on the same --out folder."""
 

@@ -20,6 +20,7 @@ import gzip
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import uuid
@@ -294,3 +295,18 @@ async def serving(
         yield Served(f"http://127.0.0.1:{port}", seen)
     finally:
         await runner.cleanup()
+
+
+def printed_command(result: CliResult, prefix: str = "backfill: run next: ") -> list[str]:
+    """The command a message printed to copy, split as a shell would split it."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, result.stderr
+    return shlex.split(lines[0].removeprefix(prefix))
+
+
+def run_printed(command: list[str], cwd: Path) -> CliResult:
+    """``command`` run exactly as printed (it starts with the interpreter and ``-m backfill``)."""
+    assert command[1:3] == ["-m", "backfill"], command
+    proc = subprocess.run(command, cwd=cwd, env=clean_env(STANDIN_CREDENTIALS),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
-import shlex
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
 import pytest
-from runkit import STANDIN_CREDENTIALS, CliResult, backfill_cli, clean_env, uuid4s, write_pairs
+from runkit import (
+    CliResult,
+    backfill_cli,
+    printed_command,
+    run_printed,
+    uuid4s,
+    write_pairs,
+)
 
 from backfill.commands.rehearse import standin_thread
 from backfill.standin import Standin, StandinConfig
@@ -221,21 +226,6 @@ def test_a_pairing_event_named_like_an_identity_event_is_refused(tmp_path: Path,
                       cwd=tmp_path)  # fmt: skip
     assert result.code == 2
     assert "--pairing-event" in result.stderr
-
-
-def printed_command(result: CliResult, prefix: str = "backfill: run next: ") -> list[str]:
-    """The command a message printed to copy, split as a shell would split it."""
-    lines = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1, result.stderr
-    return shlex.split(lines[0].removeprefix(prefix))
-
-
-def run_printed(command: list[str], cwd: Path) -> CliResult:
-    """``command`` run exactly as printed (it starts with the interpreter and ``-m backfill``)."""
-    assert command[1:3] == ["-m", "backfill"], command
-    proc = subprocess.run(command, cwd=cwd, env=clean_env(STANDIN_CREDENTIALS),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def test_the_printed_fix_for_a_refused_canary_completes_the_run(

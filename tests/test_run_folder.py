@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import REPO, STANDIN_CREDENTIALS, CliResult, clean_env, uuid4s, write_pairs
+from runkit import (
+    REPO,
+    STANDIN_CREDENTIALS,
+    CliResult,
+    clean_env,
+    printed_command,
+    run_printed,
+    uuid4s,
+    write_pairs,
+)
 from runkit import backfill_cli as backfill
 
 from backfill.commands.rehearse import standin_thread
@@ -186,12 +195,15 @@ def test_the_same_command_from_another_directory_resumes_the_unfinished_run(
 
 
 def test_a_finished_run_elsewhere_is_not_reused(tmp_path: Path, standin: Standin) -> None:
-    """An earlier experiment's finished run (--out runs/sigtest4) does not capture a later
-    command without --out: it writes to runs/<input name>/, printing no folder note."""
+    """An earlier experiment's finished run (--out runs/sigtest4, sent to another endpoint)
+    does not capture a later command without --out: it writes to runs/<input name>/, printing
+    no folder note; validate does the same."""
     pairs = [(a, f"u{i}") for i, a in enumerate(uuid4s(9, 3))]
     source = write_pairs(tmp_path / "export.csv", pairs)
     args = ("--api-url", standin.url, "--no-progress")
-    assert backfill("run", source, "--out", "runs/sigtest4", *args, cwd=tmp_path).code == 0
+    with standin_thread(StandinConfig()) as experiment:
+        first = ("--api-url", experiment.url, "--no-progress", "--out", "runs/sigtest4")
+        assert backfill("run", source, *first, cwd=tmp_path).code == 0
     later = backfill("run", source, *args, cwd=tmp_path)
     assert later.code == 0, later.stderr
     assert "using" not in later.stderr
@@ -199,6 +211,33 @@ def test_a_finished_run_elsewhere_is_not_reused(tmp_path: Path, standin: Standin
     checked = backfill("validate", "export.csv", "--no-progress", cwd=tmp_path)
     assert checked.code == 0, checked.stderr
     assert "reports: runs/export-csv/rejects.csv" in checked.stdout
+
+
+def test_an_input_a_finished_run_elsewhere_sent_is_refused_naming_it(
+    tmp_path: Path, standin: Standin
+) -> None:
+    """run without --out, of an input a finished run in another folder already sent to the
+    same project and endpoint: exit 2 naming that folder, nothing sent; the printed command
+    (--out that folder) sends nothing more; verify from elsewhere finds that run."""
+    pairs = [(a, f"u{i}") for i, a in enumerate(uuid4s(9, 6))]
+    source = write_pairs(tmp_path / "export.csv", pairs)
+    args = ("--api-url", standin.url, "--no-progress")
+    assert backfill("run", source, "--out", "runs/first", *args, cwd=tmp_path).code == 0
+    sent = standin.state.requests_count
+    again = backfill("run", source, *args, cwd=tmp_path)
+    assert again.code == 2, again.stderr
+    assert "already sent" in again.stderr
+    assert f"{tmp_path / 'runs' / 'first'}" in again.stderr
+    assert standin.state.requests_count == sent
+    assert not (tmp_path / "runs" / "export-csv" / "checkpoint.json").exists()
+    command = printed_command(again)
+    assert "--out" in command
+    resumed = run_printed(command, tmp_path)
+    assert resumed.code == 0, resumed.stderr
+    assert standin.state.requests_count == sent
+    verified = backfill("verify", source, "--export-url", standin.url, cwd=tmp_path / "runs")
+    assert f"using {tmp_path / 'runs' / 'first'}" in verified.stderr
+    assert verified.code == 0, verified.stderr
 
 
 def test_an_unfinished_run_of_another_project_is_not_reused(

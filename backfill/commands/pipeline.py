@@ -62,6 +62,7 @@ def validate(
     out_dir = runfolder.prepare(
         settings,
         dataset,
+        command="validate",
         check=lambda out: runfolder.refuse_another_input(
             out, lambda: event_identity(settings, dataset)["input"]
         ),
@@ -119,7 +120,7 @@ def run(
     started = time.time()
     progress = progress or Progress(enabled=False)
     dataset = open_source(settings, chunk_rows)
-    out_dir = runfolder.prepare(settings, dataset, record=record_folder)
+    out_dir = runfolder.prepare(settings, dataset, command="run", record=record_folder)
     with RunLock(out_dir, command="run"):
         ckpt = Checkpoint.open(
             out_dir,

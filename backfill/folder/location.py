@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backfill.errors import CheckpointMismatch
+from backfill.errors import AlreadySent, CheckpointMismatch
 from backfill.folder import registry
-from backfill.folder.files import prepare_folder, read_json
+from backfill.folder.files import prepare_folder, read_json, read_json_dict
 
 if TYPE_CHECKING:
     from backfill.config.settings import Settings
@@ -33,22 +33,62 @@ FOLDER_RULE = (
 
 
 def locate(
-    settings: Settings, env: Mapping[str, str], dataset: Dataset | None = None
+    settings: Settings,
+    env: Mapping[str, str],
+    dataset: Dataset | None = None,
+    *,
+    command: str = "validate",
 ) -> tuple[Settings, str | None]:
     """``settings`` with its run folder decided by ``FOLDER_RULE``, and the line to print when
     that folder is not the default. An in-memory input needs its ``dataset`` (its content
-    names it)."""
+    names it).
+
+    A finished run elsewhere never captures a command, but it is not ignored either: ``run``
+    would send the whole input again under a new event time (events Mixpanel then counts
+    twice), so it refuses naming that folder; ``verify`` checks that run, which is what it is
+    for. SPEC: "the same command from any directory finds the same run, or refuses naming it".
+    """
     if settings.out is not None:
         return settings, None
     default = default_folder(settings, dataset)
-    known = registry.unfinished_run(registry_key(settings, dataset), settings.project_id, env)
-    if known is None or known == default.resolve():
-        return replace(settings, out=default), None
-    note = (
-        f"using {known}: it holds the unfinished run of this input and project "
-        f"({FOLDER_RULE}; --out DIR chooses another)"
+    key = registry_key(settings, dataset)
+    known = registry.unfinished_run(key, settings.project_id, env)
+    if known is not None and known != default.resolve():
+        note = (
+            f"using {known}: it holds the unfinished run of this input and project "
+            f"({FOLDER_RULE}; --out DIR chooses another)"
+        )
+        return replace(settings, out=known), note
+    if known is None and command in ("run", "verify"):
+        done = registry.finished_run(key, settings.project_id, env)
+        if done is not None and done != default.resolve() and not registry.holds_run(default):
+            if command == "run" and _sent_to(done) in (None, settings.import_url):
+                raise _already_sent(done, settings.project_id)
+            if command == "verify":
+                return replace(settings, out=done), (
+                    f"using {done}: it holds the finished run of this input and project"
+                )
+    return replace(settings, out=default), None
+
+
+def _sent_to(folder: Path) -> str | None:
+    """The /import URL a finished run sent to (None if its summary cannot say): a run that went
+    to a local stand-in is no reason to refuse the real one."""
+    summary = read_json_dict(folder / "summary.json")
+    url = None if summary is None else summary.get("api_url")
+    return url if isinstance(url, str) else None
+
+
+def _already_sent(folder: Path, project_id: str | None) -> AlreadySent:
+    project = f"project {project_id}" if project_id else "this project"
+    error = AlreadySent(
+        f"this input was already sent to {project} by the finished run in {folder}: the same "
+        "command with --out naming that folder sends nothing more (below); to send every "
+        "pair again as a new migration (a new event time: Mixpanel counts the events again), "
+        "pass --out with a new folder"
     )
-    return replace(settings, out=known), note
+    error.fix = (("--out", str(folder)),)
+    return error
 
 
 def default_folder(settings: Settings, dataset: Dataset | None = None) -> Path:
@@ -79,12 +119,13 @@ def prepare(
     settings: Settings,
     dataset: Dataset,
     *,
+    command: str,
     record: bool = True,
     check: Callable[[Path], None] | None = None,
 ) -> Path:
-    """The run folder, created (0700), passed to ``check`` (which may refuse it) and, unless
-    ``record`` is off, recorded for this input."""
-    located, _ = locate(settings, os.environ, dataset)
+    """The run folder of ``command``, created (0700), passed to ``check`` (which may refuse
+    it) and, unless ``record`` is off, recorded for this input."""
+    located, _ = locate(settings, os.environ, dataset, command=command)
     assert located.out is not None
     prepare_folder(located.out)
     if check is not None:

@@ -81,8 +81,21 @@ def entries(env: Mapping[str, str]) -> list[Entry]:
 
 def unfinished_run(input_key: str, project_id: str | None, env: Mapping[str, str]) -> Path | None:
     """The folder of the newest unfinished run of this input and project, if one is recorded."""
+    return _newest(input_key, project_id, env, finished=False)
+
+
+def finished_run(input_key: str, project_id: str | None, env: Mapping[str, str]) -> Path | None:
+    """The folder of the newest completed run of this input and project, if one is recorded."""
+    return _newest(input_key, project_id, env, finished=True)
+
+
+def _newest(
+    input_key: str, project_id: str | None, env: Mapping[str, str], *, finished: bool
+) -> Path | None:
     for entry in entries(env):
-        if entry.input_key == input_key and _unfinished(entry.folder, project_id):
+        if entry.input_key == input_key and _state(entry.folder, project_id) == (
+            "completed" if finished else "unfinished"
+        ):
             return entry.folder
     return None
 
@@ -119,15 +132,13 @@ def holds_run(folder: Path) -> bool:
         return False
 
 
-def _unfinished(folder: Path, project_id: str | None) -> bool:
+def _state(folder: Path, project_id: str | None) -> str | None:
+    """``completed`` or ``unfinished`` for a run of this project in ``folder``; else None."""
     data = _json(folder / "checkpoint.json", _MAX_CHECKPOINT_BYTES)
     identity = data.get("identity")
-    return (
-        bool(data)
-        and data.get("state") != "completed"
-        and isinstance(identity, dict)
-        and identity.get("project_id") == project_id
-    )
+    if not data or not isinstance(identity, dict) or identity.get("project_id") != project_id:
+        return None
+    return "completed" if data.get("state") == "completed" else "unfinished"
 
 
 def _to_json(entry: Entry) -> dict[str, Any]:

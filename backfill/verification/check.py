@@ -57,7 +57,7 @@ def check(
     """Verify the run of ``settings.source`` (see the module docstring)."""
     say = note or (lambda _: None)
     dataset = open_source(settings)
-    settings, moved = locate(settings, env, dataset)
+    settings, moved = locate(settings, env, dataset, command="verify")
     if moved:
         say(moved)
     assert settings.out is not None
