@@ -296,10 +296,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_rehearse(args: argparse.Namespace) -> int:
     from backfill.commands.rehearse import rehearse, render_received
     from backfill.config.options import BY_NAME
+    from backfill.mixpanel import IdMerge
 
     settings = _settings(args, REHEARSE)
     fault_rate = BY_NAME["fault_rate"].check(args.fault_rate or "0", "flag")
-    system = BY_NAME["system"].check(args.system, "flag") or settings.id_merge
+    system = IdMerge(BY_NAME["system"].check(args.system, "flag") or settings.id_merge)
     note = "local stand-in, nothing leaves this machine"
     progress = _progress(settings)
     try:
@@ -338,6 +339,7 @@ def _show(summary: Any, settings: Any, command: str, note: str, extra: str = "")
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from backfill.errors import ConfigError
+    from backfill.mixpanel import IdMerge
     from backfill.standin import FaultRates, StandinConfig, serve
 
     if not 0.0 <= args.fault_rate <= 1.0:
@@ -346,7 +348,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--latency must be 0 or more, got {args.latency}")
     if args.rate_limit is not None and not args.rate_limit > 0:
         raise ConfigError(f"--rate-limit must be above 0 events/s, got {args.rate_limit}")
-    if args.system not in ("original", "simplified"):
+    if args.system not in tuple(IdMerge):
         raise ConfigError(f"--system {args.system!r} is not one of original, simplified")
     if not 0.0 <= args.export_lag <= 1.0:
         raise ConfigError(f"--export-lag must be from 0 to 1, got {args.export_lag}")
@@ -358,7 +360,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             faults=faults,
             rate_limit_events_per_s=args.rate_limit,
             store_path=args.store,
-            id_merge=args.system,
+            id_merge=IdMerge(args.system),
             preload_path=args.preload,
             export_lag=args.export_lag,
         )

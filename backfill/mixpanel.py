@@ -6,7 +6,18 @@ sender and the local stand-in all judge by the same rules without depending on e
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
+
+
+class IdMerge(StrEnum):
+    """A project's ID merge system (*Project Settings → Identity Merge*): what a pair becomes."""
+
+    #: ``$identify`` merges a UUID v4 anon id into the user's cluster (at most 500 ids).
+    ORIGINAL = "original"
+    #: A pairing event (``$device_id`` + ``$user_id``) binds the device; identity events refused.
+    SIMPLIFIED = "simplified"
+
 
 #: Base URL of ``/import`` per data-residency region.
 REGIONS: Final = {

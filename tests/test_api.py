@@ -22,6 +22,7 @@ from runkit import REPO
 
 import backfill
 from backfill.commands.rehearse import standin_thread
+from backfill.mixpanel import IdMerge
 from backfill.standin import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, Standin, StandinConfig
 
 SAMPLE = REPO / "sample_data" / "mappings.csv"
@@ -212,7 +213,7 @@ def test_run_takes_credentials_from_the_environment(
 def test_a_refused_run_raises_with_its_summary(tmp_path: Path, creds: backfill.Credentials) -> None:
     """An aborted run raises an Aborted subclass carrying the Summary (status aborted)."""
     with (
-        standin_thread(StandinConfig(id_merge="simplified")) as simplified,
+        standin_thread(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as simplified,
         pytest.raises(backfill.IdentityEventsRefused) as info,
     ):
         backfill.run(

@@ -21,6 +21,7 @@ from runkit import (
 )
 
 from backfill.commands.rehearse import standin_thread
+from backfill.mixpanel import IdMerge
 from backfill.standin import Standin, StandinConfig
 
 P1, P2, P3, D1, D2, S1 = uuid4s(6, 90)
@@ -62,7 +63,7 @@ def events(standin: Standin) -> list[dict[str, Any]]:
 @pytest.fixture
 def simplified() -> Iterator[Standin]:
     """A stand-in project on Simplified ID Merge."""
-    with standin_thread(StandinConfig(id_merge="simplified")) as standin:
+    with standin_thread(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as standin:
         yield standin
 
 

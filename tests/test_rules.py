@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from runkit import backfill_cli, uuid4s, write_pairs
 
+from backfill.mixpanel import IdMerge
 from backfill.read import Chunk
 from backfill.read.chunk import unusual_rows
 from backfill.validation import rules as rule_module
@@ -21,7 +22,7 @@ from backfill.validation.rules import Rules, bool_mask, describe, device_ids, ro
 NOW_MS = 1_760_000_000_000
 U = uuid4s(1, 80)[0]
 LEGACY = "13bbf7943e584-0885c2531-5c793977-3e8000-13bbf7943e64cf"
-ORIGINAL, MERGE, SIMPLIFIED = Rules(), Rules("original", "merge"), Rules("simplified")
+ORIGINAL, MERGE, SIMPLIFIED = Rules(), Rules(IdMerge.ORIGINAL, "merge"), Rules(IdMerge.SIMPLIFIED)
 
 
 def reasons(rules: Rules, anon: list[str | None], ident: list[str | None]) -> list[Reason]:

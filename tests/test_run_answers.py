@@ -17,6 +17,7 @@ from aiohttp import web
 from runkit import STANDIN_CREDENTIALS, CliResult, clean_env, run_cli, serving, uuid4s, write_pairs
 
 from backfill.folder.checkpoint import RowIntervals
+from backfill.mixpanel import IdMerge
 from backfill.standin import (
     FaultRates,
     StandinConfig,
@@ -62,7 +63,7 @@ async def test_simplified_project_stops_after_the_canary_and_again_on_rerun(
     """A Simplified project: exit 3 after the canary, 0 imported, no api_rejected, rerun same."""
     source = write_pairs(tmp_path / "m.csv", valid_pairs(5000, 40))
     out = tmp_path / "out"
-    async with running_standin(StandinConfig(id_merge="simplified")) as standin:
+    async with running_standin(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as standin:
         first = await run(source, out, standin.url)
         after_first = standin.state.requests_count
         second = await run(source, out, standin.url)

@@ -22,6 +22,7 @@ from backfill.errors import (
     RetriesExhausted,
     UnexpectedAnswer,
 )
+from backfill.mixpanel import IdMerge
 from backfill.send import sender as send_module
 from backfill.send.answers import Settled
 from backfill.send.events import Batch, Encoder, gzip_bytes
@@ -164,7 +165,7 @@ async def test_refusals_named_by_index_alone_map_to_their_rows(key: str | None) 
 async def test_simplified_project_refusal_is_identity_events_refused() -> None:
     """A Simplified ID Merge project's plain-string refusal stops with its own message."""
     batches = encode(make_pairs(40, seed=22), 10)
-    async with running_standin(StandinConfig(id_merge="simplified")) as standin:
+    async with running_standin(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as standin:
         settled: list[Settled] = []
         with pytest.raises(IdentityEventsRefused) as info:
             settled, _ = await send(standin, batches, concurrency=2)

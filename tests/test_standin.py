@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import aiohttp
 import pytest
 
+from backfill.mixpanel import IdMerge
 from backfill.standin import (
     DEFAULT_SERVICE_ACCOUNT,
     FAULT_NAMES,
@@ -382,7 +383,7 @@ class TestMixpanelShapes:
             "event": "Identity Backfill",
             "properties": {"time": T_MS, "distinct_id": "u", "$insert_id": "p1"},
         }
-        async with running_standin(StandinConfig(id_merge="simplified")) as standin:
+        async with running_standin(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as standin:
             reply = await post(session, standin, [pairing, event])
             ok = await post(session, standin, [pairing])
             stored = standin.state.events_imported

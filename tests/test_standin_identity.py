@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from backfill.mixpanel import IdMerge
 from backfill.standin import (
     DEFAULT_SERVICE_ACCOUNT,
     Standin,
@@ -102,7 +103,7 @@ async def original() -> AsyncIterator[Standin]:
 @pytest.fixture
 async def simplified() -> AsyncIterator[Standin]:
     """A stand-in whose project is on Simplified ID Merge."""
-    async with running_standin(StandinConfig(id_merge="simplified")) as s:
+    async with running_standin(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as s:
         yield s
 
 

@@ -16,6 +16,7 @@ import pytest
 from runkit import STANDIN_CREDENTIALS, backfill_cli, clean_env, write_pairs
 
 from backfill.commands.rehearse import standin_thread
+from backfill.mixpanel import IdMerge
 from backfill.standin import Standin, StandinConfig, StandinState
 from backfill.standin.state import EventKey
 
@@ -153,7 +154,7 @@ def test_simplified_project_devices_paired_elsewhere(tmp_path: Path) -> None:
                 for i, d in enumerate(uuids(30, 4))]  # fmt: skip
     preload = write_preload(tmp_path / "project.ndjson", planted)
     write_csv_times(tmp_path / "m.csv", rows)
-    config = StandinConfig(preload_path=preload, export_lag=0.01, id_merge="simplified")
+    config = StandinConfig(preload_path=preload, export_lag=0.01, id_merge=IdMerge.SIMPLIFIED)
     with standin_thread(config) as standin:
         code, _out, err = run_and_verify(standin, tmp_path / "m.csv", "--id-merge", "simplified")
         assert code == 4, err

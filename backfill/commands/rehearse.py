@@ -23,6 +23,7 @@ from backfill.commands import pipeline
 from backfill.config.settings import Credentials, Settings
 from backfill.errors import BackfillError
 from backfill.folder.location import default_folder
+from backfill.mixpanel import IdMerge
 from backfill.report.progress import Progress
 from backfill.report.summary import Summary
 from backfill.standin import (
@@ -105,7 +106,7 @@ def rehearse(
     fault_rate: float = 0.0,
     seed: int | None = None,
     progress: Progress | None = None,
-    system: str = "original",
+    system: IdMerge = IdMerge.ORIGINAL,
 ) -> Rehearsal:
     """Start the stand-in, run the real ``run`` against it from scratch, report both sides."""
     out = rehearsal_folder(settings)
@@ -117,7 +118,7 @@ def rehearse(
         project_id=DEFAULT_PROJECT_ID,
         faults=FaultRates.failing(fault_rate, seed=seed),
         store_path=received_path,
-        id_merge="simplified" if system == "simplified" else "original",
+        id_merge=IdMerge(system),
     )
     with standin_thread(config) as standin:
         rehearsal = replace(

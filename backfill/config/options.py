@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from backfill.errors import ConfigError
-from backfill.mixpanel import MAX_CLUSTER_SIZE, MAX_EVENTS_PER_REQUEST
+from backfill.mixpanel import MAX_CLUSTER_SIZE, MAX_EVENTS_PER_REQUEST, IdMerge
 
 Kind = Literal["str", "int", "float", "bool", "choice"]
 
@@ -178,7 +178,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("time_column", "str", "the column of each pair's event time", metavar="NAME",
            unit="epoch s, epoch ms (≥ 1e11) or ISO 8601 (zone-less = UTC)"),
     Option("id_merge", "choice", "the project's ID merge system (Project Settings → Identity "
-           "Merge)", choices=("original", "simplified"), default="original"),
+           "Merge)", choices=tuple(IdMerge), default=IdMerge.ORIGINAL.value),
     Option("non_uuid_anon", "choice", "original only: refuse anon ids that are not UUID v4, or "
            "send them as $merge events", choices=("refuse", "merge"), default="refuse"),
     Option("pairing_event", "str", "simplified only: the name of the events that pair a device "
@@ -230,7 +230,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
            commands=frozenset({REHEARSE}), default=0.0, low=0, high=1, metavar="P",
            unit="0 to 1", keyed=False),
     Option("system", "choice", "the ID merge system of the stand-in's project",
-           commands=frozenset({REHEARSE}), choices=("original", "simplified"),
+           commands=frozenset({REHEARSE}), choices=tuple(IdMerge),
            default_text="--id-merge", keyed=False),
 )  # fmt: skip
 

@@ -19,7 +19,13 @@ from urllib.parse import urlsplit
 
 from backfill.config.options import BY_NAME, check_keys, merge
 from backfill.errors import ConfigError
-from backfill.mixpanel import IDENTITY_EVENTS, MAX_CLUSTER_SIZE, MAX_EVENTS_PER_REQUEST, REGIONS
+from backfill.mixpanel import (
+    IDENTITY_EVENTS,
+    MAX_CLUSTER_SIZE,
+    MAX_EVENTS_PER_REQUEST,
+    REGIONS,
+    IdMerge,
+)
 from backfill.read import Columns
 from backfill.validation.times import TimeStatus, now_ms, parse_one
 
@@ -41,7 +47,7 @@ class Settings:
     json: bool = False
     #: Whether to write ``report.html`` (``--no-report`` turns it off).
     report: bool = True
-    id_merge: str = "original"
+    id_merge: IdMerge = IdMerge.ORIGINAL
     non_uuid_anon: str = "refuse"
     pairing_event: str = "Identity Backfill"
     max_cluster_size: int = MAX_CLUSTER_SIZE
@@ -68,7 +74,7 @@ class Settings:
     @property
     def simplified(self) -> bool:
         """Whether the project uses Simplified ID Merge (pairing events, no $identify)."""
-        return self.id_merge == "simplified"
+        return self.id_merge is IdMerge.SIMPLIFIED
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,7 @@ def build_settings(source: Source, values: Mapping[str, Any], env: Mapping[str, 
         progress=not values.get("no_progress"),
         report=not values.get("no_report"),
         json=bool(values.get("json")),
-        id_merge=values["id_merge"],
+        id_merge=IdMerge(values["id_merge"]),
         non_uuid_anon=values["non_uuid_anon"],
         pairing_event=_pairing_event(values["pairing_event"]),
         max_cluster_size=values["max_cluster_size"],

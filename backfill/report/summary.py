@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backfill.mixpanel import IdMerge
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -97,7 +99,8 @@ class Summary:
     files: tuple[FileRows, ...] = ()
     #: Events of each kind the valid pairs make (``$identify``, ``$merge``, a pairing event).
     events_by_kind: Mapping[str, int] = field(default_factory=dict)
-    id_merge: str = "original"
+    #: Summaries written before Simplified ID Merge was supported hold none: Original.
+    id_merge: IdMerge = IdMerge.ORIGINAL
     hash_collisions_resolved: int = 0
     trimmed_ids: TrimmedIds = field(default_factory=TrimmedIds)
     started_at: str = ""

@@ -36,7 +36,7 @@ from isal import igzip
 
 from backfill.arrays.buffers import string_offsets
 from backfill.arrays.hashing import hash_strings_seeds
-from backfill.mixpanel import IDENTIFY_ANON_PATTERN
+from backfill.mixpanel import IDENTIFY_ANON_PATTERN, IdMerge
 from backfill.validation.rules import device_ids
 
 MAX_BATCH_BYTES = 2_000_000  # "2 MB" of uncompressed JSON, under 2 MiB as well
@@ -121,7 +121,7 @@ class Encoder:
         batch_size: int,
         max_bytes: int = MAX_BATCH_BYTES,
         gzip_level: int = GZIP_LEVEL,
-        id_merge: str = "original",
+        id_merge: IdMerge = IdMerge.ORIGINAL,
         non_uuid_anon: str = "refuse",
         pairing_event: str = "Identity Backfill",
     ) -> None:
@@ -134,7 +134,7 @@ class Encoder:
         # Resolved once: the hot path takes no decision the settings already took.
         self._build = (
             self._pairings
-            if id_merge == "simplified"
+            if id_merge is IdMerge.SIMPLIFIED
             else self._identifies_or_merges
             if non_uuid_anon == "merge"
             else self._identifies

@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from backfill.mixpanel import EXPORT_PATH
+from backfill.mixpanel import EXPORT_PATH, IdMerge
 from backfill.standin.auth import authenticate
 from backfill.standin.config import StandinConfig
 from backfill.standin.export import ExportEndpoint
@@ -290,7 +290,7 @@ class ImportEndpoint:
         if not self.state.admit(len(events)):
             record.rate_limited = True
             return rate_limited(self.state.faults)
-        if self.config.id_merge == "simplified" and any(is_identity_event(e) for e in events):
+        if self.config.id_merge == IdMerge.SIMPLIFIED and any(is_identity_event(e) for e in events):
             # As Mixpanel answers a Simplified project: the whole request, one plain string.
             return answer(
                 400, VALIDATION_FAILED, failed_records=[SIMPLIFIED_REFUSAL], num_records_imported=0

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal
 
-from backfill.mixpanel import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES
+from backfill.mixpanel import MAX_EVENTS_PER_REQUEST, MAX_REQUEST_BYTES, IdMerge
 from backfill.standin.faults import FaultRates
 
 #: The throwaway service account every default config accepts. Not a secret: it only opens
@@ -16,7 +16,6 @@ from backfill.standin.faults import FaultRates
 DEFAULT_SERVICE_ACCOUNT: Final = ("backfill-rehearsal", "rehearsal-only-not-a-mixpanel-secret")
 DEFAULT_PROJECT_ID: Final = "1"
 
-IdMerge = Literal["original", "simplified"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class StandinConfig:
     store_path: Path | None = None
     forbidden: bool = False
     max_future_s: float = 60.0
-    id_merge: IdMerge = "original"
+    id_merge: IdMerge = IdMerge.ORIGINAL
     redirect_to: str = "http://127.0.0.1:9/import"
     #: NDJSON events the project holds before the stand-in starts (``--preload``).
     preload_path: Path | None = None
@@ -64,7 +63,7 @@ class StandinConfig:
                 f"failed_records_key must be '$insert_id', 'insert_id' or None, "
                 f"not {self.failed_records_key!r}"
             )
-        if self.id_merge not in ("original", "simplified"):
+        if self.id_merge not in tuple(IdMerge):
             raise ValueError(f"id_merge must be 'original' or 'simplified', not {self.id_merge!r}")
         if not 0.0 <= self.export_lag <= 1.0:
             raise ValueError(f"export_lag must be from 0 to 1, not {self.export_lag}")

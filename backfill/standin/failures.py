@@ -32,25 +32,26 @@ from backfill.mixpanel import (
     FAILURE_REASON,
     IDENTITY_FAILURE_REASON,
     MAX_CLUSTER_SIZE,
+    IdMerge,
 )
 from backfill.standin.identity import NotMerged
 
 #: The stand-in's values of the failure properties, by system and reason (see above).
 FAILURE_NAMES: Final = {
-    ("original", NotMerged.NOT_UUID4): ANON_NOT_UUID_REASON,
-    ("original", NotMerged.ALREADY_MERGED): "errAnonDistinctIdAlreadyMerged",
-    ("original", NotMerged.CLUSTER_FULL): "errIdentityClusterSizeLimit",
-    ("simplified", NotMerged.ALREADY_MERGED): "errDeviceAlreadyPairedWithAnotherUser",
+    (IdMerge.ORIGINAL, NotMerged.NOT_UUID4): ANON_NOT_UUID_REASON,
+    (IdMerge.ORIGINAL, NotMerged.ALREADY_MERGED): "errAnonDistinctIdAlreadyMerged",
+    (IdMerge.ORIGINAL, NotMerged.CLUSTER_FULL): "errIdentityClusterSizeLimit",
+    (IdMerge.SIMPLIFIED, NotMerged.ALREADY_MERGED): "errDeviceAlreadyPairedWithAnotherUser",
 }
 
 
-def failure_properties(system: str, reason: NotMerged, event: dict[str, Any]) -> dict[str, str]:
+def failure_properties(system: IdMerge, reason: NotMerged, event: dict[str, Any]) -> dict[str, str]:
     """The properties written on ``event`` (accepted, merged nothing for ``reason``)."""
     name = FAILURE_NAMES.get((system, reason))
     if name is None:
         return {}
     props = event.get("properties") or {}
-    if system == "simplified":
+    if system == IdMerge.SIMPLIFIED:
         return {IDENTITY_FAILURE_REASON: name}
     anon = props.get("$anon_id")
     if event.get("event") == "$merge":

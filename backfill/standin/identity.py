@@ -47,7 +47,7 @@ from collections import Counter
 from enum import StrEnum
 from typing import Any, Final
 
-from backfill.mixpanel import DEVICE_PREFIX, IDENTIFY_ANON_PATTERN, MAX_CLUSTER_SIZE
+from backfill.mixpanel import DEVICE_PREFIX, IDENTIFY_ANON_PATTERN, MAX_CLUSTER_SIZE, IdMerge
 
 _IDENTIFY_ANON_RE: Final = re.compile(IDENTIFY_ANON_PATTERN)
 
@@ -70,7 +70,7 @@ class Identity(ABC):
     """What merged and what did not, common to both systems; a subclass says how ids join."""
 
     #: The ``id_merge`` value of the system.
-    system: str = ""
+    system: IdMerge
     #: The reasons this system can give, in the order ``summary()`` lists them.
     reasons: tuple[NotMerged, ...] = ()
 
@@ -131,7 +131,7 @@ class Identity(ABC):
 class OriginalIdentity(Identity):
     """Original ID Merge: ``$identify`` and ``$merge`` build clusters of at most 500 ids."""
 
-    system = "original"
+    system = IdMerge.ORIGINAL
     reasons = (
         NotMerged.NOT_UUID4,
         NotMerged.ALREADY_MERGED,
@@ -218,7 +218,7 @@ class OriginalIdentity(Identity):
 class SimplifiedIdentity(Identity):
     """Simplified ID Merge: each device is paired with at most one user, first pairing wins."""
 
-    system = "simplified"
+    system = IdMerge.SIMPLIFIED
     reasons = (NotMerged.ALREADY_MERGED, NotMerged.SAME_CLUSTER)
 
     def __init__(self) -> None:

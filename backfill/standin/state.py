@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from backfill.mixpanel import IdMerge
 from backfill.standin.config import StandinConfig
 from backfill.standin.failures import failure_properties, read_preload
 from backfill.standin.faults import Fault, FaultPlan, FaultRates, TokenBucket
@@ -98,7 +99,7 @@ class StandinState:
         self.export_queries: list[float] = []
         #: What the accepted events merged, by the rules of the project's ID merge system.
         self.identity: Identity = (
-            SimplifiedIdentity() if config.id_merge == "simplified" else OriginalIdentity()
+            SimplifiedIdentity() if config.id_merge == IdMerge.SIMPLIFIED else OriginalIdentity()
         )
         self.in_flight = 0
         self.max_in_flight = 0

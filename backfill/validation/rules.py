@@ -31,6 +31,7 @@ from backfill.mixpanel import (
     MAX_CLUSTER_SIZE,
     MAX_ID_BYTES,
     PLACEHOLDER_DISTINCT_IDS,
+    IdMerge,
 )
 from backfill.read import Chunk, ChunkSource
 from backfill.read.chunk import unusual_rows
@@ -54,13 +55,13 @@ _UUID_SHAPE = re.compile(
 class Rules:
     """Which anon ids are valid: by ID merge system, and what Original does with legacy ids."""
 
-    id_merge: str = "original"
+    id_merge: IdMerge = IdMerge.ORIGINAL
     non_uuid_anon: str = "refuse"
 
     @property
     def uuid_only(self) -> bool:
         """Whether an anon id must be a UUID v4 (Original ID Merge, legacy ids refused)."""
-        return self.id_merge == "original" and self.non_uuid_anon == "refuse"
+        return self.id_merge is IdMerge.ORIGINAL and self.non_uuid_anon == "refuse"
 
 
 #: The default: Original ID Merge, anon ids that are no UUID v4 refused.
@@ -82,7 +83,7 @@ def row_reasons(
     # SPEC: an anon id that is empty once one leading ``$device:`` is stripped is missing, in
     # both systems (else Simplified would send ``"$device_id": ""``, one "device" shared by
     # every such row). Simplified's chunks come stripped (``devices``), Original's as written.
-    bare = "" if rules.id_merge == "simplified" else DEVICE_PREFIX
+    bare = "" if rules.id_merge is IdMerge.SIMPLIFIED else DEVICE_PREFIX
     missing_anon = bool_mask(anon.is_null()) | bool_mask(pc.equal(anon, bare))
     if rules.uuid_only:
         # Anchored at both ends, the pattern refuses line breaks, NULs and invisibles too.
@@ -200,7 +201,7 @@ def _describe_unusable(what: str, text: str) -> str:
 
 
 def _describe_anon(anon: str, rules: Rules) -> str:
-    if rules.id_merge == "simplified" and anon.startswith(DEVICE_PREFIX):
+    if rules.id_merge is IdMerge.SIMPLIFIED and anon.startswith(DEVICE_PREFIX):
         # Simplified judges the id its ingest reads, one $device: less: describe that one.
         rest = anon[len(DEVICE_PREFIX) :]
         return _describe_unusable(f"anon id after {DEVICE_PREFIX}", rest)

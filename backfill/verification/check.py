@@ -33,7 +33,7 @@ from backfill.errors import CheckpointMismatch, ConfigError, InputError
 from backfill.folder.checkpoint import Checkpoint
 from backfill.folder.location import locate
 from backfill.folder.lock import RunLock
-from backfill.mixpanel import EXPORT_LAG_S
+from backfill.mixpanel import EXPORT_LAG_S, IdMerge
 from backfill.read import Columns, Dataset
 from backfill.verification.export import ExportClient, ExportConfig
 from backfill.verification.files import VerifyCsv, read_merged, write_merged, write_summary_block
@@ -103,7 +103,7 @@ def _as_run(settings: Settings, identity: Mapping[str, Any]) -> Settings:
             identified=identity["identified_column"],
             time=identity.get("time_column"),
         ),
-        id_merge=identity.get("id_merge", "original"),
+        id_merge=IdMerge(identity.get("id_merge", IdMerge.ORIGINAL)),
         non_uuid_anon=identity.get("non_uuid_anon", "refuse"),
         pairing_event=identity.get("pairing_event", DEFAULT_PAIRING_EVENT),
         max_cluster_size=identity.get("max_cluster_size", settings.max_cluster_size),
