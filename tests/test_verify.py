@@ -305,3 +305,37 @@ def test_python_api_returns_a_frozen_verification(
     assert (result.merged, result.complete, result.exit_code) == (10, True, 0)
     with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign"):
         result.merged = 0  # type: ignore[misc]
+
+
+def test_a_row_future_dated_at_the_run_is_not_counted_sent_once_its_time_has_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify judges rows as the run did (its fixed start): a row refused then as future-dated
+    is no sent pair today, so nothing is left not_found once the export has everything."""
+    import time
+
+    import backfill
+    from backfill.commands import pipeline
+
+    day_ago_ms = int(time.time() * 1000) - 86_400_000
+    anon = uuids(6, 11)
+    rows = [(a, f"u{i}", str(day_ago_ms - 3_600_000)) for i, a in enumerate(anon[:5])]
+    rows.append((anon[5], "u5", str(day_ago_ms + 60_000)))  # a minute past the run's clock
+    mapping = tmp_path / "m.csv"
+    with mapping.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([("anon_id", "identified_id", "merged_at"),
+                                                       *rows])  # fmt: skip
+    for key, value in ENV.items():
+        if key.startswith("MIXPANEL_"):
+            monkeypatch.setenv(key, value)
+    with standin_thread(StandinConfig()) as standin:
+        monkeypatch.setattr(pipeline, "now_ms", lambda: day_ago_ms)
+        summary = backfill.run(mapping, out=tmp_path / "r", api_url=standin.url,
+                               time_column="merged_at")  # fmt: skip
+        assert (summary.events_imported, summary.rejected["invalid_time"]) == (5, 1)
+        monkeypatch.undo()
+        for key, value in ENV.items():
+            if key.startswith("MIXPANEL_"):
+                monkeypatch.setenv(key, value)
+        result = backfill.verify(mapping, out=tmp_path / "r", export_url=standin.url)
+    assert (result.merged, result.not_found, result.exit_code) == (5, 0, 0)

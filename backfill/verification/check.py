@@ -116,7 +116,7 @@ def _verify(
 ) -> Verification:
     assert settings.out is not None
     out = settings.out
-    verdicts = judge_again(settings, dataset, out)
+    verdicts = judge_again(settings, dataset, out, ckpt.started_ms)
     try:
         keys, days = _collect(settings, dataset, verdicts, ckpt, out)
         merged_before = read_merged(out)

@@ -80,11 +80,13 @@ def event_names(settings: Settings) -> list[str]:
     return ["$identify", "$merge"] if settings.non_uuid_anon == "merge" else ["$identify"]
 
 
-def judge_again(settings: Settings, dataset: Dataset, out_dir: Path) -> Verdicts:
-    """Every row's verdict, exactly as the run judged it (``pipeline.judge_and_report``)."""
+def judge_again(settings: Settings, dataset: Dataset, out_dir: Path, started_ms: int) -> Verdicts:
+    """Every row's verdict, exactly as the run judged it (``pipeline.judge_and_report``):
+    "in the future" measured from the run's fixed start, never from today (a row refused as
+    future-dated then is valid now, and was never sent)."""
     return judge(
         devices(dataset) if settings.simplified else dataset,
-        now_ms=now_ms(),
+        now_ms=started_ms,
         max_cluster_size=None if settings.simplified else settings.max_cluster_size,
         rules=Rules(settings.id_merge, settings.non_uuid_anon),
         spill_dir=out_dir,
