@@ -43,8 +43,8 @@ import pyarrow as pa
 import pytest
 
 from backfill.folder.checkpoint import RowIntervals
+from backfill.folder.rejects import RejectRow, RejectsFile
 from backfill.read import open_dataset
-from backfill.report.table import RejectsFile
 from backfill.send.events import insert_ids
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
@@ -845,7 +845,8 @@ def test_refusals_of_an_older_rejects_csv_are_matched_by_name_and_kept_once(
     )
     rejects_file = RejectsFile(out, open_dataset(str(source)), keep_api_rejects=True)
     rejects_file.commit()
-    assert rejects_file.add_api_rejects([(2, "c", "d", "api_rejected", "bad", str(source))]) == 0
+    refusal = RejectRow(2, "c", "d", "api_rejected", "bad", str(source))
+    assert rejects_file.add_api_rejects([refusal]) == 0
     rejects_file.close()
     (line,) = rejects(out)
     assert (line["row"], line["file"]) == ("2", str(source))
@@ -853,7 +854,7 @@ def test_refusals_of_an_older_rejects_csv_are_matched_by_name_and_kept_once(
     spelled = str(tmp_path / "x" / ".." / "x" / "m.csv")
     again = RejectsFile(out, open_dataset(spelled), keep_api_rejects=True)
     again.commit()
-    assert again.add_api_rejects([(2, "c", "d", "api_rejected", "bad", spelled)]) == 0
+    assert again.add_api_rejects([RejectRow(2, "c", "d", "api_rejected", "bad", spelled)]) == 0
     again.close()
     assert [(r["row"], r["file"]) for r in rejects(out)] == [("2", spelled)]
 

@@ -21,29 +21,32 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from backfill.commands.validated import Validated
 from backfill.config.settings import Credentials, Settings
 from backfill.errors import BackfillError, InputChanged, InputChangedWhileSending, Interrupted
 from backfill.folder import location as runfolder
 from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint, token_digest
 from backfill.folder.files import atomic_write_json, read_json_dict
 from backfill.folder.lock import RunLock
+from backfill.folder.rejects import RejectsFile
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified
 from backfill.report.page import write_report
 from backfill.report.page.aggregates import Collector
 from backfill.report.progress import Progress, Snapshot
-from backfill.report.summary import FileRows, RowRef, RunStatus, Summary, ThisRun, TrimmedIds
-from backfill.report.table import (
+from backfill.report.summary import (
     SUMMARY_FILE,
-    RejectsFile,
-    Validated,
-    chunk_reasons,
-    reject_rows,
-    zero_counts,
+    FileRows,
+    RowRef,
+    RunStatus,
+    Summary,
+    ThisRun,
+    TrimmedIds,
 )
 from backfill.send.events import merge_mask
+from backfill.validation.details import chunk_reasons, reject_rows
 from backfill.validation.judge import Verdicts, judge
-from backfill.validation.reasons import Reason
+from backfill.validation.reasons import Reason, zero_counts
 from backfill.validation.rules import Rules, devices
 from backfill.validation.times import iso_utc, now_ms
 

@@ -37,16 +37,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from backfill.commands.validated import Validated
 from backfill.config.settings import Credentials, Settings
 from backfill.errors import Aborted, BackfillError, Interrupted
 from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
+from backfill.folder.rejects import RejectRow
 from backfill.read import Chunk
 from backfill.report.page.figures import SendTrace
 from backfill.report.progress import Progress, Snapshot
-from backfill.report.table import Validated, chunk_reasons
 from backfill.send.answers import Settled
 from backfill.send.events import Batch, Encoder, Pairs
 from backfill.send.sender import SendConfig, Sender, SendStats
+from backfill.validation.details import chunk_reasons
 from backfill.validation.reasons import Reason
 from backfill.validation.times import to_epoch_ms
 
@@ -257,7 +259,7 @@ class Run:
             rows = np.array([r.row for r in settled.refused], dtype=np.int64)
             files, within = dataset.locate(rows)
             lines = [
-                (row, r.anon, r.identified, Reason.API_REJECTED.code, r.message, f.name)
+                RejectRow(row, r.anon, r.identified, Reason.API_REJECTED.code, r.message, f.name)
                 for r, row, f in zip(
                     settled.refused,
                     within.tolist(),

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TextIO
 
-from backfill.report.table import duration
+from backfill.report.summary import duration
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ class Summary:
         """``rejects.csv`` as a DataFrame of text (``409`` stays ``"409"``, empty stays ``""``;
         ``row`` an integer); for a DataFrame source, an ``index`` column first holding each
         row's label in that DataFrame."""
-        from backfill.report.table import REJECTS_FILE, read_rejects
+        from backfill.folder.rejects import REJECTS_FILE, read_rejects
 
         return read_rejects(self.out / REJECTS_FILE, self.index_labels)
     #: Where ``report.html`` was written (None with ``--no-report``).

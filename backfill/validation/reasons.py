@@ -28,3 +28,8 @@ class Reason(IntEnum):
 
 #: Every reject code in report order (validation order, then Mixpanel's own refusals).
 REJECT_REASONS: tuple[Reason, ...] = tuple(r for r in Reason if r is not Reason.VALID)
+
+
+def zero_counts() -> dict[str, int]:
+    """Every reject code with a zero count, in report order."""
+    return {r.code: 0 for r in REJECT_REASONS}

@@ -25,7 +25,7 @@ from backfill.folder.files import (
     open_private,
     read_json_dict,
 )
-from backfill.report.table import SUMMARY_FILE
+from backfill.report.summary import SUMMARY_FILE
 from backfill.verification.pairs import U64
 
 VERIFY_FILE = "verify.csv"

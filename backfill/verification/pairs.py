@@ -22,9 +22,10 @@ import pyarrow as pa
 
 from backfill.config.settings import Settings
 from backfill.folder.checkpoint import Checkpoint
+from backfill.folder.rejects import REJECTS_FILE
 from backfill.read import Chunk, Dataset
-from backfill.report.table import REJECTS_FILE, chunk_reasons
 from backfill.send.events import insert_ids, merge_mask
+from backfill.validation.details import chunk_reasons
 from backfill.validation.judge import Verdicts, judge
 from backfill.validation.reasons import Reason
 from backfill.validation.rules import Rules, device_ids, devices

@@ -16,9 +16,9 @@ from backfill.report.page.figures import Figures, SendTrace
 from backfill.report.page.page import REPORT_FILE, document, fragment_of, render, write
 
 if TYPE_CHECKING:
+    from backfill.commands.validated import Validated
     from backfill.config.settings import Settings
     from backfill.report.summary import Summary
-    from backfill.report.table import Validated
 
 __all__ = [
     "REPORT_FILE",

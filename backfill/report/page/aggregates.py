@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from backfill.arrays.groups import members, runs
 from backfill.errors import BackfillError
+from backfill.folder.rejects import RejectRow
 from backfill.read import Chunk, Dataset
 from backfill.report.page.figures import (
     EXAMPLES,
@@ -34,7 +35,6 @@ from backfill.report.page.figures import (
     Conflict,
     Example,
     Figures,
-    RejectLine,
     SendTrace,
 )
 from backfill.validation.reasons import Reason
@@ -168,14 +168,16 @@ class Collector:
     # --- the rejects pass ------------------------------------------------------------------
 
     def see(
-        self, chunk: Chunk, rejects: Iterable[RejectLine], dataset: Dataset
-    ) -> Iterator[RejectLine]:
+        self, chunk: Chunk, rejects: Iterable[RejectRow], dataset: Dataset
+    ) -> Iterator[RejectRow]:
         """Pass ``rejects`` (rejects.csv rows) through, keeping examples; pick up the ids."""
         self._pick_texts(chunk, dataset)
         for r in rejects:
-            found = self._examples.setdefault(r[3], [])
+            found = self._examples.setdefault(r.reason, [])
             if len(found) < EXAMPLES:
-                found.append(Example(r[5], r[0], _cut(r[1]), _cut(r[2]), _cut(r[4])))
+                found.append(
+                    Example(r.file, r.row, _cut(r.anon_id), _cut(r.identified_id), _cut(r.detail))
+                )
             yield r
 
     def _pick_texts(self, chunk: Chunk, dataset: Dataset) -> None:

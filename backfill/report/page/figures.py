@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from backfill.folder.rejects import RejectRow
+
 #: Largest clusters and most-claimed anon ids shown.
 TOP = 20
 #: Example rows shown per refusal reason.
@@ -22,7 +24,6 @@ TIMELINE_POINTS = 400
 
 
 #: A rejects.csv line: row within its file, anon id, identified id, reason, detail, file.
-RejectLine = tuple[int, str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -99,19 +100,22 @@ class SendTrace:
         self.refusals: list[Example] = []
         self.messages: Counter[str] = Counter()
 
-    def settled(self, elapsed_s: float, imported: int, refused: Sequence[RejectLine]) -> None:
+    def settled(self, elapsed_s: float, imported: int, refused: Sequence[RejectRow]) -> None:
         """Record the all-runs imported count at ``elapsed_s``, and this batch's refusals
-        (as rejects.csv lines: row, anon id, identified id, reason, message, file)."""
+        (as rejects.csv lines: the detail is Mixpanel's message)."""
         self.last = (elapsed_s, imported)
         if not self.points or elapsed_s - self.points[-1][0] >= self._every_s:
             self.points.append(self.last)
             if len(self.points) >= TIMELINE_POINTS:
                 self.points = self.points[::2]
                 self._every_s *= 2
-        for row, anon, ident, _, message, name in refused:
+        for r in refused:
+            message = r.detail[:200]
             if len(self.refusals) < EXAMPLES:
-                self.refusals.append(Example(name, row, anon[:160], ident[:160], message[:200]))
-            self.messages[message[:200]] += 1
+                self.refusals.append(
+                    Example(r.file, r.row, r.anon_id[:160], r.identified_id[:160], message)
+                )
+            self.messages[message] += 1
         if len(self.messages) > 4 * TOP:
             self.messages = Counter(dict(self.messages.most_common(TOP)))
 
