@@ -1,5 +1,5 @@
 """``python -m backfill``: the same entry point as the ``backfill`` console script."""
 
-from backfill.cli import main
+from backfill.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from backfill import __version__
+from backfill import __version__, interrupts
 from backfill.errors import EXIT_INTERRUPTED, EXIT_USAGE, BackfillError, Interrupted
 from backfill.options import REHEARSE, RUN, VALIDATE, options_for
 
@@ -351,25 +351,58 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+#: What a deliberate Ctrl-C ends with: a calm line, not an error.
+INTERRUPTED = "backfill: interrupted; run the same command again to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code."""
+    """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code.
+
+    Once the command is known, SIGINT/SIGTERM only ask it to stop (``interrupts``): it
+    ends with exit 130 within ``interrupts.DEADLINE_S``, whatever it was doing. A ``run``
+    whose sending had already finished when the signal came ends as it finished (exit 0):
+    everything is sent and recorded, there is nothing to resume.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         print(START_HERE, file=sys.stderr, end="")
         return EXIT_USAGE
-    # SIGTERM outside the send loop (which handles it itself) stops like Ctrl-C: exit 130.
-    signal.signal(signal.SIGTERM, _terminate)
     command = args.command
     if command == RUN and args.dry_run:
         command = VALIDATE
+    if command == "serve":
+        # The stand-in stops on Ctrl-C by itself; SIGTERM does the same.
+        signal.signal(signal.SIGTERM, _terminate)
+        return _command(command, args)
+    with interrupts.caught(deadline_s=interrupts.DEADLINE_S):
+        code = _command(command, args)
+        if code == 0 and interrupts.requested() and command not in (RUN, REHEARSE):
+            print(INTERRUPTED, file=sys.stderr)
+            code = EXIT_INTERRUPTED
+        return code
+
+
+def entry() -> int:
+    """The console script: ``main``, then after an interrupt an exit that skips the
+    interpreter's shutdown (``interrupts.exit_now``: no wait on Arrow's thread pool)."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        interrupts.exit_now(code)
+    return code
+
+
+def _command(command: str, args: argparse.Namespace) -> int:
     try:
         return _COMMANDS[command](args)
+    except Interrupted as e:
+        print(f"backfill: {e}", file=sys.stderr)
+        return e.exit_code
     except BackfillError as e:
         print(f"backfill: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("backfill: interrupted", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 1

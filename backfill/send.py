@@ -30,8 +30,9 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -58,6 +59,8 @@ CANARY_CONNECT_BUDGET_S = 25.0
 #: Mixpanel's answers are small JSON objects (a 400 listing 2000 refusals is about 300 KB);
 #: anything longer is not its answer, and is not read further.
 MAX_ANSWER_BYTES = 8 << 20
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,8 @@ class Sender:
         self._error: Aborted | None = None
         self._long_waits: list[float] = []
         self._session: aiohttp.ClientSession | None = None
+        #: Requests on the wire now (sent, answer not read yet).
+        self.on_wire = 0
 
     async def __aenter__(self) -> Sender:
         self._session = self._new_session()
@@ -352,17 +357,41 @@ class Sender:
         if self._on_retry is not None:
             self._on_retry()
 
+    async def _or_abandon(self, wait: Awaitable[T]) -> T:
+        """``wait``'s result, or ``_Abandoned`` as soon as the run stops.
+
+        For paced waits (the gate, the bucket): at a low --rate a batch may queue for many
+        seconds for its turn, and a stopping run must not sit them out.
+        """
+        if self.stopping:
+            raise _Abandoned
+        waiting = asyncio.ensure_future(wait)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if waiting.done():
+            return waiting.result()
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        raise _Abandoned
+
     async def _post(
         self, session: aiohttp.ClientSession, batch: Batch, *, canary: bool = False
     ) -> Settled:
         # A place on the wire first, then the events' turn in the bucket: the bucket sets the
         # pace, and a request that has paid goes out at once.
-        async with self.pacer.slot():
-            sent_at = await self.pacer.pay(len(batch))
+        gate = self.pacer.slot()
+        await self._or_abandon(gate.__aenter__())
+        try:
+            sent_at = await self._or_abandon(self.pacer.pay(len(batch)))
             if self.stopping:
                 raise _Abandoned
             self.stats.requests += 1
             self.stats.events_sent += len(batch)
+            self.on_wire += 1
             try:
                 async with session.post(
                     self.config.import_url,
@@ -379,6 +408,10 @@ class Sender:
                     )
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise _classify(e, self.config.import_url) from None
+            finally:
+                self.on_wire -= 1
+        finally:
+            await gate.__aexit__(None, None, None)
         if answer.status == 429:
             self.stats.rate_limited += 1
         self.pacer.answered(sent_at, len(batch), answer.status, canary=canary)
