@@ -358,26 +358,27 @@ INTERRUPTED = "backfill: interrupted; run the same command again to resume"
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code.
 
-    Once the command is known, SIGINT/SIGTERM only ask it to stop (``interrupts``): it
+    SIGINT/SIGTERM only ask the command to stop (``interrupts``): it
     ends with exit 130 within ``interrupts.DEADLINE_S``, whatever it was doing. A ``run``
     whose sending had already finished when the signal came ends as it finished (exit 0):
     everything is sent and recorded, there is nothing to resume.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        print(START_HERE, file=sys.stderr, end="")
-        return EXIT_USAGE
-    command = args.command
-    if command == RUN and args.dry_run:
-        command = VALIDATE
-    if command == "serve":
-        # The stand-in stops on Ctrl-C by itself; SIGTERM does the same.
-        signal.signal(signal.SIGTERM, _terminate)
-        return _command(command, args)
     with interrupts.caught(deadline_s=interrupts.DEADLINE_S):
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            print(START_HERE, file=sys.stderr, end="")
+            return EXIT_USAGE
+        command = args.command
+        if command == RUN and args.dry_run:
+            command = VALIDATE
+        if command == "serve":
+            # The stand-in stops on Ctrl-C by itself (SIGTERM raising KeyboardInterrupt).
+            if interrupts.release():
+                return EXIT_INTERRUPTED
+            signal.signal(signal.SIGTERM, _terminate)
         code = _command(command, args)
-        if code == 0 and interrupts.requested() and command not in (RUN, REHEARSE):
+        if code == 0 and interrupts.requested() and command not in (RUN, REHEARSE, "serve"):
             print(INTERRUPTED, file=sys.stderr)
             code = EXIT_INTERRUPTED
         return code
@@ -386,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> int:
     """The console script: ``main``, then after an interrupt an exit that skips the
     interpreter's shutdown (``interrupts.exit_now``: no wait on Arrow's thread pool)."""
+    interrupts.catch_early()
     code = main()
     if code == EXIT_INTERRUPTED:
         interrupts.exit_now(code)

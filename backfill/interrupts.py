@@ -37,6 +37,7 @@ from backfill.errors import EXIT_INTERRUPTED, Interrupted
 DEADLINE_S = 4.5
 
 Listener = Callable[[], None]
+_HELD = (signal.SIGINT, signal.SIGTERM)
 
 
 class _State:
@@ -76,11 +77,13 @@ def caught(*, deadline_s: float | None = None) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or _state.active:
         yield
         return
-    held = (signal.SIGINT, signal.SIGTERM)
-    before = {sig: signal.getsignal(sig) for sig in held}
-    _reset(deadline_s)
+    before = {sig: signal.getsignal(sig) for sig in _HELD}
+    if before[signal.SIGINT] is _on_signal:
+        _state.deadline_s = deadline_s  # after ``catch_early``: its record stands
+    else:
+        _reset(deadline_s)
     _state.active = True
-    for sig in held:
+    for sig in _HELD:
         signal.signal(sig, _on_signal)
     try:
         yield
@@ -92,6 +95,28 @@ def caught(*, deadline_s: float | None = None) -> Iterator[None]:
         _state.active = False
         if watchdog is not None:
             watchdog.cancel()
+
+
+def catch_early() -> None:
+    """Record signals from the process's first lines on (``python -m backfill``, the console
+    script), before the command is even parsed; ``caught`` takes the record over."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is not _on_signal:
+        _reset(DEADLINE_S)
+        for sig in _HELD:
+            signal.signal(sig, _on_signal)
+
+
+def release() -> bool:
+    """Give SIGINT/SIGTERM back to Python's defaults (for ``serve``, which handles them
+    itself); True if a signal came before."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    came = requested()
+    if _state.watchdog is not None:
+        _state.watchdog.cancel()
+    return came
 
 
 @contextlib.contextmanager

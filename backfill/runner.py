@@ -55,7 +55,7 @@ from backfill.times import to_epoch_ms
 
 #: Seconds that requests on the wire get to settle after Ctrl-C before they are abandoned
 #: (resendable): the whole stop then fits in the 3 s the issue asks for, at any --rate.
-STOP_GRACE_S = 2.0
+STOP_GRACE_S = 1.5
 
 
 class Run:
