@@ -384,14 +384,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-def entry() -> int:
-    """The console script: ``main``, then after an interrupt an exit that skips the
-    interpreter's shutdown (``interrupts.exit_now``: no wait on Arrow's thread pool)."""
+def entry() -> NoReturn:
+    """The console script and ``python -m backfill``: ``main``, then an exit that skips the
+    interpreter's shutdown (``interrupts.exit_now``).
+
+    Two reasons. A read stopped early can leave Arrow's I/O thread finishing a block, which the
+    shutdown would race (a hang in its thread pool, or an abort). And the shutdown gives
+    SIGINT back to Python's default, so a Ctrl-C in its last milliseconds would kill a run
+    that had completed. Every file of ours is written and closed by then.
+    """
     interrupts.catch_early()
-    code = main()
-    if code == EXIT_INTERRUPTED:
-        interrupts.exit_now(code)
-    return code
+    interrupts.exit_now(main())
 
 
 def _command(command: str, args: argparse.Namespace) -> int:

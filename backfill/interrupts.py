@@ -29,6 +29,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import NoReturn
 
 from backfill.errors import EXIT_INTERRUPTED, Interrupted
 
@@ -168,13 +169,9 @@ def _give_up() -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
-def exit_now(code: int) -> None:
-    """End the process with ``code`` without the interpreter's shutdown (after an interrupt).
-
-    A stopped read can leave Arrow's I/O thread finishing a block; the interpreter's shutdown
-    would race it (the hang or abort in the module docstring). Every file of ours is closed
-    and written by now; only the standard streams need flushing.
-    """
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` without the interpreter's shutdown (see ``cli.entry``);
+    only the standard streams need flushing."""
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
