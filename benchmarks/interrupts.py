@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from interrupting import baseline_s, instants, trial, write_mappings  # noqa: E402
+from interrupting import baseline_s, instants, trial, write_mappings
 
 
 async def main(count: int, seed: int) -> int:
