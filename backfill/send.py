@@ -30,9 +30,8 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -46,7 +45,8 @@ from backfill.errors import (
     Unreachable,
 )
 from backfill.events import Batch, Encoder
-from backfill.pacing import Pacer, PacingRules
+from backfill.pacing import Abandoned as _Abandoned
+from backfill.pacing import Pacer, PacingRules, unless_stopping
 from backfill.settings import Credentials
 
 #: A ``Retry-After`` longer than this is not waited out in full (documented in the README).
@@ -59,8 +59,6 @@ CANARY_CONNECT_BUDGET_S = 25.0
 #: Mixpanel's answers are small JSON objects (a 400 listing 2000 refusals is about 300 KB);
 #: anything longer is not its answer, and is not read further.
 MAX_ANSWER_BYTES = 8 << 20
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,10 +102,6 @@ class SendStats:
     splits: int = 0
     events_imported: int = 0
     events_refused: int = 0
-
-
-class _Abandoned(Exception):
-    """The run is stopping: this batch was not sent (again), and is not done."""
 
 
 #: Called on the event loop for each settled batch. Synchronous on purpose: nothing can cancel
@@ -357,36 +351,17 @@ class Sender:
         if self._on_retry is not None:
             self._on_retry()
 
-    async def _or_abandon(self, wait: Awaitable[T]) -> T:
-        """``wait``'s result, or ``_Abandoned`` as soon as the run stops.
-
-        For paced waits (the gate, the bucket): at a low --rate a batch may queue for many
-        seconds for its turn, and a stopping run must not sit them out.
-        """
-        if self.stopping:
-            raise _Abandoned
-        waiting = asyncio.ensure_future(wait)
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if waiting.done():
-            return waiting.result()
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiting
-        raise _Abandoned
-
     async def _post(
         self, session: aiohttp.ClientSession, batch: Batch, *, canary: bool = False
     ) -> Settled:
         # A place on the wire first, then the events' turn in the bucket: the bucket sets the
         # pace, and a request that has paid goes out at once.
+        # Both waits give up as soon as the run stops: at a low --rate a batch may wait its
+        # turn for many seconds, and a stopping run must not sit them out.
         gate = self.pacer.slot()
-        await self._or_abandon(gate.__aenter__())
+        await unless_stopping(gate.__aenter__(), self._stopping)
         try:
-            sent_at = await self._or_abandon(self.pacer.pay(len(batch)))
+            sent_at = await unless_stopping(self.pacer.pay(len(batch)), self._stopping)
             if self.stopping:
                 raise _Abandoned
             self.stats.requests += 1
