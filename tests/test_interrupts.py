@@ -28,6 +28,8 @@ from interrupting import (
 )
 from runkit import STANDIN_CREDENTIALS, clean_env, uuid4s, write_pairs
 
+from backfill import interrupts
+from backfill.errors import Interrupted
 from backfill.events import insert_ids
 from backfill.progress import Snapshot, render
 from backfill.standin import FaultRates, StandinConfig, StandinState, running_standin
@@ -194,3 +196,21 @@ def test_the_stopping_line_names_the_requests_in_flight_and_the_way_out() -> Non
     assert "(Ctrl-C again to stop now)" in line
     assert "left" not in line  # no time left while stopping
     assert render(snap, 80, bar=True).startswith("stopping: waiting for 3 requests")
+
+
+def test_a_signal_inside_caught_is_recorded_and_answered_at_check() -> None:
+    """Inside caught(), SIGINT raises nothing where it lands; check() raises Interrupted."""
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts.caught():
+        interrupts.check()  # nothing asked yet
+        signal.raise_signal(signal.SIGINT)
+        assert interrupts.requested()
+        heard: list[int] = []
+        with interrupts.listening(lambda: heard.append(1)):
+            assert heard == [1]  # the earlier signal, handed over at once
+            signal.raise_signal(signal.SIGTERM)
+            assert heard == [1, 1]
+        with pytest.raises(Interrupted, match="run the same command again to resume"):
+            interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert not interrupts.requested()
