@@ -190,11 +190,12 @@ class Run:
         try:
             await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
-                # A signal or a fatal answer: no new batches; requests in flight get a bounded
-                # time to settle.
+                # A signal or a fatal answer: no new batches; requests on the wire get a short
+                # time to settle, then are abandoned (their rows stay not done).
                 hard = asyncio.create_task(self._hard_stop.wait())
-                grace = min(self.settings.timeout_s + 5.0, STOP_GRACE_S)
-                await asyncio.wait({work, hard}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {work, hard}, timeout=STOP_GRACE_S, return_when=asyncio.FIRST_COMPLETED
+                )
                 hard.cancel()
                 work.cancel()
         finally:
