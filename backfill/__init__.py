@@ -35,11 +35,11 @@ from backfill.errors import (
     Unreachable,
     UsageError,
 )
-from backfill.summary import FileRows, RunStatus, Summary, ThisRun
+from backfill.report.summary import FileRows, RunStatus, Summary, ThisRun
 
 if TYPE_CHECKING:
     from backfill.api import run, validate
-    from backfill.settings import Credentials
+    from backfill.config.settings import Credentials
 
 __version__ = "0.1.0"
 
@@ -67,7 +67,11 @@ __all__ = [
     "validate",
 ]
 
-_LAZY = {"validate": "backfill.api", "run": "backfill.api", "Credentials": "backfill.settings"}
+_LAZY = {
+    "validate": "backfill.api",
+    "run": "backfill.api",
+    "Credentials": "backfill.config.settings",
+}
 
 
 def __getattr__(name: str) -> Any:

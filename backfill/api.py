@@ -12,17 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backfill import pipeline
-from backfill.errors import ConfigError
-from backfill.progress import Progress
-from backfill.settings import (
+from backfill.commands import pipeline
+from backfill.config.settings import (
     Credentials,
     Settings,
     check_project,
     credentials_from_env,
     settings_for,
 )
-from backfill.summary import Summary
+from backfill.errors import ConfigError
+from backfill.report.progress import Progress
+from backfill.report.summary import Summary
 
 #: What ``source`` may be: a path or URL, several of them, a DataFrame or a pyarrow Table.
 SourceLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Any

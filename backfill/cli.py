@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from backfill import __version__, interrupts
+from backfill.config.options import REHEARSE, RUN, VALIDATE, options_for
 from backfill.errors import EXIT_INTERRUPTED, EXIT_USAGE, BackfillError, Interrupted
-from backfill.options import REHEARSE, RUN, VALIDATE, options_for
 
 START_HERE = """\
 backfill: replay anonymous-to-identified ID mappings into Mixpanel as identity merges.
@@ -188,8 +188,8 @@ def _status_parser(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace, command: str) -> Any:
-    from backfill.runfolder import locate
-    from backfill.settings import settings_for
+    from backfill.config.settings import settings_for
+    from backfill.folder.location import locate
 
     explicit = {o.name: getattr(args, o.name, None) for o in options_for(command)}
     settings = settings_for(
@@ -209,14 +209,13 @@ def _settings(args: argparse.Namespace, command: str) -> Any:
 
 
 def _progress(settings: Any) -> Any:
-    from backfill.progress import Progress
+    from backfill.report.progress import Progress
 
     return Progress(enabled=settings.progress)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from backfill import pipeline
-
+    from backfill.commands import pipeline
     settings = _settings(args, VALIDATE)
     summary = pipeline.validate(settings, progress=_progress(settings))
     _show(summary, settings, "validate", "dry run: nothing sent")
@@ -224,9 +223,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from backfill import pipeline
+    from backfill.commands import pipeline
+    from backfill.config.settings import credentials_from_env
     from backfill.mixpanel import LEGACY_SECRET_SUNSET
-    from backfill.settings import credentials_from_env
 
     settings = _settings(args, RUN)
     creds = credentials_from_env(os.environ, settings.project_id)
@@ -248,8 +247,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_rehearse(args: argparse.Namespace) -> int:
-    from backfill.options import BY_NAME
-    from backfill.rehearse import rehearse, render_received
+    from backfill.commands.rehearse import rehearse, render_received
+    from backfill.config.options import BY_NAME
 
     settings = _settings(args, REHEARSE)
     fault_rate = BY_NAME["fault_rate"].check(args.fault_rate or "0", "flag")
@@ -275,7 +274,7 @@ def _show(summary: Any, settings: Any, command: str, note: str, extra: str = "")
     """The summary as a table on stdout, or as JSON on stdout with the table on stderr."""
     import json
 
-    from backfill.report import render_table
+    from backfill.report.table import render_table
 
     status = summary.status.value
     title = f"backfill {command} {summary.input} ({note}; {status})"
@@ -319,7 +318,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
     from backfill.errors import InputError
-    from backfill.status import find_run_dirs, read_status, render_status
+    from backfill.report.status import find_run_dirs, read_status, render_status
 
     statuses = []
     for folder in find_run_dirs(args.out):

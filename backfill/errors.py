@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from backfill.summary import Summary
+    from backfill.report.summary import Summary
 
 EXIT_OK = 0
 EXIT_USAGE = 2

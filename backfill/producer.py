@@ -18,13 +18,13 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 
-from backfill.checkpoint import RowIntervals
 from backfill.errors import Interrupted
-from backfill.events import Batch, Encoder, Pairs
+from backfill.folder.checkpoint import RowIntervals
 from backfill.read import Chunk
-from backfill.reasons import Reason
-from backfill.report import Validated, chunk_reasons
-from backfill.times import to_epoch_ms
+from backfill.report.table import Validated, chunk_reasons
+from backfill.send.events import Batch, Encoder, Pairs
+from backfill.validation.reasons import Reason
+from backfill.validation.times import to_epoch_ms
 
 
 class _Stopped(Exception):

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 from runkit import STANDIN_CREDENTIALS, clean_env
 
-from backfill.checkpoint import RowIntervals
-from backfill.events import insert_ids
+from backfill.folder.checkpoint import RowIntervals
+from backfill.send.events import insert_ids
 from backfill.standin import FaultRates, StandinConfig, StandinState, running_standin
 
 #: The issue's bound: a signal at any instant ends the command within this many seconds.

@@ -33,10 +33,10 @@ import numpy as np
 import pyarrow as pa
 from aiohttp import web
 
-from backfill.answers import Settled
-from backfill.events import Batch, Encoder, Pairs
-from backfill.send import SendConfig, Sender, SendStats
-from backfill.settings import Credentials
+from backfill.config.settings import Credentials
+from backfill.send.answers import Settled
+from backfill.send.events import Batch, Encoder, Pairs
+from backfill.send.sender import SendConfig, Sender, SendStats
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,

@@ -21,15 +21,15 @@ import pytest
 from aiohttp import web
 from runkit import encode, make_pairs, send_batches, serving
 
-from backfill import send as send_module
-from backfill.answers import retry_after_seconds
 from backfill.errors import (
     RequestRefused,
     RetriesExhausted,
     UnexpectedAnswer,
     Unreachable,
 )
-from backfill.events import Batch
+from backfill.send import sender as send_module
+from backfill.send.answers import retry_after_seconds
+from backfill.send.events import Batch
 from backfill.standin import FaultRates, StandinConfig, running_standin
 
 

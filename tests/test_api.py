@@ -21,7 +21,7 @@ import pytest
 from runkit import REPO
 
 import backfill
-from backfill.rehearse import standin_thread
+from backfill.commands.rehearse import standin_thread
 from backfill.standin import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, Standin, StandinConfig
 
 SAMPLE = REPO / "sample_data" / "mappings.csv"
@@ -273,7 +273,7 @@ def test_restart_is_a_keyword_of_run(
 
 def test_region_is_case_insensitive_in_toml_flags_and_keywords(tmp_path: Path) -> None:
     """TOML region = "EU", --region EU and region="EU" all reach api-eu."""
-    from backfill.settings import settings_for
+    from backfill.config.settings import settings_for
 
     config = tmp_path / "c.toml"
     config.write_text('region = "EU"\n', encoding="utf-8")

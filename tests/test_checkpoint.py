@@ -21,17 +21,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backfill import lock as lock_module
-from backfill.checkpoint import (
+from backfill.errors import EXIT_USAGE, CheckpointMismatch, RunLocked, UsageError
+from backfill.folder import lock as lock_module
+from backfill.folder.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
     RowIntervals,
     file_fingerprint,
     token_digest,
 )
-from backfill.errors import EXIT_USAGE, CheckpointMismatch, RunLocked, UsageError
-from backfill.files import atomic_write_bytes
-from backfill.lock import LOCK_FILE, RunLock, active_holder
+from backfill.folder.files import atomic_write_bytes
+from backfill.folder.lock import LOCK_FILE, RunLock, active_holder
 
 REPO = Path(__file__).resolve().parent.parent
 START_MS = 1_700_000_000_000
@@ -363,7 +363,7 @@ def test_sigkill_during_repeated_writes_leaves_a_whole_checkpoint(tmp_path: Path
         """
         import json, sys
         from pathlib import Path
-        from backfill.files import atomic_write_bytes
+        from backfill.folder.files import atomic_write_bytes
         path = Path(sys.argv[1])
         i = 0
         while True:
@@ -567,7 +567,7 @@ def _lock_holder_child(folder: Path) -> subprocess.Popen[bytes]:
         """
         import sys, time
         from pathlib import Path
-        from backfill.lock import RunLock
+        from backfill.folder.lock import RunLock
         with RunLock(Path(sys.argv[1]), command="run"):
             print("locked", flush=True)
             time.sleep(120)

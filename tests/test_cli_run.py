@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from runkit import STANDIN_CREDENTIALS, Recorded, clean_env, recording_standin, run_cli, uuid4s
 
-from backfill.settings import settings_for
+from backfill.config.settings import settings_for
 from backfill.standin import (
     DEFAULT_SERVICE_ACCOUNT,
     FaultRates,

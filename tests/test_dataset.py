@@ -17,8 +17,8 @@ from backfill.errors import ConfigError, InputError
 from backfill.read import Columns, Dataset, InputChanged, open_dataset
 from backfill.read.chunk import Chunk
 from backfill.read.source import glob_regex
-from backfill.reasons import Reason
-from backfill.validation import judge
+from backfill.validation.judge import judge
+from backfill.validation.reasons import Reason
 
 NOW_MS = 1_760_000_000_000
 U1 = "8e8afc84-9b31-46ab-a745-e5279afad5ab"

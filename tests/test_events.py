@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from runkit import T_MS, body_json, decode, pairs, uuid4s
 
-from backfill.events import MAX_BATCH_BYTES, Batch, Encoder, Pairs, insert_ids
+from backfill.send.events import MAX_BATCH_BYTES, Batch, Encoder, Pairs, insert_ids
 
 A1 = "6f1c1b0e-2a4d-4c3b-9d8e-7f6a5b4c3d2e"
 A2 = "0b8f9c2d-1e3a-4b5c-8d6e-9f0a1b2c3d4e"

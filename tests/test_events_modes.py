@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 from runkit import T_MS, body_json, decode, pairs
 
-from backfill.events import Encoder, insert_ids
+from backfill.send.events import Encoder, insert_ids
 
 A1 = "6f1c1b0e-2a4d-4c3b-9d8e-7f6a5b4c3d2e"
 LEGACY = "13bbf7943e584-0885c2531-5c793977-3e8000-13bbf7943e64cf"  # mixpanel-js before v2.62

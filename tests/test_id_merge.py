@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from runkit import CliResult, backfill_cli, uuid4s, write_pairs
 
-from backfill.rehearse import standin_thread
+from backfill.commands.rehearse import standin_thread
 from backfill.standin import Standin, StandinConfig
 
 P1, P2, P3, D1, D2, S1 = uuid4s(6, 90)

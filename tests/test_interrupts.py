@@ -30,8 +30,8 @@ from runkit import STANDIN_CREDENTIALS, clean_env, uuid4s, write_pairs
 
 from backfill import interrupts
 from backfill.errors import Interrupted
-from backfill.events import insert_ids
-from backfill.progress import Snapshot, render
+from backfill.report.progress import Snapshot, render
+from backfill.send.events import insert_ids
 from backfill.standin import FaultRates, StandinConfig, StandinState, running_standin
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")

@@ -24,7 +24,7 @@ from conftest import Bucket
 from backfill.errors import InputError
 from backfill.read import Columns, Dataset, open_dataset
 from backfill.read.objectstore import split_url
-from backfill.validation import judge
+from backfill.validation.judge import judge
 
 NOW_MS = 1_760_000_000_000
 U1 = "8e8afc84-9b31-46ab-a745-e5279afad5ab"

@@ -28,8 +28,8 @@ from runkit import (
     write_pairs,
 )
 
-from backfill.pacing import InFlight, PacedLimiter, Pacer, PacingRules
-from backfill.send import Sender
+from backfill.send.pacing import InFlight, PacedLimiter, Pacer, PacingRules
+from backfill.send.sender import Sender
 from backfill.standin import (
     FaultRates,
     StandinConfig,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backfill.progress import Progress, Snapshot, render
+from backfill.report.progress import Progress, Snapshot, render
 from backfill.standin import DEFAULT_SERVICE_ACCOUNT, FaultRates, StandinConfig, running_standin
 from tests.runkit import uuid4s
 

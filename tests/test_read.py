@@ -16,10 +16,10 @@ import pytest
 
 from backfill.errors import InputError
 from backfill.read import Columns, detect_format, open_chunks, open_dataset
-from backfill.reasons import Reason
-from backfill.times import TimeStatus, to_epoch_ms
-from backfill.times import describe as describe_time
-from backfill.validation import judge
+from backfill.validation.judge import judge
+from backfill.validation.reasons import Reason
+from backfill.validation.times import TimeStatus, to_epoch_ms
+from backfill.validation.times import describe as describe_time
 
 NOW_MS = 1_760_000_000_000  # 2025-10-09
 U1 = "8e8afc84-9b31-46ab-a745-e5279afad5ab"

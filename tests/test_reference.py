@@ -1,9 +1,9 @@
 """The vectorised validator against a tiny, obviously correct reference, on random files.
 
 The reference below is SPEC's rules written out with strings, dicts, sets and one loop; it
-shares no code with ``backfill.validation``. Random files are drawn from a small alphabet so that
-duplicates, conflicts, placeholders, case variants, self merges, bad times and full clusters
-happen in most of them, and each file is judged at several chunk sizes.
+shares no code with ``backfill.validation.judge``. Random files are drawn from a small alphabet
+so that duplicates, conflicts, placeholders, case variants, self merges, bad times and full
+clusters happen in most of them, and each file is judged at several chunk sizes.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from backfill.errors import InputError
 from backfill.read import Columns, open_chunks
-from backfill.reasons import Reason
-from backfill.validation import Hasher, hash_strings, judge
+from backfill.validation.judge import Hasher, hash_strings, judge
+from backfill.validation.reasons import Reason
 
 NOW_MS = 1_760_000_000_000  # 2025-10-09
 SAMPLE_CSV = Path(__file__).resolve().parent.parent / "sample_data" / "mappings.csv"

@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from backfill.checkpoint import RowIntervals
-from backfill.events import insert_ids
+from backfill.folder.checkpoint import RowIntervals
+from backfill.send.events import insert_ids
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,

@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from runkit import backfill_cli, uuid4s, write_pairs
 
-from backfill import rules as rule_module
 from backfill.read import Chunk
 from backfill.read.chunk import unusual_rows
-from backfill.reasons import Reason
-from backfill.rules import Rules, bool_mask, describe, device_ids, row_reasons
+from backfill.validation import rules as rule_module
+from backfill.validation.reasons import Reason
+from backfill.validation.rules import Rules, bool_mask, describe, device_ids, row_reasons
 
 NOW_MS = 1_760_000_000_000
 U = uuid4s(1, 80)[0]

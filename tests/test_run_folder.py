@@ -20,7 +20,7 @@ import pytest
 from runkit import REPO, STANDIN_CREDENTIALS, CliResult, clean_env, uuid4s, write_pairs
 from runkit import backfill_cli as backfill
 
-from backfill.rehearse import standin_thread
+from backfill.commands.rehearse import standin_thread
 from backfill.standin import (
     FaultRates,
     Standin,

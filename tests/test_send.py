@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from runkit import GOOD, T_MS, encode, make_pairs, pairs, send_batches, uuid4s
 
-from backfill import send as send_module
-from backfill.answers import Settled
+from backfill.config.settings import Credentials
 from backfill.errors import (
     AuthRefused,
     IdentityEventsRefused,
@@ -23,9 +22,10 @@ from backfill.errors import (
     RetriesExhausted,
     UnexpectedAnswer,
 )
-from backfill.events import Batch, Encoder, gzip_bytes
-from backfill.send import SendConfig, Sender, SendStats
-from backfill.settings import Credentials
+from backfill.send import sender as send_module
+from backfill.send.answers import Settled
+from backfill.send.events import Batch, Encoder, gzip_bytes
+from backfill.send.sender import SendConfig, Sender, SendStats
 from backfill.standin import (
     DEFAULT_SERVICE_ACCOUNT,
     FaultRates,

@@ -19,15 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import backfill.pipeline
-import backfill.spill
+import backfill.commands.pipeline
+import backfill.validation.spill
 from backfill.cli import main
 from backfill.errors import TempSpaceError
 from backfill.read import Chunk, Columns, open_chunks
-from backfill.reasons import Reason
-from backfill.spill import Records, Store
-from backfill.validation import judge
-from backfill.verdicts import References
+from backfill.validation.judge import judge
+from backfill.validation.reasons import Reason
+from backfill.validation.spill import Records, Store
+from backfill.validation.verdicts import References
 
 NOW_MS = 1_760_000_000_000
 
@@ -133,7 +133,7 @@ class TestStore:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """ENOSPC while spilling raises TempSpaceError naming the folder and the fix."""
-        monkeypatch.setattr(backfill.spill, "_temp_file", lambda folder: FullDisk())
+        monkeypatch.setattr(backfill.validation.spill, "_temp_file", lambda folder: FullDisk())
         store = Store((np.int64,), key=0, partitions=2, limit_bytes=0, spill_dir=tmp_path)
         with pytest.raises(TempSpaceError, match="no space left") as caught:
             store.add(Records((np.arange(10, dtype=np.int64),)))
@@ -252,7 +252,9 @@ def test_spilled_validation_writes_the_same_report(
     args = ["validate", str(path), "--no-progress", "--max-cluster-size", "4"]
     assert main([*args, "--out", str(tmp_path / "memory")]) == 0
     monkeypatch.setattr(
-        backfill.pipeline, "judge", functools.partial(judge, index_memory_bytes=0, partitions=3)
+        backfill.commands.pipeline,
+        "judge",
+        functools.partial(judge, index_memory_bytes=0, partitions=3),
     )
     assert main([*args, "--out", str(tmp_path / "disk")]) == 0
     capsys.readouterr()
@@ -267,8 +269,10 @@ def test_full_disk_while_validating_exits_2_with_one_line(
 ) -> None:
     """No room for the temp files: exit 2, one line naming the folder and the fix."""
     path = write_csv(tmp_path, mapping_rows(8, 300))
-    monkeypatch.setattr(backfill.pipeline, "judge", functools.partial(judge, index_memory_bytes=0))
-    monkeypatch.setattr(backfill.spill, "_temp_file", lambda folder: FullDisk())
+    monkeypatch.setattr(
+        backfill.commands.pipeline, "judge", functools.partial(judge, index_memory_bytes=0)
+    )
+    monkeypatch.setattr(backfill.validation.spill, "_temp_file", lambda folder: FullDisk())
     monkeypatch.delenv("BACKFILL_DEBUG", raising=False)
     code = main(["validate", str(path), "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 
 from backfill.read import Columns, open_chunks
-from backfill.reasons import REJECT_REASONS, Reason
-from backfill.times import TimeStatus, to_epoch_ms
-from backfill.validation import Hasher, Verdicts, describe, hash_strings, judge
-from backfill.verdicts import References
+from backfill.validation.judge import Hasher, Verdicts, describe, hash_strings, judge
+from backfill.validation.reasons import REJECT_REASONS, Reason
+from backfill.validation.times import TimeStatus, to_epoch_ms
+from backfill.validation.verdicts import References
 
 NOW_MS = 1_760_000_000_000  # 2025-10-09T08:53:20Z: "now" for every test
 GOOD_TIME = "1704067200"  # 2024-01-01T00:00:00Z in epoch seconds

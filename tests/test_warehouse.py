@@ -18,7 +18,7 @@ import pytest
 from conftest import Bucket
 from runkit import REPO, STANDIN_CREDENTIALS, CliResult, backfill_cli, clean_env, run_cli, uuid4s
 
-from backfill.rehearse import standin_thread
+from backfill.commands.rehearse import standin_thread
 from backfill.standin import (
     Standin,
     StandinConfig,

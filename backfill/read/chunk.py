@@ -17,7 +17,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from backfill.buffers import string_bytes, string_offsets
+from backfill.arrays.buffers import string_bytes, string_offsets
 
 DEFAULT_CHUNK_ROWS = 65_536
 #: Bytes of a chunk's digest (SHA-256, truncated): plenty to notice any change of a chunk.

@@ -64,9 +64,9 @@ from backfill.standin.app import CONFIG_KEY, STATE_KEY, make_app
 from backfill.standin.config import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, StandinConfig
 from backfill.standin.faults import FAULT_NAMES, Fault, FaultRates
 from backfill.standin.identity import NotMerged
-from backfill.standin.rules import REFUSED_DISTINCT_IDS, SIMPLIFIED_REFUSAL
 from backfill.standin.running import Standin, banner, request_line, running_standin, serve
 from backfill.standin.state import EventKey, RequestRecord, StandinState
+from backfill.standin.strict import REFUSED_DISTINCT_IDS, SIMPLIFIED_REFUSAL
 
 #: The former private name of ``SIMPLIFIED_REFUSAL``, kept for code that still uses it.
 _SIMPLIFIED_REFUSAL: Final = SIMPLIFIED_REFUSAL

@@ -36,7 +36,8 @@ from aiohttp import web
 from backfill.standin.auth import authenticate
 from backfill.standin.config import StandinConfig
 from backfill.standin.faults import Fault, FaultRates
-from backfill.standin.rules import (
+from backfill.standin.state import RequestRecord, StandinState
+from backfill.standin.strict import (
     SIMPLIFIED_REFUSAL,
     VALIDATION_FAILED,
     Body,
@@ -45,7 +46,6 @@ from backfill.standin.rules import (
     insert_id_of,
     is_identity_event,
 )
-from backfill.standin.state import RequestRecord, StandinState
 
 STATE_KEY: Final = web.AppKey("standin_state", StandinState)
 CONFIG_KEY: Final = web.AppKey("standin_config", StandinConfig)

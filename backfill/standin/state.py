@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from backfill.standin.config import StandinConfig
 from backfill.standin.faults import Fault, FaultPlan, FaultRates, TokenBucket
 from backfill.standin.identity import Identity, NotMerged, OriginalIdentity, SimplifiedIdentity
-from backfill.standin.rules import canonical
+from backfill.standin.strict import canonical
 
 
 class EventKey(NamedTuple):

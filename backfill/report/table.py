@@ -28,14 +28,14 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from backfill.errors import InputChanged
-from backfill.files import disk_errors, fsync_dir, open_private
+from backfill.folder.files import disk_errors, fsync_dir, open_private
 from backfill.read import Chunk, ChunkSource, Dataset
-from backfill.reasons import REJECT_REASONS, Reason
-from backfill.rules import ORIGINAL, Rules, describe
-from backfill.summary import Summary
-from backfill.times import TimeStatus, to_epoch_ms
-from backfill.times import describe as describe_time
-from backfill.validation import Verdicts
+from backfill.report.summary import Summary
+from backfill.validation.judge import Verdicts
+from backfill.validation.reasons import REJECT_REASONS, Reason
+from backfill.validation.rules import ORIGINAL, Rules, describe
+from backfill.validation.times import TimeStatus, to_epoch_ms
+from backfill.validation.times import describe as describe_time
 
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from backfill.reasons import REJECT_REASONS, Reason
-from backfill.spill import Records, Store
+from backfill.validation.reasons import REJECT_REASONS, Reason
+from backfill.validation.spill import Records, Store
 
 I64 = npt.NDArray[np.int64]
 #: Rows per range of the reference table once it is on disk.

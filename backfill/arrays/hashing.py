@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from backfill.buffers import string_bytes, string_offsets
+from backfill.arrays.buffers import string_bytes, string_offsets
 
 U64 = npt.NDArray[np.uint64]
 Hasher = Callable[[pa.Array], U64]

@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from backfill.errors import CheckpointMismatch
-from backfill.files import atomic_write_bytes, read_json
+from backfill.folder.files import atomic_write_bytes, read_json
 from backfill.mixpanel import MIN_TIME_MS
 
 CHECKPOINT_FILE = "checkpoint.json"

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backfill.files import PRIVATE_FILE, atomic_write_json
+from backfill.folder.files import PRIVATE_FILE, atomic_write_json
 
 STATE_FILE = "runs.json"
 #: Files that make a folder a run folder worth going back to.

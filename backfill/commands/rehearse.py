@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from backfill import pipeline
-from backfill.progress import Progress
-from backfill.runfolder import default_folder
-from backfill.settings import Credentials, Settings
+from backfill.commands import pipeline
+from backfill.config.settings import Credentials, Settings
+from backfill.folder.location import default_folder
+from backfill.report.progress import Progress
+from backfill.report.summary import Summary
 from backfill.standin import (
     DEFAULT_PROJECT_ID,
     DEFAULT_SERVICE_ACCOUNT,
@@ -32,7 +33,6 @@ from backfill.standin import (
     running_standin,
 )
 from backfill.standin.app import OnRequest
-from backfill.summary import Summary
 
 RECEIVED_FILE = "received.ndjson"
 

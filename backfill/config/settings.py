@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from backfill.config.options import BY_NAME, check_keys, merge
 from backfill.errors import ConfigError
 from backfill.mixpanel import IDENTITY_EVENTS, MAX_CLUSTER_SIZE, MAX_EVENTS_PER_REQUEST, REGIONS
-from backfill.options import BY_NAME, check_keys, merge
 from backfill.read import Columns
-from backfill.times import TimeStatus, now_ms, parse_one
+from backfill.validation.times import TimeStatus, now_ms, parse_one
 
 #: What a dataset may be read from: paths, folders, globs or URLs; or a DataFrame / Table.
 Source = Any

@@ -5,15 +5,16 @@ compute. The whole-file rules (conflict, duplicate, cluster limit) need to see e
 the first pass keeps one reason byte per row and, for each row passing rules 1-5, a
 fingerprint: its row number and two 64-bit hashes (anon id, identified id).
 
-**Memory flat in the row count.** The fingerprints go into two stores (``backfill.spill``):
-one keyed by the anon hash (row, anon hash, identified hash) for rules 6-7, one keyed by the
-identified hash (row, identified hash) for rule 8. A store stays in memory while it fits its
-share of ``index_memory_bytes``; past that it moves to a temp file in hash partitions, and is
-read back one unit at a time. Every rule is a group-by on one hash, taken in file order, and a
-unit holds every row of each hash it holds, in file order: so rules 6-7 are decided unit by
-unit of the anon store, then rule 8 unit by unit of the identified store, counting the rows
-the first step left valid. Memory is the reason bytes (one per row) plus about
-``index_memory_bytes``; the disk holds about 40 bytes per passing row for the time it runs.
+**Memory flat in the row count.** The fingerprints go into two stores
+(``backfill.validation.spill``): one keyed by the anon hash (row, anon hash, identified hash)
+for rules 6-7, one keyed by the identified hash (row, identified hash) for rule 8. A store
+stays in memory while it fits its share of ``index_memory_bytes``; past that it moves to a temp
+file in hash partitions, and is read back one unit at a time. Every rule is a group-by on one
+hash, taken in file order, and a unit holds every row of each hash it holds, in file order: so
+rules 6-7 are decided unit by unit of the anon store, then rule 8 unit by unit of the
+identified store, counting the rows the first step left valid. Memory is the reason bytes (one
+per row) plus about ``index_memory_bytes``; the disk holds about 40 bytes per passing row for
+the time it runs.
 
 **Exact despite hashes.** Deciding from hashes alone would be wrong when two different
 strings share a hash, so the decisions take two steps. First they are made from the hashes,
@@ -44,20 +45,20 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from backfill.collisions import RowBits, TiesFound, verify
-from backfill.groups import members, repeated_values, runs
-from backfill.hashing import Hasher, hash_strings, hash_strings_seeds
+from backfill.arrays.groups import members, repeated_values, runs
+from backfill.arrays.hashing import Hasher, hash_strings, hash_strings_seeds
 from backfill.read import ChunkSource
-from backfill.reasons import Reason
-from backfill.rules import (
+from backfill.validation.collisions import RowBits, TiesFound, verify
+from backfill.validation.reasons import Reason
+from backfill.validation.rules import (
     DEFAULT_MAX_CLUSTER_SIZE,
     ORIGINAL,
     Rules,
     describe,
     row_reasons,
 )
-from backfill.spill import Records, Store
-from backfill.verdicts import References, Verdicts, blocks
+from backfill.validation.spill import Records, Store
+from backfill.validation.verdicts import References, Verdicts, blocks
 
 __all__ = [
     "Hasher",

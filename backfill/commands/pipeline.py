@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from backfill import runfolder
-from backfill.checkpoint import CHECKPOINT_FILE, Checkpoint, token_digest
+from backfill.config.settings import Credentials, Settings
 from backfill.errors import BackfillError, InputChanged, InputChangedWhileSending, Interrupted
-from backfill.events import merge_mask
-from backfill.files import atomic_write_json, read_json_dict
-from backfill.lock import RunLock
-from backfill.progress import Progress, Snapshot
+from backfill.folder import location as runfolder
+from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint, token_digest
+from backfill.folder.files import atomic_write_json, read_json_dict
+from backfill.folder.lock import RunLock
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified
-from backfill.reasons import Reason
-from backfill.report import (
+from backfill.report.progress import Progress, Snapshot
+from backfill.report.summary import FileRows, RunStatus, Summary, ThisRun
+from backfill.report.table import (
     SUMMARY_FILE,
     RejectsFile,
     Validated,
@@ -36,15 +36,15 @@ from backfill.report import (
     reject_rows,
     zero_counts,
 )
-from backfill.rules import Rules, devices
-from backfill.settings import Credentials, Settings
-from backfill.summary import FileRows, RunStatus, Summary, ThisRun
-from backfill.times import iso_utc, now_ms
-from backfill.validation import Verdicts, judge
+from backfill.send.events import merge_mask
+from backfill.validation.judge import Verdicts, judge
+from backfill.validation.reasons import Reason
+from backfill.validation.rules import Rules, devices
+from backfill.validation.times import iso_utc, now_ms
 
 if TYPE_CHECKING:
     # The send path (aiohttp and all) is imported by a run only: a dry run starts faster.
-    from backfill.runner import Run
+    from backfill.commands.send_phase import Run
 
 
 def validate(
@@ -137,7 +137,7 @@ def _send(
     started: float,
 ) -> Summary:
     """The send phase and the final writes, whatever ends it."""
-    from backfill.runner import Run, drive, signals_to
+    from backfill.commands.send_phase import Run, drive, signals_to
 
     already = ckpt.done.covers(1, validated.verdicts.rows_read)
     sending = Run(settings, credentials, validated, ckpt, progress=progress)

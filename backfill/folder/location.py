@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from backfill import registry
-from backfill.files import prepare_folder
+from backfill.config.settings import Settings
+from backfill.folder import registry
+from backfill.folder.files import prepare_folder
 from backfill.read import Dataset
-from backfill.settings import Settings
 
 RUNS_ROOT = Path("runs")
 

@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backfill.checkpoint import CHECKPOINT_FILE, Checkpoint
 from backfill.errors import InputError
-from backfill.files import read_json_dict
-from backfill.lock import LOCK_FILE, active_holder
-from backfill.reasons import Reason
-from backfill.report import SUMMARY_FILE, duration
-from backfill.summary import Summary
+from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint
+from backfill.folder.files import read_json_dict
+from backfill.folder.lock import LOCK_FILE, active_holder
+from backfill.report.summary import Summary
+from backfill.report.table import SUMMARY_FILE, duration
+from backfill.validation.reasons import Reason
 
 RUNS_ROOT = Path("runs")
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from backfill.report import duration
+from backfill.report.table import duration
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from backfill.errors import (
     RetryableSendError,
     UnexpectedAnswer,
 )
-from backfill.events import Batch
+from backfill.send.events import Batch
 
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _SIMPLIFIED_HINT = "simplified identity"

@@ -39,16 +39,16 @@ from typing import Any
 import numpy as np
 
 from backfill import interrupts
-from backfill.answers import Settled
-from backfill.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint
+from backfill.config.settings import Credentials, Settings
 from backfill.errors import Aborted, BackfillError, Interrupted
-from backfill.events import Batch, Encoder
+from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint
 from backfill.producer import Producer, produce_batches
-from backfill.progress import Progress, Snapshot
-from backfill.reasons import Reason
-from backfill.report import Validated
-from backfill.send import SendConfig, Sender, SendStats
-from backfill.settings import Credentials, Settings
+from backfill.report.progress import Progress, Snapshot
+from backfill.report.table import Validated
+from backfill.send.answers import Settled
+from backfill.send.events import Batch, Encoder
+from backfill.send.sender import SendConfig, Sender, SendStats
+from backfill.validation.reasons import Reason
 
 #: Seconds that requests on the wire get to settle after Ctrl-C before they are abandoned
 #: (resendable): the whole stop then fits in the 3 s the issue asks for, at any --rate.

@@ -34,8 +34,8 @@ from backfill.mixpanel import (
 )
 from backfill.read import Chunk, ChunkSource
 from backfill.read.chunk import unusual_rows
-from backfill.reasons import Reason
-from backfill.times import TimeStatus, to_epoch_ms
+from backfill.validation.reasons import Reason
+from backfill.validation.times import TimeStatus, to_epoch_ms
 
 #: Values refused as an id (compared case-insensitively): Mixpanel's placeholders, and ``nan``.
 PLACEHOLDERS = PLACEHOLDER_DISTINCT_IDS | {"nan"}

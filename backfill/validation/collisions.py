@@ -19,11 +19,11 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from backfill.groups import members, repeated_values, runs
-from backfill.hashing import Hasher
+from backfill.arrays.groups import members, repeated_values, runs
+from backfill.arrays.hashing import Hasher
 from backfill.read import ChunkSource
-from backfill.rules import bool_mask
-from backfill.spill import Records, Store
+from backfill.validation.rules import bool_mask
+from backfill.validation.spill import Records, Store
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]

@@ -37,17 +37,17 @@ from urllib.parse import urlsplit
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from backfill.answers import Answer, Settled, TooLarge, interpret
+from backfill.config.settings import Credentials
 from backfill.errors import (
     Aborted,
     RetriesExhausted,
     RetryableSendError,
     Unreachable,
 )
-from backfill.events import Batch, Encoder
-from backfill.pacing import Abandoned as _Abandoned
-from backfill.pacing import Pacer, PacingRules, unless_stopping
-from backfill.settings import Credentials
+from backfill.send.answers import Answer, Settled, TooLarge, interpret
+from backfill.send.events import Batch, Encoder
+from backfill.send.pacing import Abandoned as _Abandoned
+from backfill.send.pacing import Pacer, PacingRules, unless_stopping
 
 #: A ``Retry-After`` longer than this is not waited out in full (documented in the README).
 MAX_RETRY_AFTER_S = 300.0

@@ -1,0 +1,1 @@
+"""Numpy views of Arrow string arrays: buffers, 64-bit hashes, sort-based group-by."""

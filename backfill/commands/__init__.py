@@ -1,0 +1,1 @@
+"""One command's life: validate, send, summarise; the send phase; rehearse."""

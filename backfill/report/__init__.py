@@ -1,0 +1,1 @@
+"""Views of what a command did: summary, terminal table, progress line, status."""

@@ -1,0 +1,1 @@
+"""Events of each ID merge mode, batches, the sender, Mixpanel's answers, pacing."""
