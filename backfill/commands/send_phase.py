@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 
 from backfill import interrupts
+from backfill.commands.producer import Producer, produce_batches
 from backfill.config.settings import Credentials, Settings
 from backfill.errors import Aborted, BackfillError, Interrupted
 from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint
-from backfill.producer import Producer, produce_batches
 from backfill.report.progress import Progress, Snapshot
 from backfill.report.table import Validated
 from backfill.send.answers import Settled
