@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from backfill import __version__
+from backfill import __version__, interrupts
 from backfill.config.options import REHEARSE, RUN, VALIDATE, VERIFY, options_for
 from backfill.errors import EXIT_INTERRUPTED, EXIT_USAGE, BackfillError, Interrupted
 
@@ -439,27 +439,66 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+#: What a deliberate Ctrl-C ends with: a calm line, not an error.
+INTERRUPTED = "backfill: interrupted; run the same command again to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code."""
-    parser = build_parser()
-    given = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(given)
-    if args.command is None:
-        print(parser.format_help(), file=sys.stderr, end="")
-        return EXIT_USAGE
-    # SIGTERM outside the send loop (which handles it itself) stops like Ctrl-C: exit 130.
-    signal.signal(signal.SIGTERM, _terminate)
-    command = args.command
-    if command == RUN and args.dry_run:
-        command = VALIDATE
+    """Entry point of ``backfill`` and ``python -m backfill``; returns the exit code.
+
+    SIGINT/SIGTERM only ask the command to stop (``interrupts``): it ends with exit 130 within
+    ``interrupts.DEADLINE_S``, whatever it was doing. A ``run`` whose sending had already
+    finished when the signal came ends as it finished (exit 0): everything is sent and
+    recorded, there is nothing to resume.
+    """
+    with interrupts.caught(deadline_s=interrupts.DEADLINE_S):
+        parser = build_parser()
+        given = list(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(given)
+        if args.command is None:
+            print(parser.format_help(), file=sys.stderr, end="")
+            return EXIT_USAGE
+        command = args.command
+        if command == RUN and args.dry_run:
+            command = VALIDATE
+        if command == "serve":
+            # The stand-in stops on Ctrl-C by itself (SIGTERM raising KeyboardInterrupt).
+            if interrupts.release():
+                return EXIT_INTERRUPTED
+            signal.signal(signal.SIGTERM, _terminate)
+        code = _command(command, args, given)
+        if code == 0 and interrupts.requested() and command not in (RUN, REHEARSE, "serve"):
+            print(INTERRUPTED, file=sys.stderr)
+            code = EXIT_INTERRUPTED
+        return code
+
+
+def entry() -> NoReturn:
+    """The console script and ``python -m backfill``: ``main``, then an exit that skips the
+    interpreter's shutdown (``interrupts.exit_now``).
+
+    Two reasons. A read stopped early can leave Arrow's I/O thread finishing a block, which the
+    shutdown would race (a hang in its thread pool, or an abort). And the shutdown gives
+    SIGINT back to Python's default, so a Ctrl-C in its last milliseconds would kill a run
+    that had completed. Every file of ours is written and closed by then.
+    """
+    interrupts.catch_early()
+    interrupts.exit_now(main())
+
+
+def _command(command: str, args: argparse.Namespace, given: Sequence[str]) -> int:
     try:
         return _COMMANDS[command](args)
+    except Interrupted as e:
+        print(f"backfill: {e}", file=sys.stderr)
+        _next_command(e, given, resumable=command == RUN)
+        return e.exit_code
     except BackfillError as e:
         print(f"backfill: error: {e}", file=sys.stderr)
         _next_command(e, given, resumable=command == RUN)
         return e.exit_code
     except KeyboardInterrupt:
-        print("backfill: interrupted", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 1

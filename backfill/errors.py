@@ -151,7 +151,8 @@ class OutOfSpace(Aborted):
 
 
 class Interrupted(BackfillError):
-    """SIGINT or SIGTERM stopped the run after in-flight requests settled."""
+    """SIGINT or SIGTERM stopped the command (a run: its requests in flight settled or were
+    abandoned as not done, and the checkpoint is written)."""
 
     exit_code = EXIT_INTERRUPTED
     resumes = True

@@ -2,8 +2,8 @@
 
 The life of a ``Run.send()``:
 
-1. The producer re-reads the input in a worker thread and yields batches of the valid pairs
-   not yet done, their spans tiling the file (``produce_batches``).
+1. The producer (``producer.py``) re-reads the input in a worker thread and yields batches
+   of the valid pairs not yet done, their spans tiling the file.
 2. **Canary**: the first pair not yet done goes alone, and the pool starts only once that
    request has settled. Wrong credentials, a wrong project, a Simplified project or an
    unreachable host then cost one event and a few seconds, not ``--concurrency`` batches.
@@ -12,10 +12,13 @@ The life of a ``Run.send()``:
    refusals appended to ``rejects.csv``, its span added to the checkpoint.
 4. **Checkpoints** are written at most every ``CHECKPOINT_INTERVAL_S`` by a background task
    (refusals fsynced first), and once more at the end whatever the end was.
-5. **Stopping**: the first SIGINT/SIGTERM stops taking batches; requests in flight settle, for
-   at most ``--timeout`` + 5 s; a second signal stops at once. An answer that stops the run
-   (``Aborted``) does the same from inside the sender. Either way the final checkpoint is
-   written while signals are still caught, then the previous handlers come back.
+5. **Stopping**: the first SIGINT/SIGTERM stops taking batches, cancels every paced wait (the
+   bucket, the gate, retry backoffs) and the producer (at its next chunk); requests already on
+   the wire get ``STOP_GRACE_S`` to settle, then are abandoned: their rows stay not done, to
+   be sent again by the resume. A second signal abandons them at once. An answer that stops
+   the run (``Aborted``) does the same from inside the sender. Either way the final
+   checkpoint is written while signals are still caught, then the previous handlers come
+   back. The send phase's time (hence its rate) ends at the first signal, not after the stop.
 
 The checkpoint (all runs) and the sender's ``SendStats`` (this invocation) are the counts;
 everything the display or the summary shows is read from them.
@@ -30,30 +33,28 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from types import FrameType
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
+from backfill import interrupts
+from backfill.commands.producer import Producer, produce_batches
 from backfill.commands.validated import Validated
 from backfill.config.settings import Credentials, Settings
 from backfill.errors import Aborted, BackfillError, Interrupted
-from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint, RowIntervals
+from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint
 from backfill.folder.rejects import RejectRow
-from backfill.read import Chunk
 from backfill.report.page.figures import SendTrace
 from backfill.report.progress import Progress, Snapshot
 from backfill.send.answers import Settled
-from backfill.send.events import Batch, Encoder, Pairs
+from backfill.send.events import Batch, Encoder
 from backfill.send.sender import SendConfig, Sender, SendStats
-from backfill.validation.details import chunk_reasons
 from backfill.validation.reasons import Reason
-from backfill.validation.times import to_epoch_ms
 
-#: Seconds that requests in flight get to settle after Ctrl-C, on top of --timeout.
-GRACE_S = 5.0
+#: Seconds that requests on the wire get to settle after Ctrl-C before they are abandoned
+#: (resendable): the whole stop then fits in the 3 s the issue asks for, at any --rate.
+STOP_GRACE_S = 1.5
 
 
 class Run:
@@ -104,6 +105,10 @@ class Run:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending_signals = 0
         self._ended: float | None = None
+        #: Set from any thread by the first signal (or a stop): the producer checks it per chunk.
+        self._stop = threading.Event()
+        #: Whether the producer read the input to its end (only then is every row done).
+        self._produced_all = False
 
     def send_seconds(self) -> float:
         """How long the send phase has run (or ran), in seconds."""
@@ -143,7 +148,9 @@ class Run:
         }
 
     def snapshot(self) -> Snapshot:
-        """What the progress display shows while sending."""
+        """What the progress display shows while sending (or stopping, after a signal)."""
+        if self._stop.is_set() and self.signals:
+            return Snapshot("stopping", in_flight=self.sender.on_wire, **self.counts())
         return Snapshot("sending", **self.counts())
 
     @property
@@ -159,23 +166,26 @@ class Run:
         """
         self._started = time.monotonic()
         self._loop = asyncio.get_running_loop()
+        if self._pending_signals:
+            self._ended = self._started  # stopped before it started: no sending time
         for _ in range(self._pending_signals):
             self._on_signal()  # a Ctrl-C that came before the loop did
         saver = asyncio.create_task(self._save_periodically())
         try:
             await self._send_until_stopped()
         finally:
-            self._ended = time.monotonic()
+            self._ended = self._ended or time.monotonic()
             saver.cancel()
             self.checkpoint.requests += self.stats.requests
             for cause, n in self.stats.retries.items():
                 self.checkpoint.retries[cause] = self.checkpoint.retries.get(cause, 0) + n
             self._dirty = True
             await self._save()
-        if self.interrupted:
+        if self.interrupted or not self._produced_all:
+            # (A producer stopped by a signal the loop has not seen yet is an interruption too.)
             raise Interrupted(
-                f"interrupted: {self.checkpoint.events_imported:,} events imported so far; the "
-                "checkpoint is written: run the same command again to resume"
+                f"interrupted: {self.checkpoint.events_imported:,} events imported so far, the "
+                "checkpoint is written; run the same command again to resume"
             )
 
     async def _send_until_stopped(self) -> None:
@@ -184,11 +194,12 @@ class Run:
         try:
             await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
-                # A signal or a fatal answer: no new batches; requests in flight get a bounded
-                # time to settle.
+                # A signal or a fatal answer: no new batches; requests on the wire get a short
+                # time to settle, then are abandoned (their rows stay not done).
                 hard = asyncio.create_task(self._hard_stop.wait())
-                grace = self.settings.timeout_s + GRACE_S
-                await asyncio.wait({work, hard}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {work, hard}, timeout=STOP_GRACE_S, return_when=asyncio.FIRST_COMPLETED
+                )
                 hard.cancel()
                 work.cancel()
         finally:
@@ -202,15 +213,15 @@ class Run:
                 raise
         except BaseExceptionGroup as eg:
             raise _first_error(eg) from None
-        if not self.interrupted and self.validated.verdicts.rows_read:
+        if self._produced_all and not self.interrupted and self.validated.verdicts.rows_read:
             # Every batch was produced and settled, and spans tile the file: all of it is done
             # (this also covers a rerun that had nothing left to send).
             self.checkpoint.done.add(1, self.validated.verdicts.rows_read)
             self._dirty = True
 
     async def _send_everything(self) -> None:
-        async with self.sender:
-            batches = produce_batches(
+        producer = Producer(
+            produce_batches(
                 self.validated,
                 # A copy: the producer thread must not read what the event loop is changing.
                 # Rows settled during this run are never produced twice anyway.
@@ -218,17 +229,28 @@ class Run:
                 self.encoder,
                 event_time_ms=self.checkpoint.event_time_ms,
                 time_column=self.settings.columns.time is not None,
-            )
-            first = await asyncio.to_thread(next, batches, None)
-            if first is None:
-                return
-            canary, rest = self.encoder.split(first, at=1) if len(first) > 1 else (first, None)
-            await self.sender.canary(canary)
-            if self.sender.stopping:
-                return
-            await self._pool(rest, batches)
+                stop=self._stop,
+            ),
+            self._stop,
+        )
+        try:
+            async with self.sender:
+                first = await asyncio.to_thread(producer.next)
+                if first is None:
+                    return
+                canary, rest = self.encoder.split(first, at=1) if len(first) > 1 else (first, None)
+                await self.sender.canary(canary)
+                if self.sender.stopping:
+                    return
+                await self._pool(rest, producer)
+        finally:
+            self._produced_all = producer.exhausted
+            self._stop.set()  # a next() under way stops at its next chunk
+            # The readers close now, not when the generator is collected: whatever ends the
+            # send, no Arrow reader is left reading ahead.
+            await asyncio.shield(asyncio.to_thread(producer.close))
 
-    async def _pool(self, rest: Batch | None, batches: Iterator[Batch]) -> None:
+    async def _pool(self, rest: Batch | None, batches: Producer) -> None:
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self.sender.workers + 2)
         if rest is not None:
             queue.put_nowait(rest)
@@ -241,10 +263,14 @@ class Run:
             with contextlib.suppress(asyncio.CancelledError):
                 await feeder  # a producer failure (e.g. a grown input) surfaces here
 
-    async def _feed(self, queue: asyncio.Queue[Batch | None], batches: Iterator[Batch]) -> None:
+    async def _feed(self, queue: asyncio.Queue[Batch | None], batches: Producer) -> None:
         try:
-            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+            while (batch := await asyncio.to_thread(batches.next)) is not None:
                 await queue.put(batch)
+            if not batches.exhausted:
+                # Stopped (a signal, maybe seen by the reader first): the workers stop too.
+                self.sender.stop()
+                return
             for _ in range(self.sender.workers):
                 await queue.put(None)
         except Exception:
@@ -304,6 +330,9 @@ class Run:
     def interrupt(self) -> None:
         """SIGINT/SIGTERM, or Ctrl-C in a notebook: the first asks a graceful stop, the second
         an immediate one. Safe from any thread and at any moment of the run's life."""
+        if not self._stop.is_set():
+            self._ended = time.monotonic()  # the rate counts sending time, not the stop
+        self._stop.set()  # at once, for the producer thread
         loop = self._loop
         if loop is None:
             self._pending_signals += 1
@@ -315,6 +344,7 @@ class Run:
         self.signals += 1
         if self.signals == 1:
             self.sender.stop()
+            self.progress.show(self.snapshot)  # the stopping line, at once
         else:
             self._hard_stop.set()
 
@@ -328,91 +358,20 @@ def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     return eg.exceptions[0]
 
 
-# --- the producer --------------------------------------------------------------------------
-
-
-def produce_batches(
-    validated: Validated,
-    done: RowIntervals,
-    encoder: Encoder,
-    *,
-    event_time_ms: int,
-    time_column: bool,
-) -> Iterator[Batch]:
-    """Re-read the input and yield batches of the valid rows not yet done, spans tiling the file.
-
-    Runs in a worker thread, one ``next()`` at a time; the queue it feeds bounds how far ahead
-    of the senders it gets.
-    """
-    pairs = (
-        _pairs_to_send(chunk, validated, done, event_time_ms if not time_column else None)
-        for chunk in validated.source()
-    )
-    # Hold one batch back so that the last one's span can reach the end of the file.
-    start = 1
-    previous: Batch | None = None
-    for batch in _full_batches(pairs, encoder):
-        if previous is not None:
-            yield replace(previous, span=(start, previous.last_row))
-            start = previous.last_row + 1
-        previous = batch
-    if previous is not None:
-        yield replace(previous, span=(start, validated.verdicts.rows_read))
-
-
-def _pairs_to_send(
-    chunk: Chunk, validated: Validated, done: RowIntervals, event_time_ms: int | None
-) -> Pairs | None:
-    """The valid rows of ``chunk`` not yet done, with their times (None if there are none)."""
-    rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
-    ok = chunk_reasons(chunk, validated.verdicts) == Reason.VALID
-    ok &= ~done.contains(rows)
-    if not ok.any():
-        return None
-    idx = np.flatnonzero(ok)
-    take = pa.array(idx)
-    if event_time_ms is None:
-        assert chunk.time is not None
-        times = to_epoch_ms(chunk.time.take(take), validated.now_ms)[0]
-    else:
-        times = np.full(len(idx), event_time_ms, dtype=np.int64)
-    return Pairs(rows[idx], chunk.anon.take(take), chunk.identified.take(take), times)
-
-
-def _full_batches(chunks: Iterator[Pairs | None], encoder: Encoder) -> Iterator[Batch]:
-    """Batches of ``batch_size`` events across chunk ends; only the last may be smaller."""
-    carry: list[Pairs] = []
-    carried = 0
-    size = encoder.batch_size
-    for pairs in chunks:
-        if pairs is None:
-            continue
-        carry.append(pairs)
-        carried += len(pairs)
-        if carried < size:
-            continue
-        whole = Pairs.concat(carry)
-        full = carried - carried % size
-        yield from encoder.batches(whole.slice(0, full))
-        carry = [whole.slice(full, carried)] if full < carried else []
-        carried -= full
-    if carried:
-        yield from encoder.batches(Pairs.concat(carry))
-
-
 def drive(sending: Run) -> None:
     """Run ``sending.send()`` to its end, from plain code or from inside a running event loop.
 
     In the main thread SIGINT and SIGTERM are caught for the whole of ``asyncio.run``, its
-    teardown included, and handed to ``sending.interrupt``: a second Ctrl-C while the loop
-    shuts down must not tear it down halfway. A notebook (Jupyter) already runs an event loop
+    teardown included, and handed to ``sending.interrupt`` (a signal that came earlier in the
+    command, e.g. at the end of validation, at once): a second Ctrl-C while the loop shuts
+    down must not tear it down halfway. A notebook (Jupyter) already runs an event loop
     in this thread, where ``asyncio.run`` refuses to start: the send then runs in a thread
     with a loop of its own, and a Ctrl-C (KeyboardInterrupt here) asks it to stop the same way.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        with signals_to(sending.interrupt):
+        with interrupts.caught(), interrupts.listening(sending.interrupt):
             asyncio.run(sending.send())
         return
     outcome: list[BaseException] = []
@@ -425,11 +384,12 @@ def drive(sending: Run) -> None:
 
     thread = threading.Thread(target=target, name="backfill-send")
     thread.start()
-    while thread.is_alive():
-        try:
-            thread.join(0.2)
-        except KeyboardInterrupt:
-            sending.interrupt()
+    with interrupts.caught(), interrupts.listening(sending.interrupt):
+        while thread.is_alive():
+            try:
+                thread.join(0.2)
+            except KeyboardInterrupt:
+                sending.interrupt()
     if outcome:
         raise outcome[0]
 

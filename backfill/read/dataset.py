@@ -15,8 +15,9 @@ of the files after it unnoticed. Changes of the same length are for ``Chunk.dige
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from backfill import interrupts
 from backfill.errors import InputChanged, InputError
 from backfill.read import delimited, jsonl, memory, parquet
 from backfill.read.chunk import (
@@ -88,13 +90,19 @@ class Dataset:
         """Stream every row from the first file's first row, in chunks."""
         row = 1
         for index, file in enumerate(self.files):
+            interrupts.check()
             _check_unchanged(file)
             seen = 0
             if index not in self._empty:
-                for chunk in self._file_chunks(index, file, row):
-                    seen += len(chunk)
-                    row += len(chunk)
-                    yield chunk
+                # Closed here, not whenever the garbage collector gets to it: an open reader
+                # keeps Arrow's I/O thread reading ahead (see ``delimited._QuoteCounter``).
+                with contextlib.closing(self._file_chunks(index, file, row)) as chunks:
+                    for chunk in chunks:
+                        # Between chunks, a Ctrl-C ends the read with every reader closed.
+                        interrupts.check()
+                        seen += len(chunk)
+                        row += len(chunk)
+                        yield chunk
             if file.rows is None:
                 file.rows = seen
             elif seen != file.rows:
@@ -102,7 +110,7 @@ class Dataset:
         if row == 1:
             raise InputError(f"input has no data rows: {self.name} (is it the right export?)")
 
-    def _file_chunks(self, index: int, file: DataFile, first_row: int) -> Iterator[Chunk]:
+    def _file_chunks(self, index: int, file: DataFile, first_row: int) -> Generator[Chunk]:
         file_row = 1
         time_at = 2 if self.columns.time else None
         text = self.format in ("csv", "tsv")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -99,16 +100,27 @@ def batches(file: DataFile, columns: Columns, delimiter: str) -> Iterator[list[p
 
 
 class _QuoteCounter:
-    """A read-only file object counting the ``"`` bytes that pass through it."""
+    """A read-only file object counting the ``"`` bytes that pass through it.
+
+    pyarrow's streaming reader calls ``read`` from its I/O thread, reading ahead, and goes on
+    doing so for a while after the reader is closed. So ``close`` waits for a read under way
+    (the stream is never closed under it) and every read after it is an immediate end of
+    file: the I/O thread winds down at once instead of reading on while the process exits
+    (which hung in Arrow's thread pool, or aborted).
+    """
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.quotes = 0
         self.closed = False
+        self._lock = threading.Lock()
 
     def read(self, size: int = -1) -> bytes:
-        """Read like the wrapped stream, counting quotes."""
-        data = bytes(self.raw.read(size))
+        """Read like the wrapped stream, counting quotes; nothing once closed."""
+        with self._lock:
+            if self.closed:
+                return b""
+            data = bytes(self.raw.read(size))
         if data.find(b'"') >= 0:  # memchr: a block without quotes costs next to nothing
             self.quotes += data.count(b'"')
         return data
@@ -118,9 +130,11 @@ class _QuoteCounter:
         return True
 
     def close(self) -> None:
-        """Close the wrapped stream."""
-        self.raw.close()
-        self.closed = True
+        """Close the wrapped stream, once no read is under way."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self.raw.close()
 
 
 def _unclosed_quote(file: DataFile, delimiter: str) -> None:

@@ -47,6 +47,7 @@ class Snapshot:
     paced_per_s: float | None = None  # the run's rate while 429s hold it below --rate
     waiting_s: float | None = None  # a retry pause of several seconds now under way
     held_per_s: float | None = None  # pairs settled per second lately (``HeldRate``)
+    in_flight: int | None = None  # while stopping: requests still on the wire
 
 
 View = Callable[[], Snapshot]
@@ -110,6 +111,13 @@ class Progress:
             self._last = time.monotonic()
             self._draw()
 
+    def show(self, view: View) -> None:
+        """Show ``view`` from now on, drawn at once even in a log (the stopping line)."""
+        self.view = view
+        if self.enabled:
+            self._last = time.monotonic()
+            self._draw()
+
     def tick(self) -> None:
         """Redraw if the interval has passed since the last drawing."""
         if not self.enabled:
@@ -167,6 +175,15 @@ def _join(parts: list[tuple[int, str]]) -> str:
 
 
 def _parts(snap: Snapshot, bar: bool) -> list[tuple[int, str]]:
+    if snap.in_flight is not None:
+        # Stopping: what it waits for and how to cut it short; rates and time left no longer
+        # mean anything.
+        requests = "request" if snap.in_flight == 1 else "requests"
+        return [
+            (0, f"stopping: waiting for {snap.in_flight:,} {requests} in flight"),
+            (1, "(Ctrl-C again to stop now)"),
+            (2, f"{snap.pairs_done:,}/{snap.pairs_total or 0:,} pairs done"),
+        ]
     parts: list[tuple[int, str]] = [(0, snap.phase)]
     if snap.pairs_total is None:
         parts.append((1, f"{snap.rows_read:,} rows read"))

@@ -44,15 +44,48 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 from aiolimiter import AsyncLimiter
 
 #: Mixpanel's guidance: 10-20 concurrent requests of up to 2000 events.
 MIN_IN_FLIGHT = 10
 MAX_IN_FLIGHT = 20
+
+T = TypeVar("T")
+
+
+class Abandoned(Exception):
+    """The run is stopping: this batch was not sent (again), and is not done."""
+
+
+async def unless_stopping(wait: Awaitable[T], stopping: asyncio.Event) -> T:
+    """``wait``'s result, or ``Abandoned`` (``wait`` cancelled) as soon as ``stopping`` is set.
+
+    For the paced waits (the gate, the bucket): their turn may be many seconds away.
+    """
+    if stopping.is_set():
+        if asyncio.iscoroutine(wait):
+            wait.close()  # never started: no "never awaited" warning
+        raise Abandoned
+    waiting = asyncio.ensure_future(wait)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        waiting.cancel()  # the caller is cancelled (a second Ctrl-C): so is its wait
+        raise
+    finally:
+        stop.cancel()
+    if waiting.done():
+        return waiting.result()
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    raise Abandoned
 
 
 @dataclass(frozen=True)

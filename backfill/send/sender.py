@@ -47,7 +47,8 @@ from backfill.errors import (
 )
 from backfill.send.answers import Answer, Settled, TooLarge, interpret
 from backfill.send.events import Batch, Encoder
-from backfill.send.pacing import Pacer, PacingRules
+from backfill.send.pacing import Abandoned as _Abandoned
+from backfill.send.pacing import Pacer, PacingRules, unless_stopping
 from backfill.untrusted.masking import shown
 
 #: A ``Retry-After`` longer than this is not waited out in full (documented in the README).
@@ -105,10 +106,6 @@ class SendStats:
     events_refused: int = 0
 
 
-class _Abandoned(Exception):
-    """The run is stopping: this batch was not sent (again), and is not done."""
-
-
 #: Called on the event loop for each settled batch. Synchronous on purpose: nothing can cancel
 #: it halfway, so the checkpoint and rejects.csv never see half a batch.
 OnSettled = Callable[[Settled], None]
@@ -156,6 +153,8 @@ class Sender:
         self._error: Aborted | None = None
         self._long_waits: list[float] = []
         self._session: aiohttp.ClientSession | None = None
+        #: Requests on the wire now (sent, answer not read yet).
+        self.on_wire = 0
 
     async def __aenter__(self) -> Sender:
         self._session = self._new_session()
@@ -361,12 +360,17 @@ class Sender:
     ) -> Settled:
         # A place on the wire first, then the events' turn in the bucket: the bucket sets the
         # pace, and a request that has paid goes out at once.
-        async with self.pacer.slot():
-            sent_at = await self.pacer.pay(len(batch))
+        # Both waits give up as soon as the run stops: at a low --rate a batch may wait its
+        # turn for many seconds, and a stopping run must not sit them out.
+        gate = self.pacer.slot()
+        await unless_stopping(gate.__aenter__(), self._stopping)
+        try:
+            sent_at = await unless_stopping(self.pacer.pay(len(batch)), self._stopping)
             if self.stopping:
                 raise _Abandoned
             self.stats.requests += 1
             self.stats.events_sent += len(batch)
+            self.on_wire += 1
             try:
                 async with session.post(
                     self.config.import_url,
@@ -384,6 +388,10 @@ class Sender:
                     )
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise _classify(e, self.config.import_url) from None
+            finally:
+                self.on_wire -= 1
+        finally:
+            await gate.__aexit__(None, None, None)
         if answer.status == 429:
             self.stats.rate_limited += 1
         self.pacer.answered(sent_at, len(batch), answer.status, canary=canary)
