@@ -10,7 +10,7 @@ only records itself, and each part of a command answers it at a point of its cho
 
 * reading calls ``check()`` between chunks, which raises ``Interrupted`` there; the readers
   are closed on the way out (``read.dataset``);
-* the send phase registers a listener (``listening(Run.interrupt)``): the first signal stops
+* the send phase registers a listener (``listening(SendPhase.interrupt)``): the first signal stops
   taking batches, the second stops at once;
 * the final writes of a run run to their end.
 

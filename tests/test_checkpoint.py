@@ -27,11 +27,12 @@ from backfill.folder.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
     RowIntervals,
+    SendState,
     file_fingerprint,
     token_digest,
 )
 from backfill.folder.files import atomic_write_bytes
-from backfill.folder.lock import LOCK_FILE, RunLock, active_holder
+from backfill.folder.lock import LOCK_FILE, FolderLock, active_holder
 
 REPO = Path(__file__).resolve().parent.parent
 START_MS = 1_700_000_000_000
@@ -284,7 +285,7 @@ def test_an_explicit_event_time_wins_on_a_new_checkpoint(tmp_path: Path) -> None
 def test_resume_restores_done_rows_and_cumulative_counts(tmp_path: Path) -> None:
     """A reopened checkpoint has the same done rows and counts, one more run, a running state."""
     saved = saved_checkpoint(tmp_path)
-    saved.state = "completed"
+    saved.state = SendState.COMPLETED
     saved.write()
     again = open_checkpoint(tmp_path)
     assert again.done.to_json() == [[1, 100], [201, 300]]
@@ -594,9 +595,9 @@ def test_restart_on_an_unchanged_identity_also_starts_over(tmp_path: Path) -> No
 
 
 def test_a_second_lock_on_the_same_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
-    """While one RunLock is held, another on the same folder raises RunLocked naming the holder."""
-    with RunLock(tmp_path, command="run"):
-        with pytest.raises(RunLocked) as caught, RunLock(tmp_path, command="validate"):
+    """While one FolderLock is held, another on the same folder raises RunLocked naming it."""
+    with FolderLock(tmp_path, command="run"):
+        with pytest.raises(RunLocked) as caught, FolderLock(tmp_path, command="validate"):
             pass
         message = str(caught.value)
         assert f"pid {os.getpid()}" in message
@@ -604,13 +605,13 @@ def test_a_second_lock_on_the_same_folder_is_refused_naming_the_holder(tmp_path:
         assert str(tmp_path) in message
         assert "backfill status" in message
         assert caught.value.exit_code == EXIT_USAGE
-    with RunLock(tmp_path, command="validate"):  # released: free again
+    with FolderLock(tmp_path, command="validate"):  # released: free again
         pass
 
 
 def test_locks_on_different_folders_do_not_interfere(tmp_path: Path) -> None:
     """Two run folders can each be locked at once."""
-    with RunLock(tmp_path / "a", command="run"), RunLock(tmp_path / "b", command="run"):
+    with FolderLock(tmp_path / "a", command="run"), FolderLock(tmp_path / "b", command="run"):
         assert (tmp_path / "a" / LOCK_FILE).exists()
         assert (tmp_path / "b" / LOCK_FILE).exists()
 
@@ -618,7 +619,7 @@ def test_locks_on_different_folders_do_not_interfere(tmp_path: Path) -> None:
 def test_active_holder_reports_the_lock_only_while_it_is_held(tmp_path: Path) -> None:
     """``active_holder`` is None without a lock file, the holder while held, None after."""
     assert active_holder(tmp_path) is None
-    with RunLock(tmp_path, command="run"):
+    with FolderLock(tmp_path, command="run"):
         holder = active_holder(tmp_path)
         assert holder is not None
         assert holder["pid"] == os.getpid()
@@ -634,8 +635,8 @@ def _lock_holder_child(folder: Path) -> subprocess.Popen[bytes]:
         """
         import sys, time
         from pathlib import Path
-        from backfill.folder.lock import RunLock
-        with RunLock(Path(sys.argv[1]), command="run"):
+        from backfill.folder.lock import FolderLock
+        with FolderLock(Path(sys.argv[1]), command="run"):
             print("locked", flush=True)
             time.sleep(120)
         """
@@ -659,14 +660,17 @@ def test_a_lock_left_by_a_sigkilled_process_is_taken_over(tmp_path: Path) -> Non
         holder = active_holder(tmp_path)
         assert holder is not None
         assert holder["pid"] == child.pid
-        with pytest.raises(RunLocked, match=f"pid {child.pid}"), RunLock(tmp_path, command="run"):
+        with (
+            pytest.raises(RunLocked, match=f"pid {child.pid}"),
+            FolderLock(tmp_path, command="run"),
+        ):
             pass
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     assert child.returncode == -signal.SIGKILL
     assert active_holder(tmp_path) is None
-    with RunLock(tmp_path, command="run"):
+    with FolderLock(tmp_path, command="run"):
         holder = active_holder(tmp_path)
         assert holder is not None
         assert holder["pid"] == os.getpid()  # the stale holder's details were replaced
@@ -676,7 +680,7 @@ def test_a_status_probe_never_makes_a_starting_run_fail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run starting while ``active_holder`` probes (as `backfill status` does) gets the lock."""
-    with RunLock(tmp_path, command="run"):  # an earlier, finished run leaves a stale .lock
+    with FolderLock(tmp_path, command="run"):  # an earlier, finished run leaves a stale .lock
         pass
     real_flock = fcntl.flock
     outcomes: list[str] = []
@@ -684,7 +688,7 @@ def test_a_status_probe_never_makes_a_starting_run_fail(
 
     def start_a_run() -> None:
         try:
-            with RunLock(tmp_path, command="run"):
+            with FolderLock(tmp_path, command="run"):
                 outcomes.append("locked")
         except RunLocked as e:
             outcomes.append(f"refused: {e}")

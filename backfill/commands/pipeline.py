@@ -24,10 +24,10 @@ import pyarrow as pa
 from backfill.commands.validated import Validated
 from backfill.config.settings import Credentials, Settings
 from backfill.errors import BackfillError, InputChanged, InputChangedWhileSending, Interrupted
-from backfill.folder import location as runfolder
-from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint, token_digest
+from backfill.folder import location
+from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint, SendState, token_digest
 from backfill.folder.files import atomic_write_json, read_json_dict
-from backfill.folder.lock import RunLock
+from backfill.folder.lock import FolderLock
 from backfill.folder.rejects import RejectsFile
 from backfill.read import DEFAULT_CHUNK_ROWS, Chunk, ChunkSource, Dataset, open_dataset
 from backfill.read.verified import Verified
@@ -52,7 +52,7 @@ from backfill.validation.times import iso_utc, now_ms
 
 if TYPE_CHECKING:
     # The send path (aiohttp and all) is imported by a run only: a dry run starts faster.
-    from backfill.commands.send_phase import Run
+    from backfill.commands.send_phase import SendPhase
 
 
 def validate(
@@ -62,15 +62,15 @@ def validate(
     started = time.time()
     progress = progress or Progress(enabled=False)
     dataset = open_source(settings, chunk_rows)
-    out_dir = runfolder.prepare(
+    out_dir = location.prepare(
         settings,
         dataset,
         command="validate",
-        check=lambda out: runfolder.refuse_another_input(
+        check=lambda out: location.refuse_another_input(
             out, lambda: event_identity(settings, dataset)["input"]
         ),
     )
-    with RunLock(out_dir, command="validate"):
+    with FolderLock(out_dir, command="validate"):
         # In the folder of a run of this input, rows are judged as that run judges them.
         ckpt = Checkpoint.read(out_dir)
         same = ckpt is not None and ckpt.identity.get("input") == dataset.fingerprint()
@@ -123,8 +123,8 @@ def run(
     started = time.time()
     progress = progress or Progress(enabled=False)
     dataset = open_source(settings, chunk_rows)
-    out_dir = runfolder.prepare(settings, dataset, command="run", record=record_folder)
-    with RunLock(out_dir, command="run"):
+    out_dir = location.prepare(settings, dataset, command="run", record=record_folder)
+    with FolderLock(out_dir, command="run"):
         ckpt = Checkpoint.open(
             out_dir,
             event_identity(settings, dataset),
@@ -168,10 +168,10 @@ def _send(
     started: float,
 ) -> Summary:
     """The send phase and the final writes, whatever ends it."""
-    from backfill.commands.send_phase import Run, drive, signals_to
+    from backfill.commands.send_phase import SendPhase, drive, signals_to
 
     already = ckpt.done.covers(1, validated.verdicts.rows_read)
-    sending = Run(settings, credentials, validated, ckpt, progress=progress)
+    sending = SendPhase(settings, credentials, validated, ckpt, progress=progress)
     progress.follow(sending.snapshot)
     status = RunStatus.ABORTED  # whatever stops the run early, unless it says otherwise below
     try:
@@ -192,7 +192,7 @@ def _send(
             summary = _run_summary(settings, validated, sending, started, status, already)
             summary = write_report(summary, validated, settings, trace=sending.trace)
             if status is RunStatus.COMPLETED:
-                ckpt.state = "completed"
+                ckpt.state = SendState.COMPLETED
                 ckpt.write()
             atomic_write_json(summary.out / SUMMARY_FILE, summary.to_json())
         error = sys.exc_info()[1]
@@ -373,7 +373,7 @@ def _trimmed_ids(settings: Settings, validated: Validated) -> TrimmedIds:
 def _run_summary(
     settings: Settings,
     validated: Validated,
-    sending: Run,
+    sending: SendPhase,
     started: float,
     status: RunStatus,
     already_complete: bool,

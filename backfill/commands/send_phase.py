@@ -1,6 +1,6 @@
 """One run's send phase, as an object: the canary, the worker pool, the stop sequence, checkpoints.
 
-The life of a ``Run.send()``:
+The life of a ``SendPhase.send()``:
 
 1. The producer (``producer.py``) re-reads the input in a worker thread and yields batches
    of the valid pairs not yet done, their spans tiling the file.
@@ -57,7 +57,7 @@ from backfill.validation.reasons import Reason
 STOP_GRACE_S = 1.5
 
 
-class Run:
+class SendPhase:
     """Sends the valid pairs of one validated input; ``send()`` is the whole send phase."""
 
     def __init__(
@@ -316,7 +316,7 @@ class Run:
         if not self._dirty:
             return
         self._dirty = False
-        data = self.checkpoint.snapshot()
+        data = self.checkpoint.image()
         fd = self.validated.rejects.fileno()
 
         def write() -> None:
@@ -358,7 +358,7 @@ def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     return eg.exceptions[0]
 
 
-def drive(sending: Run) -> None:
+def drive(sending: SendPhase) -> None:
     """Run ``sending.send()`` to its end, from plain code or from inside a running event loop.
 
     In the main thread SIGINT and SIGTERM are caught for the whole of ``asyncio.run``, its

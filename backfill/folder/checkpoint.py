@@ -54,6 +54,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,17 @@ def token_digest(token: str | None) -> str | None:
 # --- the checkpoint ------------------------------------------------------------------------
 
 
+class SendState(StrEnum):
+    """Where a run folder's sending stands (``checkpoint.json``'s ``state``)."""
+
+    #: Sending began and has not ended (or was stopped: the same command resumes it).
+    RUNNING = "running"
+    #: Every valid pair was settled: the same command sends nothing more.
+    COMPLETED = "completed"
+
+
 @dataclass(frozen=True)
-class Snapshot:
+class CheckpointImage:
     """The checkpoint's bytes at one instant, and the order in which that instant came."""
 
     number: int
@@ -197,7 +207,7 @@ class Checkpoint:
     events_total: int | None = None
     rows_total: int | None = None
     rejected: dict[str, int] = field(default_factory=dict)
-    state: str = "running"
+    state: SendState = SendState.RUNNING
     #: Set when this run replaced a checkpoint that settled nothing: the line to say so.
     note: str | None = field(default=None, compare=False)
     _taken: int = field(default=0, repr=False, compare=False)
@@ -255,7 +265,7 @@ class Checkpoint:
         self.runs += 1
         self.run_started_at = time.time()
         self.run_events = 0
-        self.state = "running"
+        self.state = SendState.RUNNING
         return self
 
     @classmethod
@@ -291,7 +301,7 @@ class Checkpoint:
                 updated_at=_seconds(data.get("updated_at")),
                 run_started_at=_seconds(data.get("run_started_at")),
                 run_events=_count(data.get("run_events", 0), "run_events"),
-                state=str(data.get("state", "running")),
+                state=_send_state(data.get("state", SendState.RUNNING)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointMismatch(
@@ -353,7 +363,7 @@ class Checkpoint:
         self.updated_at = time.time()
         return {
             "version": FORMAT_VERSION,
-            "state": self.state,
+            "state": self.state.value,
             "identity": self.identity,
             "event_time_ms": self.event_time_ms,
             "started_ms": self.started_ms,
@@ -373,24 +383,24 @@ class Checkpoint:
             "run_events": self.run_events,
         }
 
-    def snapshot(self) -> Snapshot:
+    def image(self) -> CheckpointImage:
         """The state to write, taken at one instant on the event loop, numbered in order."""
         self._taken += 1
-        return Snapshot(self._taken, (json.dumps(self.to_json(), indent=1) + "\n").encode())
+        return CheckpointImage(self._taken, (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
-    def write(self, snapshot: Snapshot | None = None) -> None:
+    def write(self, image: CheckpointImage | None = None) -> None:
         """Write atomically and durably (see the module docstring).
 
         Writes may come from two threads at once (a periodic write still running when the
-        final one starts): they take turns, and a snapshot older than the one on disk is
+        final one starts): they take turns, and a image older than the one on disk is
         dropped, so the file never goes back in time.
         """
-        snapshot = snapshot if snapshot is not None else self.snapshot()
+        image = image if image is not None else self.image()
         with self._write_lock:
-            if snapshot.number <= self._written:
+            if image.number <= self._written:
                 return
-            atomic_write_bytes(self.path, snapshot.data)
-            self._written = snapshot.number
+            atomic_write_bytes(self.path, image.data)
+            self._written = image.number
 
 
 #: No input has more rows than this; a count or row number past it is a damaged file.
@@ -442,3 +452,10 @@ def _optional_digest(value: Any) -> str | None:
     if value is None or (isinstance(value, str) and len(value) == 64):
         return value
     raise ValueError(f"verdicts is {value!r}, not a SHA-256 digest")
+
+
+def _send_state(value: Any) -> SendState:
+    try:
+        return SendState(value)
+    except ValueError:
+        raise ValueError(f"state is {value!r}, not one of {', '.join(SendState)}") from None

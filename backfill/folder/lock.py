@@ -23,7 +23,7 @@ from backfill.untrusted.boundedjson import loads
 LOCK_FILE = ".lock"
 
 
-class RunLock:
+class FolderLock:
     """An exclusive ``flock`` on ``--out/.lock`` for the life of a command."""
 
     def __init__(self, out_dir: Path, *, command: str) -> None:
@@ -31,7 +31,7 @@ class RunLock:
         self.command = command
         self._fd: int | None = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # O_NOFOLLOW: a symlink planted as .lock must not make us truncate its target.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backfill.folder.checkpoint import SendState
 from backfill.folder.files import PRIVATE_FILE, atomic_write_json
 from backfill.untrusted.boundedjson import MiB, read_file
 
@@ -94,7 +95,7 @@ def _newest(
 ) -> Path | None:
     for entry in entries(env):
         if entry.input_key == input_key and _state(entry.folder, project_id) == (
-            "completed" if finished else "unfinished"
+            SendState.COMPLETED.value if finished else "unfinished"
         ):
             return entry.folder
     return None
@@ -138,7 +139,7 @@ def _state(folder: Path, project_id: str | None) -> str | None:
     identity = data.get("identity")
     if not data or not isinstance(identity, dict) or identity.get("project_id") != project_id:
         return None
-    return "completed" if data.get("state") == "completed" else "unfinished"
+    return SendState.COMPLETED.value if data.get("state") == SendState.COMPLETED else "unfinished"
 
 
 def _to_json(entry: Entry) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from backfill.errors import InputError
 from backfill.folder import registry
-from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint
+from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint, SendState
 from backfill.folder.files import read_json_dict
 from backfill.folder.location import RUNS_ROOT, folder_for
 from backfill.folder.lock import LOCK_FILE, active_holder
@@ -31,7 +31,7 @@ from backfill.validation.reasons import Reason
 
 
 @dataclass(frozen=True)
-class RunState:
+class FolderStatus:
     """What ``status`` shows of one run folder (``status --json`` prints ``to_json()``)."""
 
     out: str
@@ -104,7 +104,7 @@ def _recorded_inputs(env: Mapping[str, str]) -> dict[Path, str]:
 
 def read_status(
     out_dir: Path, *, now: float | None = None, recorded_input: str | None = None
-) -> RunState:
+) -> FolderStatus:
     """Everything ``status`` shows of ``out_dir``."""
     now = time.time() if now is None else now
     ckpt = Checkpoint.read(out_dir)
@@ -119,9 +119,9 @@ def read_status(
         "last_status": None if summary is None else summary.status.value,
     }
     if ckpt is not None:
-        return RunState(**base, **_progress(ckpt, now, active=holder is not None))
+        return FolderStatus(**base, **_progress(ckpt, now, active=holder is not None))
     if summary is not None:
-        return RunState(
+        return FolderStatus(
             **base,
             rows_read=summary.rows_read,
             pairs_total=summary.rows_valid,
@@ -129,7 +129,7 @@ def read_status(
             rejected=dict(summary.rejected),
         )
     if holder is not None:
-        return RunState(**base)
+        return FolderStatus(**base)
     _refuse_damaged(out_dir)
     raise InputError(f"{out_dir} holds no checkpoint.json or summary.json: is it a run folder?")
 
@@ -176,11 +176,11 @@ def _progress(ckpt: Checkpoint, now: float, *, active: bool) -> dict[str, Any]:
         "events_per_s": None if rate is None else round(rate, 1),
         "seconds_left": None if left is None or not active else round(left),
         "runs": ckpt.runs,
-        "finished": ckpt.state == "completed",
+        "finished": ckpt.state is SendState.COMPLETED,
     }
 
 
-def state_text(status: RunState) -> str:
+def state_text(status: FolderStatus) -> str:
     """What the run is doing, in a few words."""
     if status.active:
         return f"running ({status.active_command}, pid {status.pid})"
@@ -191,7 +191,7 @@ def state_text(status: RunState) -> str:
     return "not running (stopped without a summary: killed? rerun the same command)"
 
 
-def render_list(statuses: Sequence[RunState]) -> str:
+def render_list(statuses: Sequence[FolderStatus]) -> str:
     """Several runs, one line each: folder, state, imported of total, input."""
     rows = [("FOLDER", "STATE", "IMPORTED", "INPUT")]
     for s in statuses:
@@ -207,7 +207,7 @@ def render_list(statuses: Sequence[RunState]) -> str:
     )
 
 
-def render_status(status: RunState) -> str:
+def render_status(status: FolderStatus) -> str:
     """A run's state as a few aligned lines."""
     state = state_text(status)
     lines = [f"{status.out}: {state}"]

@@ -1,6 +1,6 @@
 """One verification: the run's sent pairs, the export's events of theirs, an outcome each.
 
-1. Find the run as ``run`` finds it (``runfolder.locate``), read its checkpoint and take the
+1. Find the run as ``run`` finds it (``location.locate``), read its checkpoint and take the
    run's settings from it (columns, ID merge system, event names, event time): ``verify``
    needs only the input and the credentials. A changed input is refused.
 2. Judge the input again (deterministic) and derive the keys of the pairs the run sent
@@ -32,7 +32,7 @@ from backfill.config.settings import Credentials, Settings, credentials_from_env
 from backfill.errors import CheckpointMismatch, ConfigError, InputError
 from backfill.folder.checkpoint import Checkpoint
 from backfill.folder.location import locate
-from backfill.folder.lock import RunLock
+from backfill.folder.lock import FolderLock
 from backfill.mixpanel import EXPORT_LAG_S, IdMerge
 from backfill.read import Columns, Dataset
 from backfill.verification.export import ExportClient, ExportConfig
@@ -82,7 +82,7 @@ def check(
     )  # fmt: skip
     out = settings.out
     assert out is not None
-    with RunLock(out, command="verify"):
+    with FolderLock(out, command="verify"):
         return _verify(settings, dataset, ckpt, ExportClient(config), say)
 
 
