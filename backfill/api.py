@@ -53,7 +53,7 @@ def validate(
     """
     with _api_errors(source):
         settings = _settings("validate", source, out, config, progress, options)
-        summary = pipeline.validate(settings, progress=Progress(enabled=progress))
+        summary = pipeline.validate(settings, progress=_progress(settings, progress))
     return _with_labels(summary, source)
 
 
@@ -84,7 +84,7 @@ def run(
             raise ConfigError(
                 f"credentials= must be a backfill.Credentials, got {type(credentials).__name__}"
             )
-        summary = pipeline.run(settings, creds, progress=Progress(enabled=progress))
+        summary = pipeline.run(settings, creds, progress=_progress(settings, progress))
     return _with_labels(summary, source)
 
 
@@ -152,3 +152,7 @@ def normalize_source(source: SourceLike) -> Any:
         f"source is a {kind.__module__.split('.')[0]}.{kind.__name__}, not a path, URL, list "
         f"of them, pandas DataFrame or pyarrow Table{hint}"
     )
+
+
+def _progress(settings: Settings, enabled: bool) -> Progress:
+    return Progress(enabled=enabled, interval_s=settings.progress_interval_s)

@@ -258,7 +258,7 @@ def _note(line: str) -> None:
 def _progress(settings: Any) -> Any:
     from backfill.report.progress import Progress
 
-    return Progress(enabled=settings.progress)
+    return Progress(enabled=settings.progress, interval_s=settings.progress_interval_s)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

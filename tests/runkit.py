@@ -35,6 +35,8 @@ import pyarrow as pa
 from aiohttp import web
 
 from backfill.config.settings import Credentials
+from backfill.report.counts import Counts
+from backfill.report.progress import Snapshot
 from backfill.send.answers import Settled
 from backfill.send.events import Batch, Encoder, Pairs
 from backfill.send.sender import SendConfig, Sender, SendStats
@@ -310,3 +312,19 @@ def run_printed(command: list[str], cwd: Path) -> CliResult:
     proc = subprocess.run(command, cwd=cwd, env=clean_env(STANDIN_CREDENTIALS),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def sending_snapshot(
+    phase: str,
+    *,
+    pairs_total: int,
+    pairs_done: int = 0,
+    refused: int = 0,
+    held_per_s: float | None = None,
+    **this_run: Any,
+) -> Snapshot:
+    """A progress ``Snapshot`` of sending: ``pairs_done`` settled, ``refused`` of them refused,
+    the rest of ``Counts`` (this run's figures) as given."""
+    this_run.pop("imported", None)  # implied: the settled pairs not refused
+    counts = Counts(pairs_total, pairs_done - refused, refused, **this_run)
+    return Snapshot(phase, sending=counts, held_per_s=held_per_s)

@@ -26,11 +26,11 @@ from interrupting import (
     trial,
     write_mappings,
 )
-from runkit import STANDIN_CREDENTIALS, clean_env, uuid4s, write_pairs
+from runkit import STANDIN_CREDENTIALS, clean_env, sending_snapshot, uuid4s, write_pairs
 
 from backfill import interrupts
 from backfill.errors import Interrupted
-from backfill.report.progress import Snapshot, render
+from backfill.report.progress import render
 from backfill.send.events import insert_ids
 from backfill.standin import FaultRates, StandinConfig, StandinState, running_standin
 
@@ -104,10 +104,10 @@ async def test_sigint_at_rate_1000_exits_130_within_3_s_and_the_resume_sends_the
     config = StandinConfig(faults=FaultRates(p_slow=1.0, slow_s=0.05))
     state = StandinState(config, clock=time.time)
     env = clean_env(STANDIN_CREDENTIALS)
-    env["BACKFILL_PROGRESS_INTERVAL_S"] = "0.5"
     out = tmp_path / "out"
     async with running_standin(config, state=state, shutdown_timeout_s=0.2) as standin:
-        args = ["run", str(path), "--out", str(out), "--api-url", standin.url, "--rate", "1000"]
+        args = ["run", str(path), "--out", str(out), "--api-url", standin.url, "--rate", "1000",
+                "--progress-interval-s", "0.5"]  # fmt: skip
         started = time.monotonic()
         proc = await start(args, tmp_path, env)
         while state.events_imported < 2001:  # the canary and the pool's first batch
@@ -190,7 +190,9 @@ async def test_a_second_sigint_stops_at_once_and_leaves_in_flight_rows_not_done(
 
 def test_the_stopping_line_names_the_requests_in_flight_and_the_way_out() -> None:
     """While stopping, the line says what it waits for and that Ctrl-C again stops now."""
-    snap = Snapshot("stopping", pairs_total=20_000, pairs_done=4_001, in_flight=3, rate_per_s=9.0)
+    snap = sending_snapshot(
+        "stopping", pairs_total=20_000, pairs_done=4_001, in_flight=3, rate_per_s=9.0
+    )
     line = render(snap, 200, bar=True)
     assert line.startswith("stopping: waiting for 3 requests in flight")
     assert "(Ctrl-C again to stop now)" in line

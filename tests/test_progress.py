@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from runkit import sending_snapshot
 
 from backfill.report.progress import HeldRate, Progress, Snapshot, render
 from backfill.standin import DEFAULT_SERVICE_ACCOUNT, FaultRates, StandinConfig, running_standin
@@ -114,10 +115,10 @@ async def test_plain_lines_when_piped(tmp_path: Path) -> None:
     async with running_standin(_slow_standin()) as standin:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            *_run_args(path, standin.url, tmp_path / "out"),
+            *_run_args(path, standin.url, tmp_path / "out"), "--progress-interval-s", "0.3",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=_env(BACKFILL_PROGRESS_INTERVAL_S="0.3"),
+            env=_env(),
             cwd=tmp_path,
         )
         out, err = await proc.communicate()
@@ -137,11 +138,11 @@ async def test_no_progress_prints_no_progress(tmp_path: Path) -> None:
     async with running_standin(StandinConfig()) as standin:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            *_run_args(path, standin.url, tmp_path / "out"),
+            *_run_args(path, standin.url, tmp_path / "out"), "--progress-interval-s", "0.01",
             "--no-progress",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=_env(BACKFILL_PROGRESS_INTERVAL_S="0.01"),
+            env=_env(),
             cwd=tmp_path,
         )
         out, err = await proc.communicate()
@@ -152,7 +153,9 @@ async def test_no_progress_prints_no_progress(tmp_path: Path) -> None:
 
 def test_render_shows_bar_rate_and_time_left() -> None:
     """The sending line has a bar on a TTY, pairs done of all, the rate held and time left."""
-    snap = Snapshot("sending", pairs_total=1000, pairs_done=500, imported=500, rate_per_s=50.0)
+    snap = sending_snapshot(
+        "sending", pairs_total=1000, pairs_done=500, imported=500, rate_per_s=50.0
+    )
     line = render(snap, 200, bar=True)
     assert "[########........]" in line
     assert "50%" in line
@@ -163,7 +166,7 @@ def test_render_shows_bar_rate_and_time_left() -> None:
 
 def test_render_shows_the_paced_rate_and_429s_while_they_slow_the_run() -> None:
     """After 429s the line says how many and the rate the run is paced at now."""
-    snap = Snapshot(
+    snap = sending_snapshot(
         "sending",
         pairs_total=1000,
         pairs_done=500,
@@ -174,7 +177,9 @@ def test_render_shows_the_paced_rate_and_429s_while_they_slow_the_run() -> None:
     line = render(snap, 200, bar=True)
     assert "paced 8,575/s" in line
     assert "429s: 7" in line
-    assert "paced" not in render(Snapshot("sending", pairs_total=10, rate_per_s=5.0), 200, bar=True)
+    assert "paced" not in render(
+        sending_snapshot("sending", pairs_total=10, rate_per_s=5.0), 200, bar=True
+    )
 
 
 def test_validating_line_counts_rows() -> None:
@@ -186,7 +191,7 @@ def test_validating_line_counts_rows() -> None:
 
 def test_line_fits_every_width_and_keeps_the_essentials() -> None:
     """At any width from 20 to 200 the line fits; at 80 it keeps phase, share and pairs done."""
-    snap = Snapshot(
+    snap = sending_snapshot(
         "sending",
         pairs_total=123_456_789,
         pairs_done=98_765_432,
@@ -218,17 +223,20 @@ def test_piped_ticks_respect_the_interval() -> None:
 
 def test_a_long_retry_pause_is_on_the_line() -> None:
     """While a retry pause of several seconds runs, the line says when the retry goes out."""
-    snap = Snapshot("sending", pairs_total=10, pairs_done=4, waiting_s=42.0)
+    snap = sending_snapshot("sending", pairs_total=10, pairs_done=4, waiting_s=42.0)
     assert "retry in 42 s" in render(snap, 80, bar=True)
 
 
 def test_time_left_adds_the_retry_pause_under_way() -> None:
     """While a retry waits, time left is the wait plus the rest at the rate: never less."""
-    snap = Snapshot("sending", pairs_total=1000, pairs_done=500, rate_per_s=50.0, waiting_s=6.0)
+    snap = sending_snapshot(
+        "sending", pairs_total=1000, pairs_done=500, rate_per_s=50.0, waiting_s=6.0
+    )
     line = render(snap, 200, bar=True)
     assert "retry in 6 s" in line
     assert "16 s left" in line
-    fast = replace(snap, rate_per_s=1000.0)
+    assert snap.sending is not None
+    fast = replace(snap, sending=replace(snap.sending, rate_per_s=1000.0))
     assert "6 s left" in render(fast, 200, bar=True)
 
 
@@ -240,7 +248,9 @@ def test_time_left_follows_the_rate_held_lately_not_the_average() -> None:
     held.see(20.0, 1100)
     rate = held.see(30.0, 1200)  # 10/s since t=10; the run's average is 40/s
     assert rate == 10.0
-    snap = Snapshot("sending", pairs_total=2000, pairs_done=1200, rate_per_s=40.0, held_per_s=rate)
+    snap = sending_snapshot(
+        "sending", pairs_total=2000, pairs_done=1200, rate_per_s=40.0, held_per_s=rate
+    )
     line = render(snap, 200, bar=True)
     assert "10/s" in line
     assert "80 s left" in line
@@ -251,7 +261,7 @@ def test_the_progress_line_draws_the_held_rate() -> None:
     done = [0]
     stream = io.StringIO()
     progress = Progress(
-        lambda: Snapshot("sending", pairs_total=10_000, pairs_done=done[0], rate_per_s=1e6),
+        lambda: sending_snapshot("sending", pairs_total=10_000, pairs_done=done[0], rate_per_s=1e6),
         stream=stream,
         interactive=False,
         interval_s=0.0,

@@ -14,6 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,6 @@ from backfill.report.summary import (
     RowRef,
     RunStatus,
     Summary,
-    ThisRun,
     TrimmedIds,
 )
 from backfill.send.events import merge_mask
@@ -82,9 +82,8 @@ def validate(
         validated.rejects.close()
         earlier = read_json_dict(out_dir / CHECKPOINT_FILE)
         valid = validated.verdicts.rows_valid
-        summary = Summary(
-            status=RunStatus.VALIDATED,
-            **_counts(settings, validated, out_dir, started),
+        summary = replace(
+            _judged(RunStatus.VALIDATED, settings, validated, out_dir, started),
             # A dry run in a folder where a run already sent pairs must not report zero.
             events_imported=_count_of((earlier or {}).get("events_imported")),
             batches_planned=math.ceil(valid / settings.batch_size),
@@ -186,7 +185,8 @@ def _send(
     finally:
         # The final writes take milliseconds: a Ctrl-C now would only leave them half done.
         with signals_to(None):
-            progress.follow(lambda: Snapshot(status.value, **sending.counts()))
+            final = replace(sending.counts(), in_flight=None)
+            progress.follow(lambda: Snapshot(status.value, sending=final))
             progress.close()
             validated.rejects.close()
             summary = _run_summary(settings, validated, sending, started, status, already)
@@ -333,30 +333,31 @@ def event_identity(settings: Settings, dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def _counts(
-    settings: Settings, validated: Validated, out_dir: Path, started: float
-) -> dict[str, Any]:
-    """The Summary fields every command shares."""
+def _judged(
+    status: RunStatus, settings: Settings, validated: Validated, out_dir: Path, started: float
+) -> Summary:
+    """The summary of what validation found: the part every command shares."""
     v = validated.verdicts
     rejected = zero_counts()
     rejected.update(v.counts())
     rejected[Reason.API_REJECTED.code] = validated.rejects.api_rejected
-    return {
-        "out": out_dir,
-        "input": validated.dataset.name,
-        "format": validated.dataset.format,
-        "files": tuple(FileRows(f.name, f.rows or 0) for f in validated.dataset.files),
-        "rows_read": v.rows_read,
-        "rows_valid": v.rows_valid,
-        "rejected": rejected,
-        "id_merge": settings.id_merge,
-        "events_by_kind": dict(validated.events_by_kind),
-        "hash_collisions_resolved": v.collisions,
-        "trimmed_ids": _trimmed_ids(settings, validated),
-        "started_at": _iso(started),
-        "finished_at": _iso(time.time()),
-        "elapsed_s": round(time.time() - started, 3),
-    }
+    return Summary(
+        status=status,
+        out=out_dir,
+        input=validated.dataset.name,
+        format=validated.dataset.format,
+        files=tuple(FileRows(f.name, f.rows or 0) for f in validated.dataset.files),
+        rows_read=v.rows_read,
+        rows_valid=v.rows_valid,
+        rejected=rejected,
+        id_merge=settings.id_merge,
+        events_by_kind=dict(validated.events_by_kind),
+        hash_collisions_resolved=v.collisions,
+        trimmed_ids=_trimmed_ids(settings, validated),
+        started_at=_iso(started),
+        finished_at=_iso(time.time()),
+        elapsed_s=round(time.time() - started, 3),
+    )
 
 
 def _trimmed_ids(settings: Settings, validated: Validated) -> TrimmedIds:
@@ -379,33 +380,23 @@ def _run_summary(
     already_complete: bool,
 ) -> Summary:
     ckpt = sending.checkpoint
-    stats = sending.stats
-    send_s = max(sending.send_seconds(), 1e-9)
-    return Summary(
-        status=status,
-        **_counts(settings, validated, sending.out_dir, started),
-        events_imported=ckpt.events_imported,
-        events_total=validated.verdicts.rows_valid,
-        events_settled=ckpt.events_imported + ckpt.events_refused,
+    counts = sending.counts()
+    this_run = sending.this_run()
+    return replace(
+        _judged(status, settings, validated, sending.out_dir, started),
+        events_imported=counts.imported,
+        events_total=counts.pairs_total,
+        events_settled=counts.settled,
         requests=ckpt.requests,
         retries=dict(ckpt.retries),
-        splits=stats.splits,
+        splits=sending.stats.splits,
         event_time=None if settings.columns.time else iso_utc(ckpt.event_time_ms),
         project_id=settings.project_id,
         api_url=settings.import_url,
         runs=ckpt.runs,
-        this_run=ThisRun(
-            requests=stats.requests,
-            retries=dict(stats.retries),
-            events_sent=stats.events_sent,
-            events_imported=stats.events_imported,
-            events_refused=stats.events_refused,
-            send_s=round(send_s, 3),
-            events_per_s=round(stats.events_imported / send_s, 1),
-            **sending.pacing_figures(),
-        ),
-        events_per_s=round(stats.events_imported / send_s, 1),
-        already_complete=already_complete and stats.requests == 0,
+        this_run=this_run,
+        events_per_s=this_run.events_per_s,
+        already_complete=already_complete and this_run.requests == 0,
     )
 
 

@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
 
 import numpy as np
 
@@ -45,8 +44,10 @@ from backfill.config.settings import Credentials, Settings
 from backfill.errors import Aborted, BackfillError, Interrupted
 from backfill.folder.checkpoint import CHECKPOINT_INTERVAL_S, Checkpoint
 from backfill.folder.rejects import RejectRow
+from backfill.report.counts import Counts
 from backfill.report.page.figures import SendTrace
 from backfill.report.progress import Progress, Snapshot
+from backfill.report.summary import ThisRun
 from backfill.send.answers import Settled
 from backfill.send.events import Batch, Encoder
 from backfill.send.sender import SendConfig, Sender, SendStats
@@ -116,42 +117,50 @@ class SendPhase:
             return 0.0
         return (self._ended or time.monotonic()) - self._started
 
-    def counts(self) -> dict[str, Any]:
-        """The progress counts, read from the checkpoint (all runs) and the stats (this run)."""
+    def counts(self) -> Counts:
+        """What sending has done: the checkpoint's counts (all runs), the stats' (this run)."""
         ckpt, stats, pacer = self.checkpoint, self.stats, self.sender.pacer
         seconds = self.send_seconds()
-        return {
-            "pairs_total": self.validated.verdicts.rows_valid,
-            "pairs_done": ckpt.events_imported + ckpt.events_refused,
-            "imported": ckpt.events_imported,
-            "refused": ckpt.events_refused,
-            "sent_this_run": stats.events_sent,
-            "retries": sum(stats.retries.values()),
-            "rate_per_s": ckpt.run_events / seconds if seconds > 1.0 and ckpt.run_events else None,
-            "waiting_s": self.sender.waiting_s,
-            "rate_limited": stats.rate_limited,
+        stopping = self._stop.is_set() and self.signals > 0
+        return Counts(
+            pairs_total=self.validated.verdicts.rows_valid,
+            imported=ckpt.events_imported,
+            refused=ckpt.events_refused,
+            sent_this_run=stats.events_sent,
+            retries=sum(stats.retries.values()),
+            rate_per_s=ckpt.run_events / seconds if seconds > 1.0 and ckpt.run_events else None,
+            rate_limited=stats.rate_limited,
             # Shown only while 429s hold the run below --rate.
-            "paced_per_s": pacer.rate_per_s if pacer.rate_per_s < pacer.ceiling_per_s else None,
-        }
+            paced_per_s=pacer.rate_per_s if pacer.rate_per_s < pacer.ceiling_per_s else None,
+            waiting_s=self.sender.waiting_s,
+            in_flight=self.sender.on_wire if stopping else None,
+        )
 
-    def pacing_figures(self) -> dict[str, Any]:
-        """This run's pacing, as ``ThisRun`` fields: the rate held, the 429s and what they did."""
-        figures = self.sender.pacer.figures()
+    def this_run(self) -> ThisRun:
+        """What this invocation did: requests, events, the rate held, the 429s and their effect."""
+        stats, figures = self.stats, self.sender.pacer.figures()
+        send_s = max(self.send_seconds(), 1e-9)
         held, latency = figures.rate_held_per_s, figures.mean_latency_s
-        return {
-            "rate_limited": self.stats.rate_limited,
-            "rate_held_per_s": None if held is None else round(held, 1),
-            "rate_lowered": figures.rate_lowered,
-            "lowest_rate_per_s": round(figures.lowest_rate_per_s, 1),
-            "max_in_flight": figures.max_in_flight,
-            "mean_latency_s": None if latency is None else round(latency, 3),
-        }
+        return ThisRun(
+            requests=stats.requests,
+            retries=dict(stats.retries),
+            events_sent=stats.events_sent,
+            events_imported=stats.events_imported,
+            events_refused=stats.events_refused,
+            send_s=round(send_s, 3),
+            events_per_s=round(stats.events_imported / send_s, 1),
+            rate_limited=stats.rate_limited,
+            rate_held_per_s=None if held is None else round(held, 1),
+            rate_lowered=figures.rate_lowered,
+            lowest_rate_per_s=round(figures.lowest_rate_per_s, 1),
+            max_in_flight=figures.max_in_flight,
+            mean_latency_s=None if latency is None else round(latency, 3),
+        )
 
     def snapshot(self) -> Snapshot:
         """What the progress display shows while sending (or stopping, after a signal)."""
-        if self._stop.is_set() and self.signals:
-            return Snapshot("stopping", in_flight=self.sender.on_wire, **self.counts())
-        return Snapshot("sending", **self.counts())
+        counts = self.counts()
+        return Snapshot("sending" if counts.in_flight is None else "stopping", sending=counts)
 
     @property
     def interrupted(self) -> bool:

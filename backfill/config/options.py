@@ -192,6 +192,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("rate", "float", "events per second (Mixpanel allows ~30,000 per project)",
            default=25_000.0, above=0, metavar="EVENTS/S", unit="events/s"),
     Option("no_progress", "bool", "no progress display", default=False, commands=_READING),
+    Option("progress_interval_s", "float", "seconds between progress redraws",
+           commands=_READING, above=0, metavar="SECONDS", unit="seconds",
+           default_text="0.2 on a terminal, 5 in a log"),
     Option("no_report", "bool", "write no report.html in the run folder", default=False),
     Option("json", "bool", "print the summary as one JSON object on stdout (the rest on "
            "stderr)", default=False, keyed=False, commands=_READING),

@@ -44,6 +44,8 @@ class Settings:
     out: Path | None = None
     delimiter: str | None = None
     progress: bool = True
+    #: Seconds between progress redraws; None: 0.2 on a terminal, 5 in a log.
+    progress_interval_s: float | None = None
     json: bool = False
     #: Whether to write ``report.html`` (``--no-report`` turns it off).
     report: bool = True
@@ -204,6 +206,7 @@ def build_settings(source: Source, values: Mapping[str, Any], env: Mapping[str, 
         out=Path(out) if out else None,
         delimiter=_delimiter(values.get("delimiter")),
         progress=not values.get("no_progress"),
+        progress_interval_s=values.get("progress_interval_s"),
         report=not values.get("no_report"),
         json=bool(values.get("json")),
         id_merge=IdMerge(values["id_merge"]),

@@ -27,27 +27,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TextIO
 
+from backfill.report.counts import Counts
 from backfill.report.summary import duration
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a run has done at one instant. "all runs" counts include earlier invocations."""
+    """What the line shows at one instant: the phase, and the rows read or what sending did."""
 
     phase: str
     rows_read: int = 0
-    pairs_total: int | None = None  # valid pairs to send, all runs
-    pairs_done: int = 0  # pairs settled (imported or refused), all runs
-    imported: int = 0  # all runs
-    refused: int = 0  # by Mixpanel, all runs
-    sent_this_run: int = 0  # events sent by this invocation, retries included
-    retries: int = 0  # this run
-    rate_per_s: float | None = None  # pairs settled per second, this run
-    rate_limited: int = 0  # 429 answers, this run
-    paced_per_s: float | None = None  # the run's rate while 429s hold it below --rate
-    waiting_s: float | None = None  # a retry pause of several seconds now under way
-    held_per_s: float | None = None  # pairs settled per second lately (``HeldRate``)
-    in_flight: int | None = None  # while stopping: requests still on the wire
+    #: What sending has done (None while reading or validating).
+    sending: Counts | None = None
+    #: Pairs settled per second lately (``HeldRate``), filled in as the line is drawn.
+    held_per_s: float | None = None
 
 
 View = Callable[[], Snapshot]
@@ -94,10 +87,9 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.interactive = self.stream.isatty() if interactive is None else interactive
+        # --progress-interval-s, else a terminal redraws often and a log line comes now and then.
         if interval_s is None:
-            # The environment knob exists for tests and for logs that want a denser trace.
-            configured = os.environ.get("BACKFILL_PROGRESS_INTERVAL_S")
-            interval_s = float(configured) if configured else (0.2 if self.interactive else 5.0)
+            interval_s = 0.2 if self.interactive else 5.0
         self.interval_s = interval_s
         self._width = width
         self._last = time.monotonic()
@@ -148,8 +140,9 @@ class Progress:
 
     def _draw(self) -> None:
         snap = self.view()
-        if snap.pairs_total is not None and snap.held_per_s is None:
-            snap = replace(snap, held_per_s=self._held.see(time.monotonic(), snap.pairs_done))
+        counts = snap.sending
+        if counts is not None and counts.pairs_total is not None and snap.held_per_s is None:
+            snap = replace(snap, held_per_s=self._held.see(time.monotonic(), counts.settled))
         if self.interactive:
             self.stream.write("\r\x1b[2K" + render(snap, self.width(), bar=True))
         else:
@@ -175,42 +168,43 @@ def _join(parts: list[tuple[int, str]]) -> str:
 
 
 def _parts(snap: Snapshot, bar: bool) -> list[tuple[int, str]]:
-    if snap.in_flight is not None:
+    c = snap.sending
+    if c is not None and c.in_flight is not None:
         # Stopping: what it waits for and how to cut it short; rates and time left no longer
         # mean anything.
-        requests = "request" if snap.in_flight == 1 else "requests"
+        requests = "request" if c.in_flight == 1 else "requests"
         return [
-            (0, f"stopping: waiting for {snap.in_flight:,} {requests} in flight"),
+            (0, f"stopping: waiting for {c.in_flight:,} {requests} in flight"),
             (1, "(Ctrl-C again to stop now)"),
-            (2, f"{snap.pairs_done:,}/{snap.pairs_total or 0:,} pairs done"),
+            (2, f"{c.settled:,}/{c.pairs_total or 0:,} pairs done"),
         ]
     parts: list[tuple[int, str]] = [(0, snap.phase)]
-    if snap.pairs_total is None:
+    if c is None or c.pairs_total is None:
         parts.append((1, f"{snap.rows_read:,} rows read"))
         return parts
-    total = snap.pairs_total
-    share = snap.pairs_done / total if total else 1.0
+    total = c.pairs_total
+    share = c.settled / total if total else 1.0
     if bar:
         parts.append((5, _bar(share)))
     parts.append((2, f"{100 * share:.0f}%"))
-    parts.append((1, f"{snap.pairs_done:,}/{total:,} pairs done"))
-    if snap.waiting_s is not None:
-        parts.append((0, f"retry in {duration(snap.waiting_s)}"))
+    parts.append((1, f"{c.settled:,}/{total:,} pairs done"))
+    if c.waiting_s is not None:
+        parts.append((0, f"retry in {duration(c.waiting_s)}"))
     # The rate held lately; the run's average until a window of drawings exists (or when
     # nothing settled in it: a long pause, whose rest is added below).
-    rate = snap.held_per_s or snap.rate_per_s
+    rate = snap.held_per_s or c.rate_per_s
     if rate:
         parts.append((3, f"{rate:,.0f}/s"))
-        left = max(total - snap.pairs_done, 0) / rate + (snap.waiting_s or 0.0)
+        left = max(total - c.settled, 0) / rate + (c.waiting_s or 0.0)
         parts.append((2, f"{duration(left)} left"))
-    if snap.paced_per_s is not None:
-        parts.append((3, f"paced {snap.paced_per_s:,.0f}/s"))
-    if snap.rate_limited:
-        parts.append((4, f"429s: {snap.rate_limited:,}"))
-    if snap.refused:
-        parts.append((4, f"{snap.refused:,} refused"))
-    if snap.retries:
-        parts.append((6, f"{snap.retries:,} retries"))
+    if c.paced_per_s is not None:
+        parts.append((3, f"paced {c.paced_per_s:,.0f}/s"))
+    if c.rate_limited:
+        parts.append((4, f"429s: {c.rate_limited:,}"))
+    if c.refused:
+        parts.append((4, f"{c.refused:,} refused"))
+    if c.retries:
+        parts.append((6, f"{c.retries:,} retries"))
     return parts
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from backfill.folder.checkpoint import CHECKPOINT_FILE, Checkpoint, SendState
 from backfill.folder.files import read_json_dict
 from backfill.folder.location import RUNS_ROOT, folder_for
 from backfill.folder.lock import LOCK_FILE, active_holder
+from backfill.report.counts import Counts
 from backfill.report.summary import SUMMARY_FILE, Summary, duration
 from backfill.validation.reasons import Reason
 
@@ -110,26 +111,26 @@ def read_status(
     ckpt = Checkpoint.read(out_dir)
     summary = _summary(out_dir)
     holder = active_holder(out_dir)
-    base: dict[str, Any] = {
-        "out": str(out_dir),
-        "input": recorded_input or (None if summary is None else summary.input),
-        "active": holder is not None,
-        "active_command": (holder or {}).get("command"),
-        "pid": (holder or {}).get("pid"),
-        "last_status": None if summary is None else summary.status.value,
-    }
+    base = FolderStatus(
+        out=str(out_dir),
+        input=recorded_input or (None if summary is None else summary.input),
+        active=holder is not None,
+        active_command=(holder or {}).get("command"),
+        pid=(holder or {}).get("pid"),
+        last_status=None if summary is None else summary.status.value,
+    )
     if ckpt is not None:
-        return FolderStatus(**base, **_progress(ckpt, now, active=holder is not None))
+        return _progress(base, ckpt, now)
     if summary is not None:
-        return FolderStatus(
-            **base,
+        return replace(
+            base,
             rows_read=summary.rows_read,
             pairs_total=summary.rows_valid,
             events_imported=summary.events_imported,
             rejected=dict(summary.rejected),
         )
     if holder is not None:
-        return FolderStatus(**base)
+        return base
     _refuse_damaged(out_dir)
     raise InputError(f"{out_dir} holds no checkpoint.json or summary.json: is it a run folder?")
 
@@ -158,26 +159,33 @@ def _summary(out_dir: Path) -> Summary | None:
     return summary if isinstance(imported, int) else None
 
 
-def _progress(ckpt: Checkpoint, now: float, *, active: bool) -> dict[str, Any]:
-    rejected = dict(ckpt.rejected)
-    rejected[Reason.API_REJECTED.code] = ckpt.events_refused
+def _progress(base: FolderStatus, ckpt: Checkpoint, now: float) -> FolderStatus:
+    """``base`` with what the checkpoint says sending did (the same ``Counts`` a run shows)."""
     span = ckpt.updated_at - ckpt.run_started_at
-    rate = ckpt.run_events / span if span > 0 and ckpt.run_events else None
-    total = ckpt.events_total
-    left = (total - ckpt.settled) / rate if rate and total is not None else None
-    return {
-        "rows_read": ckpt.rows_total,
-        "pairs_total": total,
-        "pairs_settled": ckpt.settled,
-        "events_imported": ckpt.events_imported,
-        "rejected": rejected,
-        "last_checkpoint": _iso(ckpt.updated_at),
-        "checkpoint_age_s": round(max(now - ckpt.updated_at, 0.0), 1),
-        "events_per_s": None if rate is None else round(rate, 1),
-        "seconds_left": None if left is None or not active else round(left),
-        "runs": ckpt.runs,
-        "finished": ckpt.state is SendState.COMPLETED,
-    }
+    counts = Counts(
+        pairs_total=ckpt.events_total,
+        imported=ckpt.events_imported,
+        refused=ckpt.events_refused,
+        rate_per_s=ckpt.run_events / span if span > 0 and ckpt.run_events else None,
+    )
+    rejected = dict(ckpt.rejected)
+    rejected[Reason.API_REJECTED.code] = counts.refused
+    rate, total = counts.rate_per_s, counts.pairs_total
+    left = (total - counts.settled) / rate if rate and total is not None else None
+    return replace(
+        base,
+        rows_read=ckpt.rows_total,
+        pairs_total=total,
+        pairs_settled=counts.settled,
+        events_imported=counts.imported,
+        rejected=rejected,
+        last_checkpoint=_iso(ckpt.updated_at),
+        checkpoint_age_s=round(max(now - ckpt.updated_at, 0.0), 1),
+        events_per_s=None if rate is None else round(rate, 1),
+        seconds_left=None if left is None or not base.active else round(left),
+        runs=ckpt.runs,
+        finished=ckpt.state is SendState.COMPLETED,
+    )
 
 
 def state_text(status: FolderStatus) -> str:

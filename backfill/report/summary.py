@@ -14,12 +14,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from backfill.mixpanel import IdMerge
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+_D = TypeVar("_D")
 
 
 class RunStatus(StrEnum):
@@ -220,10 +223,8 @@ class Summary:
         )
         values["trimmed_ids"] = _trimmed_ids(data.get("trimmed_ids"))
         if isinstance(data.get("this_run"), Mapping):
-            this = dict(data["this_run"])
-            allowed = {f.name for f in fields(ThisRun)}
-            values["this_run"] = ThisRun(**{k: v for k, v in this.items() if k in allowed})
-        return cls(**values)
+            values["this_run"] = _known_fields(ThisRun, data["this_run"])
+        return _known_fields(cls, values)
 
 
 def _trimmed_ids(data: Any) -> TrimmedIds:
@@ -251,3 +252,9 @@ def duration(seconds: float) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+def _known_fields(kind: type[_D], data: Mapping[str, Any]) -> _D:
+    """A dataclass read back from JSON: the fields it knows, those of a newer version left out."""
+    known = {f.name for f in fields(kind)}  # type: ignore[arg-type]  # kind is a dataclass
+    return kind(**{k: v for k, v in data.items() if k in known})
