@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 from aiohttp import web
 
+from backfill.config.options import DEFAULTS
 from backfill.config.settings import Credentials
 from backfill.report.counts import Counts
 from backfill.report.progress import Snapshot
@@ -123,9 +124,7 @@ async def send_batches(
     """
     settings: dict[str, Any] = {"concurrency": 4, "retry_base_s": 0.01, "max_attempts": 8}
     settings.update(config)
-    cfg = SendConfig(
-        import_url=import_url, credentials=credentials, project_id=DEFAULT_PROJECT_ID, **settings
-    )
+    cfg = send_config(import_url, credentials, **settings)
     settled: list[Settled] = []
     stats = SendStats()
     sender = Sender(
@@ -328,3 +327,21 @@ def sending_snapshot(
     this_run.pop("imported", None)  # implied: the settled pairs not refused
     counts = Counts(pairs_total, pairs_done - refused, refused, **this_run)
     return Snapshot(phase, sending=counts, held_per_s=held_per_s)
+
+
+def send_config(import_url: str, credentials: Credentials, **given: Any) -> SendConfig:
+    """A SendConfig with the options table's defaults, as a run builds it, less ``given``."""
+    table = {
+        "concurrency": DEFAULTS["concurrency"],
+        "rate_per_s": DEFAULTS["rate"],
+        "max_attempts": DEFAULTS["max_attempts"],
+        "timeout_s": DEFAULTS["timeout"],
+        "retry_base_s": DEFAULTS["retry_base_s"],
+        "batch_size": DEFAULTS["batch_size"],
+    }
+    return SendConfig(
+        import_url=import_url,
+        credentials=credentials,
+        project_id=DEFAULT_PROJECT_ID,
+        **(table | given),
+    )

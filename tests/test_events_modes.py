@@ -8,8 +8,14 @@ import json
 import pyarrow as pa
 from runkit import T_MS, body_json, decode, pairs
 
+from backfill.config.options import DEFAULTS
 from backfill.mixpanel import IdMerge
 from backfill.send.events import Encoder, insert_ids
+from backfill.validation.rules import Rules
+
+SIMPLIFIED = Rules(IdMerge.SIMPLIFIED, "refuse")
+#: The pairing event's name when --pairing-event is not given.
+PAIRING = DEFAULTS["pairing_event"]
 
 A1 = "6f1c1b0e-2a4d-4c3b-9d8e-7f6a5b4c3d2e"
 LEGACY = "13bbf7943e584-0885c2531-5c793977-3e8000-13bbf7943e64cf"  # mixpanel-js before v2.62
@@ -29,7 +35,7 @@ def only(encoder: Encoder, anon: list[str], ident: list[str]) -> tuple[bytes, li
 
 def test_merge_mode_sends_identify_for_uuids_and_merge_of_two_ids_for_the_rest() -> None:
     """--non-uuid-anon merge: a UUID v4 (bare or $device:) is $identify, a legacy id $merge."""
-    encoder = Encoder(token="t", batch_size=10, non_uuid_anon="merge")
+    encoder = Encoder(token="t", batch_size=10, rules=Rules(IdMerge.ORIGINAL, "merge"))
     anon = [A1, LEGACY, "$device:" + A1, QUOTED]
     ident = ["u1", "u2", "u3", "u4"]
     body, ids = only(encoder, anon, ident)
@@ -59,7 +65,7 @@ def test_refuse_mode_never_builds_a_merge() -> None:
 def test_simplified_mode_sends_pairing_events_with_one_prefix_stripped() -> None:
     """Simplified: the pairing event carries $device_id (one $device: stripped) and $user_id."""
     encoder = Encoder(
-        token=None, batch_size=10, id_merge=IdMerge.SIMPLIFIED, pairing_event="Paired"
+        token=None, batch_size=10, rules=SIMPLIFIED, pairing_event="Paired"
     )
     anon = ["$device:" + A1, LEGACY, "$device:$device:x", QUOTED]
     ident = ["u1", "u2", "u3", "u4"]
@@ -77,7 +83,7 @@ def test_insert_ids_depend_on_the_kind_and_a_pairing_on_its_device() -> None:
     """The same pair has another id as $identify, $merge and pairing; $device:X pairs as X."""
     identify = only(Encoder(token=None, batch_size=5), [A1], ["u"])[1][0]
     merge = insert_ids(pa.array([A1]), pa.array(["u"]), kind="$merge").to_pylist()[0]
-    simplified = Encoder(token=None, batch_size=5, id_merge=IdMerge.SIMPLIFIED)
+    simplified = Encoder(token=None, batch_size=5, rules=SIMPLIFIED, pairing_event=PAIRING)
     pairing = only(simplified, [A1], ["u"])[1][0]
     prefixed = only(simplified, ["$device:" + A1], ["u"])[1][0]
     assert len({identify, merge, pairing}) == 3
@@ -86,6 +92,6 @@ def test_insert_ids_depend_on_the_kind_and_a_pairing_on_its_device() -> None:
 
 def test_pairing_event_name_is_json_escaped() -> None:
     """A pairing event name with a quote stays valid JSON."""
-    encoder = Encoder(token=None, batch_size=5, id_merge=IdMerge.SIMPLIFIED, pairing_event='Ba"ck')
+    encoder = Encoder(token=None, batch_size=5, rules=SIMPLIFIED, pairing_event='Ba"ck')
     (event,) = decode(next(encoder.batches(pairs([A1], ["u"]))))
     assert event["event"] == 'Ba"ck'

@@ -17,12 +17,12 @@ from backfill.read import Chunk
 from backfill.read.chunk import unusual_rows
 from backfill.validation import rules as rule_module
 from backfill.validation.reasons import Reason
-from backfill.validation.rules import Rules, bool_mask, describe, device_ids, row_reasons
+from backfill.validation.rules import ORIGINAL, Rules, bool_mask, describe, device_ids, row_reasons
 
 NOW_MS = 1_760_000_000_000
 U = uuid4s(1, 80)[0]
 LEGACY = "13bbf7943e584-0885c2531-5c793977-3e8000-13bbf7943e64cf"
-ORIGINAL, MERGE, SIMPLIFIED = Rules(), Rules(IdMerge.ORIGINAL, "merge"), Rules(IdMerge.SIMPLIFIED)
+MERGE, SIMPLIFIED = Rules(IdMerge.ORIGINAL, "merge"), Rules(IdMerge.SIMPLIFIED, "refuse")
 
 
 def reasons(rules: Rules, anon: list[str | None], ident: list[str | None]) -> list[Reason]:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from runkit import GOOD, T_MS, encode, make_pairs, pairs, send_batches, uuid4s
+from runkit import GOOD, T_MS, encode, make_pairs, pairs, send_batches, send_config, uuid4s
 
 from backfill.config.settings import Credentials
 from backfill.errors import (
@@ -26,7 +26,7 @@ from backfill.mixpanel import IdMerge
 from backfill.send import sender as send_module
 from backfill.send.answers import Settled
 from backfill.send.events import Batch, Encoder, gzip_bytes
-from backfill.send.sender import SendConfig, Sender, SendStats
+from backfill.send.sender import Sender, SendStats
 from backfill.standin import (
     DEFAULT_SERVICE_ACCOUNT,
     FaultRates,
@@ -336,14 +336,14 @@ async def test_backoff_without_retry_after_waits_at_least_its_lower_bound() -> N
 
 def test_default_backoff_base_is_mixpanels_two_seconds() -> None:
     """The default first pause is Mixpanel's 2 s (SPEC: from 2 s doubling to 60 s)."""
-    cfg = SendConfig(import_url="https://api.mixpanel.com/import", credentials=GOOD, project_id="1")
+    cfg = send_config("https://api.mixpanel.com/import", GOOD)
     assert cfg.retry_base_s == 2.0
     assert cfg.max_attempts == 8
 
 
 def test_default_concurrency_adapts_from_ten_up_to_twenty() -> None:
     """Unset, concurrency adapts: the gate starts at SPEC's 10 and may open up to 20."""
-    cfg = SendConfig(import_url="https://api.mixpanel.com/import", credentials=GOOD, project_id="1")
+    cfg = send_config("https://api.mixpanel.com/import", GOOD)
     assert cfg.concurrency is None
     sender = Sender(cfg, Encoder(token=None, batch_size=cfg.batch_size), lambda settled: None)
     assert sender.pacer.adaptive

@@ -52,6 +52,7 @@ from backfill.send.answers import Settled
 from backfill.send.events import Batch, Encoder
 from backfill.send.sender import SendConfig, Sender, SendStats
 from backfill.validation.reasons import Reason
+from backfill.validation.rules import Rules
 
 #: Seconds that requests on the wire get to settle after Ctrl-C before they are abandoned
 #: (resendable): the whole stop then fits in the 3 s the issue asks for, at any --rate.
@@ -81,8 +82,7 @@ class SendPhase:
         self.encoder = Encoder(
             token=settings.token,
             batch_size=settings.batch_size,
-            id_merge=settings.id_merge,
-            non_uuid_anon=settings.non_uuid_anon,
+            rules=Rules(settings.id_merge, settings.non_uuid_anon),
             pairing_event=settings.pairing_event,
         )
         config = SendConfig(

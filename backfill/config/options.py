@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from backfill.errors import ConfigError
@@ -238,6 +239,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
 )  # fmt: skip
 
 BY_NAME: Final = {o.name: o for o in OPTIONS}
+#: Every option's default: the one place a default is declared.
+DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType({o.name: o.default for o in OPTIONS})
 #: Keys that must never come from a file or a keyword, with the reason.
 REFUSED_KEYS: Final = {
     "secret": "credentials come from the environment only (see README: Credentials)",

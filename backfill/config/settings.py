@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from backfill.config.options import BY_NAME, check_keys, merge
+from backfill.config.options import BY_NAME, DEFAULTS, check_keys, merge
 from backfill.errors import ConfigError
 from backfill.mixpanel import (
     IDENTITY_EVENTS,
-    MAX_CLUSTER_SIZE,
-    MAX_EVENTS_PER_REQUEST,
     REGIONS,
     IdMerge,
 )
@@ -38,34 +36,34 @@ class Settings:
     """Everything one command needs to know, checked and resolved once."""
 
     source: Source
-    format: str | None = None
-    columns: Columns = field(default_factory=Columns)
+    format: str | None
+    columns: Columns
     #: None: the pipeline picks the run folder once the input is known (see ``run_folder``).
-    out: Path | None = None
-    delimiter: str | None = None
-    progress: bool = True
+    out: Path | None
+    delimiter: str | None
+    progress: bool
     #: Seconds between progress redraws; None: 0.2 on a terminal, 5 in a log.
-    progress_interval_s: float | None = None
-    json: bool = False
+    progress_interval_s: float | None
+    json: bool
     #: Whether to write ``report.html`` (``--no-report`` turns it off).
-    report: bool = True
-    id_merge: IdMerge = IdMerge.ORIGINAL
-    non_uuid_anon: str = "refuse"
-    pairing_event: str = "Identity Backfill"
-    max_cluster_size: int = MAX_CLUSTER_SIZE
-    project_id: str | None = None
-    region: str = "us"
-    api_url: str = REGIONS["us"]
+    report: bool
+    id_merge: IdMerge
+    non_uuid_anon: str
+    pairing_event: str
+    max_cluster_size: int
+    project_id: str | None
+    region: str
+    api_url: str
     #: Requests in flight: None adapts (10 to 20, see ``pacing``); a number fixes it.
-    concurrency: int | None = None
-    rate_per_s: float = 25_000.0
-    batch_size: int = MAX_EVENTS_PER_REQUEST
-    max_attempts: int = 8
-    timeout_s: float = 30.0
-    event_time_ms: int | None = None
-    restart: bool = False
-    retry_base_s: float = 2.0
-    token: str | None = field(default=None, repr=False)
+    concurrency: int | None
+    rate_per_s: float
+    batch_size: int
+    max_attempts: int
+    timeout_s: float
+    event_time_ms: int | None
+    restart: bool
+    retry_base_s: float
+    token: str | None = field(repr=False)
 
     @property
     def import_url(self) -> str:
@@ -189,41 +187,46 @@ def settings_for(
 
 
 def build_settings(source: Source, values: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    """A ``Settings`` from resolved option values (``resolve``) and the environment."""
-    region = str(values.get("region") or "us")
-    api_url = str(values.get("api_url") or REGIONS[region])
+    """A ``Settings`` from resolved option values (``resolve``) and the environment.
+
+    An option the command does not take (``validate`` has no ``--timeout``) gets the options
+    table's default, so no default is declared anywhere else.
+    """
+    values = {**DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
+    region = str(values["region"])
+    api_url = str(values["api_url"] or REGIONS[region])
     check_api_url(api_url)
-    event_time = values.get("event_time")
-    out = values.get("out")
+    event_time = values["event_time"]
+    out = values["out"]
     return Settings(
         source=source,
-        format=values.get("format"),
+        format=values["format"],
         columns=Columns(
             anon=values["anon_column"],
             identified=values["identified_column"],
-            time=values.get("time_column") or None,
+            time=values["time_column"] or None,
         ),
         out=Path(out) if out else None,
-        delimiter=_delimiter(values.get("delimiter")),
-        progress=not values.get("no_progress"),
-        progress_interval_s=values.get("progress_interval_s"),
-        report=not values.get("no_report"),
-        json=bool(values.get("json")),
+        delimiter=_delimiter(values["delimiter"]),
+        progress=not values["no_progress"],
+        progress_interval_s=values["progress_interval_s"],
+        report=not values["no_report"],
+        json=bool(values["json"]),
         id_merge=IdMerge(values["id_merge"]),
         non_uuid_anon=values["non_uuid_anon"],
         pairing_event=_pairing_event(values["pairing_event"]),
         max_cluster_size=values["max_cluster_size"],
-        project_id=_project_id(values.get("project_id") or env.get("MIXPANEL_PROJECT_ID")),
+        project_id=_project_id(values["project_id"] or env.get("MIXPANEL_PROJECT_ID")),
         region=region,
         api_url=api_url,
-        concurrency=values.get("concurrency"),
+        concurrency=values["concurrency"],
         rate_per_s=values["rate"],
         batch_size=values["batch_size"],
-        max_attempts=values.get("max_attempts", 8),
-        timeout_s=values.get("timeout", 30.0),
+        max_attempts=values["max_attempts"],
+        timeout_s=values["timeout"],
         event_time_ms=None if event_time is None else parse_event_time(str(event_time)),
-        restart=bool(values.get("restart")),
-        retry_base_s=values.get("retry_base_s", 2.0),
+        restart=bool(values["restart"]),
+        retry_base_s=values["retry_base_s"],
         token=env.get("MIXPANEL_PROJECT_TOKEN") or None,
     )
 

@@ -37,7 +37,7 @@ from isal import igzip
 from backfill.arrays.buffers import string_offsets
 from backfill.arrays.hashing import hash_strings_seeds
 from backfill.mixpanel import IDENTIFY_ANON_PATTERN, IdMerge
-from backfill.validation.rules import device_ids
+from backfill.validation.rules import ORIGINAL, Rules, device_ids
 
 MAX_BATCH_BYTES = 2_000_000  # "2 MB" of uncompressed JSON, under 2 MiB as well
 # ISA-L's igzip at level 1: measured 0.54 µs per event against zlib level 1's 1.45 µs, and
@@ -121,22 +121,25 @@ class Encoder:
         batch_size: int,
         max_bytes: int = MAX_BATCH_BYTES,
         gzip_level: int = GZIP_LEVEL,
-        id_merge: IdMerge = IdMerge.ORIGINAL,
-        non_uuid_anon: str = "refuse",
-        pairing_event: str = "Identity Backfill",
+        rules: Rules = ORIGINAL,
+        pairing_event: str | None = None,
     ) -> None:
+        """``rules`` say which events the pairs become; ``pairing_event`` names Simplified's."""
+        simplified = rules.id_merge is IdMerge.SIMPLIFIED
+        if simplified and pairing_event is None:
+            raise ValueError("Simplified ID Merge sends a pairing event: pass pairing_event")
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.gzip_level = gzip_level
         token_part = "" if token is None else ',"token":' + json.dumps(token, ensure_ascii=False)
         self._suffix = '"' + token_part + "}},"
-        self._pairing = json.dumps(pairing_event, ensure_ascii=False)
+        self._pairing = json.dumps(pairing_event or "", ensure_ascii=False)
         # Resolved once: the hot path takes no decision the settings already took.
         self._build = (
             self._pairings
-            if id_merge is IdMerge.SIMPLIFIED
+            if simplified
             else self._identifies_or_merges
-            if non_uuid_anon == "merge"
+            if rules.non_uuid_anon == "merge"
             else self._identifies
         )
 

@@ -74,12 +74,12 @@ class SendConfig:
     import_url: str
     credentials: Credentials
     project_id: str | None
-    concurrency: int | None = None
-    rate_per_s: float = 25_000.0
-    max_attempts: int = 8
-    timeout_s: float = 30.0
-    retry_base_s: float = 2.0
-    batch_size: int = 2000
+    concurrency: int | None
+    rate_per_s: float
+    max_attempts: int
+    timeout_s: float
+    retry_base_s: float
+    batch_size: int
     pacing: PacingRules = field(default_factory=PacingRules)
 
     def __repr__(self) -> str:

@@ -55,8 +55,9 @@ _UUID_SHAPE = re.compile(
 class Rules:
     """Which anon ids are valid: by ID merge system, and what Original does with legacy ids."""
 
-    id_merge: IdMerge = IdMerge.ORIGINAL
-    non_uuid_anon: str = "refuse"
+    id_merge: IdMerge
+    #: What Original does with an anon id that is no UUID v4: ``refuse`` it, or ``merge`` it.
+    non_uuid_anon: str
 
     @property
     def uuid_only(self) -> bool:
@@ -65,7 +66,7 @@ class Rules:
 
 
 #: The default: Original ID Merge, anon ids that are no UUID v4 refused.
-ORIGINAL = Rules()
+ORIGINAL = Rules(IdMerge.ORIGINAL, "refuse")
 
 
 def row_reasons(

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backfill.config.options import OPTIONS, VERIFY
+from backfill.config.options import VERIFY
 from backfill.config.settings import (
     Credentials,
     Settings,
@@ -51,10 +51,8 @@ def verify_settings(
     config = load_config(config_path, VERIFY)
     values = resolve(VERIFY, explicit=explicit, config=config, origin=origin)
     # The run's own settings (columns, system) come from its checkpoint later; the rest
-    # of Settings takes the table's defaults here.
-    full = {o.name: o.default for o in OPTIONS}
-    full.update({k: v for k, v in values.items() if v is not None})
-    settings = build_settings(source, full, env)
+    # of Settings takes the table's defaults (build_settings).
+    settings = build_settings(source, values, env)
     url = values.get("export_url") or EXPORT_REGIONS[settings.region]
     try:
         check_api_url(url)

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from backfill.commands.pipeline import open_source
-from backfill.config.options import DEFAULT_PAIRING_EVENT
 from backfill.config.settings import Credentials, Settings, credentials_from_env
 from backfill.errors import CheckpointMismatch, ConfigError, InputError
 from backfill.folder.checkpoint import Checkpoint
@@ -103,10 +102,12 @@ def _as_run(settings: Settings, identity: Mapping[str, Any]) -> Settings:
             identified=identity["identified_column"],
             time=identity.get("time_column"),
         ),
-        id_merge=IdMerge(identity.get("id_merge", IdMerge.ORIGINAL)),
-        non_uuid_anon=identity.get("non_uuid_anon", "refuse"),
-        pairing_event=identity.get("pairing_event", DEFAULT_PAIRING_EVENT),
-        max_cluster_size=identity.get("max_cluster_size", settings.max_cluster_size),
+        # A checkpoint holds only its own system's setting (and one of before the ID merge
+        # systems, none): what it lacks is the table's, as the run took it.
+        id_merge=IdMerge(identity.get("id_merge") or settings.id_merge),
+        non_uuid_anon=identity.get("non_uuid_anon") or settings.non_uuid_anon,
+        pairing_event=identity.get("pairing_event") or settings.pairing_event,
+        max_cluster_size=identity.get("max_cluster_size") or settings.max_cluster_size,
         project_id=recorded or settings.project_id,
     )
 

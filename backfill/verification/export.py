@@ -54,9 +54,9 @@ class ExportConfig:
     base_url: str
     credentials: Credentials = field(repr=False)
     project_id: str | None
-    timeout_s: float = 300.0
-    max_attempts: int = 8
-    retry_base_s: float = 2.0
+    timeout_s: float
+    max_attempts: int
+    retry_base_s: float
 
     @property
     def url(self) -> str:
