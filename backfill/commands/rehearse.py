@@ -1,6 +1,6 @@
 """``backfill rehearse``: the whole migration against a local stand-in, no credentials, no network.
 
-The stand-in (``standin.py``) runs on a free loopback port in a thread of its own, with its
+The stand-in (``backfill.standin``) runs on a free loopback port in a thread of its own, with its
 own event loop, so that the run in the main thread is exactly ``backfill run``: the same
 validation, checkpoint, sender and reports, just pointed at ``http://127.0.0.1:PORT`` with the
 stand-in's throwaway credentials. Every rehearsal starts afresh (the stand-in remembers

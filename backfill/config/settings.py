@@ -38,7 +38,7 @@ class Settings:
     source: Source
     format: str | None
     columns: Columns
-    #: None: the pipeline picks the run folder once the input is known (see ``run_folder``).
+    #: None: the run folder is picked once the input is known (``folder.location.locate``).
     out: Path | None
     delimiter: str | None
     progress: bool

@@ -1,4 +1,4 @@
-"""The checkpoint and the lock: what makes "run the same command again" the answer to every crash.
+"""The checkpoint: what makes "run the same command again" the answer to every crash.
 
 What ``checkpoint.json`` records
     * ``done``: the source rows whose sending is settled, as sorted, merged, inclusive row
@@ -147,17 +147,6 @@ class RowIntervals:
 
 
 # --- identity ------------------------------------------------------------------------------
-
-
-def file_fingerprint(path: Path) -> dict[str, Any]:
-    """Size and SHA-256 of the input's bytes: any edit, however small, changes it."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(4 << 20):
-            digest.update(block)
-            size += len(block)
-    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def token_digest(token: str | None) -> str | None:

@@ -119,7 +119,7 @@ def remember(
         entry = Entry(folder.resolve(), input_key, input, project_id, round(time.time()))
         runs[str(entry.folder)] = _to_json(entry)
         atomic_write_json(path, {"runs": runs})
-    except Exception:  # a convenience must never fail the run
+    except (OSError, ValueError):  # a disk or a path that refuses: a convenience, never a failure
         pass
     finally:
         os.close(lock)

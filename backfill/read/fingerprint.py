@@ -1,7 +1,7 @@
 """What identifies a dataset's content, for the checkpoint: one entry per file, in order.
 
 * Local files: name, size and the SHA-256 of the bytes (any edit, however small, changes it;
-  the same scheme as ``checkpoint.file_fingerprint`` for one file).
+  the checkpoint's ``identity.input`` holds these entries).
 * Object stores: name, size and the version the store reports without a download: the ETag
   on S3 (changes with every upload), the generation and ETag on GCS.
 * In memory: a SHA-256 of the chosen columns' values (the same rows give the same digest in

@@ -63,8 +63,6 @@ The modules, in the order a request meets them:
 
 from __future__ import annotations
 
-from typing import Final
-
 from backfill.mixpanel import IDENTITY_EVENTS
 from backfill.standin.app import CONFIG_KEY, STATE_KEY, make_app
 from backfill.standin.config import DEFAULT_PROJECT_ID, DEFAULT_SERVICE_ACCOUNT, StandinConfig
@@ -73,9 +71,6 @@ from backfill.standin.identity import NotMerged
 from backfill.standin.running import Standin, banner, request_line, running_standin, serve
 from backfill.standin.state import EventKey, RequestRecord, StandinState
 from backfill.standin.strict import REFUSED_DISTINCT_IDS, SIMPLIFIED_REFUSAL
-
-#: The former private name of ``SIMPLIFIED_REFUSAL``, kept for code that still uses it.
-_SIMPLIFIED_REFUSAL: Final = SIMPLIFIED_REFUSAL
 
 __all__ = [
     "CONFIG_KEY",
