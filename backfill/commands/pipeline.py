@@ -124,17 +124,7 @@ def run(
     dataset = open_source(settings, chunk_rows)
     out_dir = location.prepare(settings, dataset, command="run", record=record_folder)
     with FolderLock(out_dir, command="run"):
-        ckpt = Checkpoint.open(
-            out_dir,
-            event_identity(settings, dataset),
-            event_time_ms=settings.event_time_ms,
-            start_ms=now_ms(),
-            restart=settings.restart,
-        )
-        if ckpt.note and notify:
-            notify(ckpt.note)
-        # Written at once: the event time is fixed from now on, and `status` sees the run.
-        ckpt.write()
+        ckpt = _open_checkpoint(settings, dataset, out_dir, notify)
         try:
             # Later passes must read the bytes this one judges: only those are ever sent.
             validated = judge_and_report(
@@ -151,11 +141,27 @@ def run(
         except BaseException:
             progress.close()
             raise
-        ckpt.rows_total = validated.verdicts.rows_read
-        ckpt.events_total = validated.verdicts.rows_valid
-        ckpt.rejected = validated.verdicts.counts()
-        ckpt.write()
+        v = validated.verdicts
+        ckpt.judged(rows_read=v.rows_read, rows_valid=v.rows_valid, rejected=v.counts())
         return _send(settings, credentials, validated, ckpt, progress, started)
+
+
+def _open_checkpoint(
+    settings: Settings, dataset: Dataset, out_dir: Path, notify: Callable[[str], None] | None
+) -> Checkpoint:
+    """The run's checkpoint, resumed or new, written at once: the event time is fixed from
+    now on, and ``status`` sees the run."""
+    ckpt = Checkpoint.open(
+        out_dir,
+        event_identity(settings, dataset),
+        event_time_ms=settings.event_time_ms,
+        start_ms=now_ms(),
+        restart=settings.restart,
+    )
+    if ckpt.note and notify:
+        notify(ckpt.note)
+    ckpt.write()
+    return ckpt
 
 
 def _send(
@@ -236,44 +242,81 @@ def judge_and_report(
         rows[0] += n
         progress.tick()
 
-    rules = Rules(settings.id_merge, settings.non_uuid_anon)
-    # Simplified ID Merge has no 500-id cluster: no cluster_limit rule.
-    limit = None if settings.simplified else settings.max_cluster_size
     collector = (
-        Collector(dataset, max_cluster_size=limit, time_column=settings.columns.time)
+        Collector(
+            dataset, max_cluster_size=_cluster_limit(settings), time_column=settings.columns.time
+        )
         if settings.report
         else None
     )
     progress.follow(lambda: Snapshot("validating", rows_read=rows[0]))
-    verdicts = judge(
-        devices(source) if settings.simplified else source,
-        now_ms=started,
-        max_cluster_size=limit,
-        on_rows=on_rows,
-        rules=rules,
-        # Temp files of a big input go next to the reports: a disk the user chose for this
-        # run, where the system's temp folder may be a small RAM disk.
-        spill_dir=out_dir,
-        observe=collector,
+    verdicts = judge_as_run(
+        settings, source, now_ms=started, spill_dir=out_dir, on_rows=on_rows, observe=collector
     )
-    kinds = EventKinds(settings)
     try:
         if accept is not None:
             accept(verdicts)
         progress.follow(lambda: Snapshot("writing rejects", rows_read=rows[0]))
         rejects = RejectsFile(out_dir, dataset, keep_api_rejects=keep_api_rejects)
         try:
-            for chunk in source():
-                lines = reject_rows(chunk, verdicts, started, dataset, rules)
-                rejects.write(lines if collector is None else collector.see(chunk, lines, dataset))
-                kinds.count(chunk, verdicts)
-            rejects.commit()
+            kinds = _write_rejects(settings, dataset, source, verdicts, started, rejects, collector)
         except BaseException:
             rejects.close()
             raise
     finally:
         verdicts.close()  # the references were for the report; sending needs the reasons only
     return Validated(source, dataset, verdicts, started, rejects, kinds.counts, collector)
+
+
+def judge_as_run(
+    settings: Settings,
+    source: ChunkSource,
+    *,
+    now_ms: int,
+    spill_dir: Path,
+    on_rows: Callable[[int], None] | None = None,
+    observe: Collector | None = None,
+) -> Verdicts:
+    """Every row's verdict under ``settings``, "the future" measured from ``now_ms``: the one
+    way a run, a dry run and ``verify`` judge, so all three judge each row alike.
+
+    ``spill_dir``: temp files of a big input go next to the reports, a disk the user chose for
+    this run, where the system's temp folder may be a small RAM disk.
+    """
+    return judge(
+        devices(source) if settings.simplified else source,
+        now_ms=now_ms,
+        max_cluster_size=_cluster_limit(settings),
+        on_rows=on_rows,
+        rules=Rules(settings.id_merge, settings.non_uuid_anon),
+        spill_dir=spill_dir,
+        observe=observe,
+    )
+
+
+def _cluster_limit(settings: Settings) -> int | None:
+    """``--max-cluster-size``; None for Simplified ID Merge, which has no 500-id cluster."""
+    return None if settings.simplified else settings.max_cluster_size
+
+
+def _write_rejects(
+    settings: Settings,
+    dataset: Dataset,
+    source: ChunkSource,
+    verdicts: Verdicts,
+    now: int,
+    rejects: RejectsFile,
+    collector: Collector | None,
+) -> EventKinds:
+    """The validation part of ``rejects.csv``, committed; the events the valid pairs make."""
+    rules = Rules(settings.id_merge, settings.non_uuid_anon)
+    kinds = EventKinds(settings)
+    for chunk in source():
+        lines = reject_rows(chunk, verdicts, now, dataset, rules)
+        rejects.write(lines if collector is None else collector.see(chunk, lines, dataset))
+        kinds.count(chunk, verdicts)
+    rejects.commit()
+    return kinds
 
 
 class EventKinds:

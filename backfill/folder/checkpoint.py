@@ -340,6 +340,13 @@ class Checkpoint:
         """Pairs settled so far, all runs: imported or refused by Mixpanel."""
         return self.events_imported + self.events_refused
 
+    def judged(self, *, rows_read: int, rows_valid: int, rejected: Mapping[str, int]) -> None:
+        """Record what validation found (rows, pairs to send, rejects by reason), and write."""
+        self.rows_total = rows_read
+        self.events_total = rows_valid
+        self.rejected = dict(rejected)
+        self.write()
+
     def settle(self, first_row: int, last_row: int, imported: int, refused: int) -> None:
         """Record a settled batch span (called only after its refusals are in rejects.csv)."""
         self.done.add(first_row, last_row)

@@ -37,7 +37,7 @@ function of the row's own values or of whole-file groups taken in file order.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -278,15 +278,11 @@ def judge(
     with contextlib.ExitStack() as stack:
 
         def store(*columns: type) -> Store:
-            return stack.enter_context(
-                Store(
-                    columns,
-                    key=1,
-                    partitions=partitions,
-                    limit_bytes=budget.store_bytes,
-                    spill_dir=spill_dir,
-                )
-            )
+            made = Store(
+                columns, key=1, partitions=partitions, limit_bytes=budget.store_bytes,
+                spill_dir=spill_dir,
+            )  # fmt: skip
+            return stack.enter_context(made)
 
         # Rules 6-7 group by anon hash (row, anon, identified); rule 8 by identified hash.
         by_anon = store(np.int64, np.uint64, np.uint64)
@@ -298,11 +294,8 @@ def judge(
         index = _Index(reasons, by_anon, by_ident, max_cluster_size, budget.unit_bytes, observe)
         spilled = by_anon.disk_bytes + (0 if by_ident is None else by_ident.disk_bytes)
         references = References(len(reasons), limit_bytes=budget.small_bytes, spill_dir=spill_dir)
-        try:
+        with _closed_on_error(references):
             ties = _decide(index, references, source, hasher, budget, partitions, spill_dir)
-        except BaseException:
-            references.close()
-            raise
     return Verdicts(
         reasons=reasons,
         max_cluster_size=max_cluster_size,
@@ -311,6 +304,16 @@ def judge(
         spilled_bytes=spilled + references.disk_bytes,
         trimmed=trimmed,
     )
+
+
+@contextlib.contextmanager
+def _closed_on_error(references: References) -> Iterator[None]:
+    """``references`` closed (its temp files gone) if the block raises; kept open otherwise."""
+    try:
+        yield
+    except BaseException:
+        references.close()
+        raise
 
 
 def _decide(

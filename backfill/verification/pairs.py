@@ -20,16 +20,17 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from backfill.commands.pipeline import judge_as_run
 from backfill.config.settings import Settings
 from backfill.folder.checkpoint import Checkpoint
 from backfill.folder.rejects import REJECTS_FILE
 from backfill.read import Chunk, Dataset
 from backfill.send.events import insert_ids, merge_mask
 from backfill.validation.details import chunk_reasons
-from backfill.validation.judge import Verdicts, judge
+from backfill.validation.judge import Verdicts
 from backfill.validation.reasons import Reason
-from backfill.validation.rules import Rules, device_ids, devices
-from backfill.validation.times import now_ms, to_epoch_ms
+from backfill.validation.rules import device_ids
+from backfill.validation.times import to_epoch_ms
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -85,13 +86,7 @@ def judge_again(settings: Settings, dataset: Dataset, out_dir: Path, started_ms:
     """Every row's verdict, exactly as the run judged it (``pipeline.judge_and_report``):
     "in the future" measured from the run's fixed start, never from today (a row refused as
     future-dated then is valid now, and was never sent)."""
-    return judge(
-        devices(dataset) if settings.simplified else dataset,
-        now_ms=started_ms,
-        max_cluster_size=None if settings.simplified else settings.max_cluster_size,
-        rules=Rules(settings.id_merge, settings.non_uuid_anon),
-        spill_dir=out_dir,
-    )
+    return judge_as_run(settings, dataset, now_ms=started_ms, spill_dir=out_dir)
 
 
 def refused_rows(out_dir: Path) -> set[tuple[str, int]]:
@@ -113,7 +108,7 @@ def sent_chunks(
 ) -> Iterator[SentChunk]:
     """The pairs the run sent, chunk by chunk, in row order."""
     refused = refused_rows(out_dir)
-    started = now_ms()
+    started = ckpt.started_ms  # as the run parsed its times
     for chunk in dataset():
         rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
         ok = chunk_reasons(chunk, verdicts) == Reason.VALID
