@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from runkit import STANDIN_CREDENTIALS, clean_env
 
-from backfill.folder.checkpoint import RowIntervals
+from backfill.folder.intervals import RowIntervals
 from backfill.send.events import insert_ids
 from backfill.standin import FaultRates, StandinConfig, StandinState, running_standin
 

@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from backfill.folder.checkpoint import RowIntervals
+from backfill.folder.intervals import RowIntervals
 from backfill.folder.rejects import RejectRow, RejectsFile
 from backfill.read import open_dataset
 from backfill.send.events import insert_ids

@@ -16,7 +16,7 @@ import numpy as np
 from aiohttp import web
 from runkit import STANDIN_CREDENTIALS, CliResult, clean_env, run_cli, serving, uuid4s, write_pairs
 
-from backfill.folder.checkpoint import RowIntervals
+from backfill.folder.intervals import RowIntervals
 from backfill.mixpanel import IdMerge
 from backfill.standin import (
     FaultRates,

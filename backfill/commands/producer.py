@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from backfill.commands.validated import Validated
 from backfill.errors import Interrupted
-from backfill.folder.checkpoint import RowIntervals
+from backfill.folder.intervals import RowIntervals
 from backfill.read import Chunk
 from backfill.send.events import Batch, Encoder, Pairs
 from backfill.validation.details import chunk_reasons

@@ -47,7 +47,6 @@ The lock on a run folder is in ``lock``.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import threading
@@ -58,11 +57,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from backfill.errors import CheckpointMismatch
 from backfill.folder.files import atomic_write_bytes, read_json
+from backfill.folder.intervals import RowIntervals, count_of
 from backfill.folder.mismatch import differences, fresh_note, refusal
 from backfill.mixpanel import MIN_TIME_MS
 
@@ -72,78 +69,6 @@ FORMAT_VERSION = 1
 
 
 # --- done rows ---------------------------------------------------------------------------
-
-
-@dataclass
-class RowIntervals:
-    """A set of rows as sorted, disjoint, non-adjacent inclusive intervals."""
-
-    starts: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-
-    def add(self, first: int, last: int) -> None:
-        """Add rows ``first`` to ``last`` (inclusive), merging with neighbours."""
-        if last < first:
-            return
-        i = bisect.bisect_left(self.ends, first - 1)
-        j = bisect.bisect_right(self.starts, last + 1)
-        if i < j:
-            first = min(first, self.starts[i])
-            last = max(last, self.ends[j - 1])
-        self.starts[i:j] = [first]
-        self.ends[i:j] = [last]
-
-    def copy(self) -> RowIntervals:
-        """An independent copy."""
-        return RowIntervals(list(self.starts), list(self.ends))
-
-    def contains(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        """Which of ``rows`` are in the set (vectorised)."""
-        if not self.starts:
-            return np.zeros(len(rows), dtype=np.bool_)
-        starts = np.asarray(self.starts, dtype=np.int64)
-        ends = np.asarray(self.ends, dtype=np.int64)
-        k = np.searchsorted(starts, rows, side="right") - 1
-        inside = k >= 0
-        return inside & (rows <= ends[np.maximum(k, 0)])
-
-    def covers(self, first: int, last: int) -> bool:
-        """Whether every row from ``first`` to ``last`` is in the set."""
-        k = bisect.bisect_right(self.starts, first) - 1
-        return k >= 0 and self.ends[k] >= last
-
-    def count(self) -> int:
-        """How many rows the set holds."""
-        return sum(e - s + 1 for s, e in zip(self.starts, self.ends, strict=True))
-
-    def to_json(self) -> list[list[int]]:
-        """``[[first, last], ...]``."""
-        return [[s, e] for s, e in zip(self.starts, self.ends, strict=True)]
-
-    @classmethod
-    def from_json(cls, data: Any) -> RowIntervals:
-        """Rebuild from ``to_json`` output, merging defensively; ValueError if malformed."""
-        if not isinstance(data, list):
-            raise ValueError(f"done is {type(data).__name__}, not a list of [first, last]")
-        spans: list[tuple[int, int]] = []
-        for pair in data:
-            if not isinstance(pair, list) or len(pair) != 2:
-                raise ValueError(f"done holds {pair!r}, not [first, last]")
-            first, last = (_count(v, "a done row") for v in pair)
-            if not 1 <= first <= last:
-                raise ValueError(f"done holds [{first}, {last}]")
-            spans.append((first, last))
-        # In order, each add lands at the end of the lists: a file written out of order (by
-        # hand, or built to hurt) costs n log n, not the n² of inserting at the front.
-        out = cls()
-        for first, last in sorted(spans):
-            out.add(first, last)
-        return out
-
-    @property
-    def last(self) -> int:
-        """The highest row in the set (0 when empty)."""
-        return self.ends[-1] if self.ends else 0
 
 
 # --- identity ------------------------------------------------------------------------------
@@ -278,18 +203,18 @@ class Checkpoint:
                 ),
                 verdicts=_optional_digest(data.get("verdicts")),
                 done=RowIntervals.from_json(data["done"]),
-                events_imported=_count(data["events_imported"], "events_imported"),
-                events_refused=_count(data["events_refused"], "events_refused"),
-                requests=_count(data.get("requests", 0), "requests"),
+                events_imported=count_of(data["events_imported"], "events_imported"),
+                events_refused=count_of(data["events_refused"], "events_refused"),
+                requests=count_of(data.get("requests", 0), "requests"),
                 retries=_counts(data.get("retries", {}), "retries"),
-                runs=_count(data.get("runs", 0), "runs"),
+                runs=count_of(data.get("runs", 0), "runs"),
                 created_at=created_at,
                 events_total=_optional_count(data.get("events_total"), "events_total"),
                 rows_total=_optional_count(data.get("rows_total"), "rows_total"),
                 rejected=_counts(data.get("rejected", {}), "rejected"),
                 updated_at=_seconds(data.get("updated_at")),
                 run_started_at=_seconds(data.get("run_started_at")),
-                run_events=_count(data.get("run_events", 0), "run_events"),
+                run_events=count_of(data.get("run_events", 0), "run_events"),
                 state=_send_state(data.get("state", SendState.RUNNING)),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -399,8 +324,6 @@ class Checkpoint:
             self._written = image.number
 
 
-#: No input has more rows than this; a count or row number past it is a damaged file.
-_MAX_COUNT = 1 << 48
 
 
 def _reason(e: Exception) -> str:
@@ -410,21 +333,14 @@ def _reason(e: Exception) -> str:
     return " ".join(str(e).split())[:160]
 
 
-def _count(value: Any, name: str) -> int:
-    """A non-negative whole number, as JSON wrote it (not a bool, a float or a string)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
-        raise ValueError(f"{name} is {value!r}, not a count")
-    return value
-
-
 def _optional_count(value: Any, name: str) -> int | None:
-    return None if value is None else _count(value, name)
+    return None if value is None else count_of(value, name)
 
 
 def _counts(value: Any, name: str) -> dict[str, int]:
     if not isinstance(value, dict):
         raise ValueError(f"{name} is {type(value).__name__}, not an object of counts")
-    return {str(k): _count(v, f"{name}.{k}") for k, v in value.items()}
+    return {str(k): count_of(v, f"{name}.{k}") for k, v in value.items()}
 
 
 def _seconds(value: Any) -> float:
@@ -438,7 +354,7 @@ def _seconds(value: Any) -> float:
 
 def _event_time(value: Any, name: str = "event_time_ms") -> int:
     """A fixed time: epoch ms from 1971 to now (a little clock skew allowed)."""
-    ms = _count(value, name)
+    ms = count_of(value, name)
     if not MIN_TIME_MS <= ms <= time.time() * 1000 + 86_400_000:
         raise ValueError(f"{name} {ms} is not between 1971 and now")
     return ms

@@ -120,11 +120,26 @@ class _Budget:
     store_bytes: int
     unit_bytes: int
     small_bytes: int
+    #: Hash partitions of a store past its share.
+    partitions: int
 
     @classmethod
-    def of(cls, total: int) -> _Budget:
-        """The shares of ``total`` bytes."""
-        return cls(store_bytes=total // 4, unit_bytes=max(total // 4, 1), small_bytes=total // 8)
+    def of(cls, total: int, partitions: int) -> _Budget:
+        """The shares of ``total`` bytes (spread over at least one partition past it)."""
+        if total < 0 or partitions < 1:
+            raise ValueError("index_memory_bytes must be at least 0 and partitions at least 1")
+        return cls(total // 4, max(total // 4, 1), total // 8, partitions)
+
+    def store(self, stack: contextlib.ExitStack, spill_dir: Path | None, *columns: type) -> Store:
+        """A fingerprint store of ``columns`` keyed by the second, closed with ``stack``."""
+        made = Store(
+            columns,
+            key=1,
+            partitions=self.partitions,
+            limit_bytes=self.store_bytes,
+            spill_dir=spill_dir,
+        )
+        return stack.enter_context(made)
 
 
 def _judge_anon_unit(
@@ -272,21 +287,11 @@ def judge(
     """
     if max_cluster_size is not None and max_cluster_size < 2:
         raise ValueError("max_cluster_size must be at least 2")
-    if index_memory_bytes < 0 or partitions < 1:
-        raise ValueError("index_memory_bytes must be at least 0 and partitions at least 1")
-    budget = _Budget.of(index_memory_bytes)
+    budget = _Budget.of(index_memory_bytes, partitions)
     with contextlib.ExitStack() as stack:
-
-        def store(*columns: type) -> Store:
-            made = Store(
-                columns, key=1, partitions=partitions, limit_bytes=budget.store_bytes,
-                spill_dir=spill_dir,
-            )  # fmt: skip
-            return stack.enter_context(made)
-
         # Rules 6-7 group by anon hash (row, anon, identified); rule 8 by identified hash.
-        by_anon = store(np.int64, np.uint64, np.uint64)
-        by_ident = None if max_cluster_size is None else store(np.int64, np.uint64)
+        by_anon = budget.store(stack, spill_dir, np.int64, np.uint64, np.uint64)
+        by_ident = budget.store(stack, spill_dir, np.int64, np.uint64) if max_cluster_size else None
         trimmed = Trimmed()
         reasons = _first_pass(
             source, now_ms, hasher, on_rows, by_anon, by_ident, rules, trimmed, observe
