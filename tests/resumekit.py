@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import os
 import random
 import shutil
 import sys
@@ -41,6 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from runkit import CliResult, clean_env, rejects_dicts
 
 from backfill.folder.checkpoint import RowIntervals
 from backfill.send.events import insert_ids
@@ -155,14 +155,13 @@ async def serve(faults: FaultRates = SLOW, **config: Any) -> AsyncIterator[Stand
 
 def environment(*, secret: str = SECRET, project_id: str = DEFAULT_PROJECT_ID) -> dict[str, str]:
     """This process's environment without MIXPANEL_*/BACKFILL_*, plus the stand-in's account."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIXPANEL_", "BACKFILL_"))}
-    env.update(
-        PYTHONUNBUFFERED="1",
-        MIXPANEL_SERVICE_ACCOUNT_USERNAME=USER,
-        MIXPANEL_SERVICE_ACCOUNT_SECRET=secret,
-        MIXPANEL_PROJECT_ID=project_id,
+    return clean_env(
+        {
+            "MIXPANEL_SERVICE_ACCOUNT_USERNAME": USER,
+            "MIXPANEL_SERVICE_ACCOUNT_SECRET": secret,
+            "MIXPANEL_PROJECT_ID": project_id,
+        }
     )
-    return env
 
 
 def run_args(input_path: Path, out: Path | None, url: str, *extra: str) -> list[str]:
@@ -185,15 +184,6 @@ def run_args(input_path: Path, out: Path | None, url: str, *extra: str) -> list[
         "--no-progress",
         *extra,
     ]
-
-
-@dataclass
-class Result:
-    """How a command ended."""
-
-    code: int
-    stdout: str
-    stderr: str
 
 
 @asynccontextmanager
@@ -220,14 +210,14 @@ async def launched(
             await proc.wait()
 
 
-async def finish(proc: asyncio.subprocess.Process, timeout_s: float = WAIT_S) -> Result:
+async def finish(proc: asyncio.subprocess.Process, timeout_s: float = WAIT_S) -> CliResult:
     """Wait for the command to end (generous limit) and collect its output."""
     out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+    return CliResult(proc.returncode, out.decode(), err.decode())
 
 
-async def cli(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None) -> Result:
+async def cli(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None) -> CliResult:
     """Run a command to its end."""
     async with launched(args, cwd=cwd, env=env) as proc:
         return await finish(proc)
@@ -287,15 +277,9 @@ def stored_rows(standin: Standin, data: Dataset) -> set[int]:
     return data.rows_of(key.insert_id for key in standin.state.store)
 
 
-def rejects(out: Path) -> list[dict[str, str]]:
-    """rejects.csv as dicts."""
-    with (out / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def assert_rejects_once(out: Path) -> None:
     """Each row of rejects.csv appears once."""
-    counts = Counter(r["row"] for r in rejects(out))
+    counts = Counter(r["row"] for r in rejects_dicts(out))
     assert [row for row, n in counts.items() if n > 1] == []
 
 

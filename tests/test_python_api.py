@@ -7,7 +7,6 @@ event loop runs exactly as it would in a user's process.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from runkit import REPO
+from runkit import rejects_lines as rejects
 
 import backfill
 from backfill.commands.rehearse import standin_thread
@@ -52,12 +52,6 @@ def _no_mixpanel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("MIXPANEL_", "BACKFILL_")):
             monkeypatch.delenv(name)
-
-
-def rejects(folder: Path) -> list[list[str]]:
-    """rejects.csv's rows, header included."""
-    with (folder / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        return list(csv.reader(f))
 
 
 def test_validate_matches_the_cli_and_prints_nothing(

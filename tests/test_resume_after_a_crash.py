@@ -27,13 +27,13 @@ from resumekit import (
     finish,
     launched,
     load,
-    rejects,
     run_args,
     sent_ids,
     serve,
     stored_rows,
     until,
 )
+from runkit import rejects_dicts as rejects
 
 from backfill.folder.rejects import RejectRow, RejectsFile
 from backfill.read import open_dataset
