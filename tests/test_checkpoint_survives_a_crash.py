@@ -472,7 +472,7 @@ def test_a_changed_identity_is_refused_naming_what_changed_and_restart(
     """A changed input or event setting is refused, the message naming it and --restart."""
     saved_checkpoint(tmp_path)
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
-    with pytest.raises(CheckpointMismatch) as caught:
+    with pytest.raises(CheckpointMismatch, match="holds a run made with other settings") as caught:
         open_checkpoint(tmp_path, {**IDENTITY, **change})
     message = str(caught.value)
     assert named in message
@@ -505,7 +505,7 @@ def test_several_changes_are_all_named(tmp_path: Path) -> None:
     """When the input and the project both changed, the message names both."""
     saved_checkpoint(tmp_path)
     changed = {**IDENTITY, "input": {"size": 1, "sha256": "00" * 32}, "project_id": "9"}
-    with pytest.raises(CheckpointMismatch) as caught:
+    with pytest.raises(CheckpointMismatch, match="holds a run made with other settings") as caught:
         open_checkpoint(tmp_path, changed)
     assert "input files" in str(caught.value)
     assert "project id" in str(caught.value)
@@ -557,7 +557,7 @@ def test_an_unreadable_or_foreign_checkpoint_is_refused_naming_restart(
 ) -> None:
     """A torn, foreign or damaged checkpoint.json is refused (exit 2) with --restart named."""
     (tmp_path / CHECKPOINT_FILE).write_bytes(content)
-    with pytest.raises(CheckpointMismatch) as caught:
+    with pytest.raises(CheckpointMismatch, match="pass --restart to start over") as caught:
         open_checkpoint(tmp_path)
     assert words in str(caught.value)
     assert "--restart" in str(caught.value)

@@ -180,7 +180,7 @@ async def test_simplified_project_refusal_is_identity_events_refused() -> None:
     batches = encode(make_pairs(40, seed=22), 10)
     async with running_standin(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as standin:
         settled: list[Settled] = []
-        with pytest.raises(IdentityEventsRefused) as info:
+        with pytest.raises(IdentityEventsRefused, match="project uses Simplified ID Merge") as info:
             settled, _ = await send(standin, batches, concurrency=2)
         state = standin.state
     message = str(info.value)
@@ -299,7 +299,7 @@ async def test_auth_refused_stops_after_one_request_per_worker(mode: str) -> Non
     config = StandinConfig(forbidden=mode == "forbidden")
     credentials = wrong if mode == "wrong_secret" else GOOD
     async with running_standin(config) as standin:
-        with pytest.raises(AuthRefused) as info:
+        with pytest.raises(AuthRefused, match="Mixpanel refused the credentials") as info:
             await send(standin, batches, credentials=credentials, concurrency=3)
         state = standin.state
         assert 1 <= state.requests_count <= 3
@@ -430,7 +430,7 @@ async def test_redirect_is_never_followed_and_stops(code: str) -> None:
         config = StandinConfig(redirect_to=elsewhere.import_url)
         async with running_standin(config) as standin:
             standin.state.always = code  # type: ignore[assignment]
-            with pytest.raises(UnexpectedAnswer) as info:
+            with pytest.raises(UnexpectedAnswer, match="backfill never follows redirects") as info:
                 await send_batches(standin.import_url, batches(30, 10), concurrency=2)
             state = standin.state
         assert elsewhere.requests == [], "a redirect target must never be contacted"
@@ -480,7 +480,7 @@ async def test_a_fatal_answer_stops_the_pool_and_lets_in_flight_requests_settle(
         standin.state.script(["400_whole", "slow", "slow"])
         standin.state.faults = FaultRates(slow_s=0.3)
         started = asyncio.get_running_loop().time()
-        with pytest.raises(RequestRefused):
+        with pytest.raises(RequestRefused, match=r"Mixpanel refused the whole request \(HTTP 400"):
             await send_batches(standin.import_url, batches(200, 10), concurrency=3, rate_per_s=1e6)
         took = asyncio.get_running_loop().time() - started
         state = standin.state
@@ -507,7 +507,7 @@ async def test_failed_record_of_odd_type_names_no_record_and_refuses_the_request
         )
 
     async with serving(answer) as server:
-        with pytest.raises(RequestRefused):
+        with pytest.raises(RequestRefused, match=r"Mixpanel refused the whole request \(HTTP 400"):
             await send_batches(server.import_url, batches(5, 10), concurrency=1)
         assert len(server.requests) == 1
 
@@ -616,7 +616,7 @@ async def test_huge_answer_is_not_read_to_its_end() -> None:
         return response
 
     async with serving(answer) as server:
-        with pytest.raises(UnexpectedAnswer):
+        with pytest.raises(UnexpectedAnswer, match="without Mixpanel's num_records_imported"):
             await send_batches(server.import_url, batches(3, 10), concurrency=1)
     assert sent < 100 << 20, "the client hung up long before the end"
 
@@ -643,7 +643,7 @@ async def test_canary_to_a_name_that_does_not_resolve_stops_at_once() -> None:
     url = "http://backfill-test.invalid:8080/import"
     one = batches(1, 1)[0]
     started = time.monotonic()
-    with pytest.raises(Unreachable) as info:
+    with pytest.raises(Unreachable, match=r"reach http://backfill-test\.invalid:8080") as info:
         await send_batches(url, [], canary=one, max_attempts=8, retry_base_s=1.0)
     assert time.monotonic() - started < 5
     message = str(info.value)
@@ -655,7 +655,7 @@ async def test_canary_to_a_name_that_does_not_resolve_stops_at_once() -> None:
 async def test_unresolvable_name_after_the_canary_is_retried() -> None:
     """Past the canary a name failing to resolve is a blip worth retrying, then exhausted."""
     url = "http://backfill-test.invalid:8080/import"
-    with pytest.raises(RetriesExhausted) as info:
+    with pytest.raises(RetriesExhausted, match="failed 3 times, last with cannot resolve") as info:
         await send_batches(url, batches(2, 10), max_attempts=3, concurrency=1)
     assert "cannot resolve" in str(info.value)
 
@@ -667,7 +667,7 @@ async def test_canary_to_a_closed_port_stops_within_its_budget(
     monkeypatch.setattr(send_module, "CANARY_CONNECT_BUDGET_S", 0.5)
     url = f"http://127.0.0.1:{closed_port}/import"
     started = time.monotonic()
-    with pytest.raises(Unreachable) as info:
+    with pytest.raises(Unreachable, match=r"cannot connect to 127\.0\.0\.1") as info:
         await send_batches(url, [], canary=batches(1, 1)[0], max_attempts=100, retry_base_s=0.05)
     took = time.monotonic() - started
     assert 0.5 <= took < 3

@@ -41,7 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 def test_a_second_lock_on_the_same_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
     """While one FolderLock is held, another on the same folder raises RunLocked naming it."""
     with FolderLock(tmp_path, command="run"):
-        with pytest.raises(RunLocked) as caught, FolderLock(tmp_path, command="validate"):
+        with (
+            pytest.raises(RunLocked, match=r"another backfill run \(pid ") as caught,
+            FolderLock(tmp_path, command="validate"),
+        ):
             pass
         message = str(caught.value)
         assert f"pid {os.getpid()}" in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -208,7 +209,7 @@ def test_a_refused_run_raises_with_its_summary(tmp_path: Path, creds: backfill.C
     """An aborted run raises an Aborted subclass carrying the Summary (status aborted)."""
     with (
         standin_thread(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as simplified,
-        pytest.raises(backfill.IdentityEventsRefused) as info,
+        pytest.raises(backfill.IdentityEventsRefused, match="with id_merge='simplified'") as info,
     ):
         backfill.run(
             SAMPLE,
@@ -227,7 +228,7 @@ def test_missing_file_raises_an_input_error_and_creates_nothing(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """A missing input raises InputError (a BackfillError), never SystemExit; no folder made."""
-    with pytest.raises(backfill.InputError) as info:
+    with pytest.raises(backfill.InputError, match=r"input file not found: .*nope\.csv") as info:
         backfill.validate(tmp_path / "nope.csv", out=tmp_path / "out")
     assert isinstance(info.value, backfill.BackfillError)
     assert "not found" in str(info.value)
@@ -250,7 +251,7 @@ def test_bad_keywords_raise_config_errors_naming_the_fix(
     tmp_path: Path, options: dict[str, object], fragment: str
 ) -> None:
     """Keywords are checked like flags; unknown ones get a 'did you mean'."""
-    with pytest.raises(backfill.ConfigError) as info:
+    with pytest.raises(backfill.ConfigError, match=re.escape(fragment)) as info:
         backfill.run(SAMPLE, out=tmp_path / "o", **options)  # type: ignore[arg-type]
     assert fragment in str(info.value)
 

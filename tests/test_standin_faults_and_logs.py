@@ -63,7 +63,7 @@ class TestFaults:
     ) -> None:
         """A scripted drop shows up as a server disconnect and imports nothing."""
         standin.state.script(["drop"])
-        with pytest.raises(aiohttp.ServerDisconnectedError):
+        with pytest.raises(aiohttp.ServerDisconnectedError, match="Server disconnected"):
             await post(session, standin, [identify(1)])
         assert standin.state.events_imported == 0
         assert standin.state.requests[0].status is None
@@ -96,7 +96,7 @@ class TestFaults:
     ) -> None:
         """A drop_after_import disconnects although the events were stored."""
         standin.state.script(["drop_after_import"])
-        with pytest.raises(aiohttp.ServerDisconnectedError):
+        with pytest.raises(aiohttp.ServerDisconnectedError, match="Server disconnected"):
             await post(session, standin, [identify(1)])
         assert standin.state.events_imported == 1
 
@@ -293,7 +293,7 @@ class TestRequestLog:
         ) as standin:
             standin.state.script(["503", "drop"])
             await post(session, standin, [identify(1)])
-            with pytest.raises(aiohttp.ServerDisconnectedError):
+            with pytest.raises(aiohttp.ServerDisconnectedError, match="Server disconnected"):
                 await post(session, standin, [identify(1)])
             await post(session, standin, [identify(1), identify(2, time=5)])
             await post(session, standin, [identify(3)], auth=("legacy-secret-456", ""))
