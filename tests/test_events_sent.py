@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import pyarrow as pa
@@ -54,7 +55,7 @@ def expected_event(
     return {"event": "$identify", "properties": props}
 
 
-def compact(events: list[dict[str, object]]) -> bytes:
+def compact(events: Sequence[Mapping[str, object]]) -> bytes:
     """The events as compact JSON text, non-ASCII kept as UTF-8."""
     return json.dumps(events, separators=(",", ":"), ensure_ascii=False).encode()
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from aiohttp import web
@@ -121,7 +121,9 @@ async def test_workers_never_exceed_concurrency() -> None:
 
 
 @pytest.mark.parametrize("key", ["$insert_id", "insert_id"])
-async def test_400_failed_records_map_to_source_rows(key: str) -> None:
+async def test_400_failed_records_map_to_source_rows(
+    key: Literal["$insert_id", "insert_id"],
+) -> None:
     """400 + failed_records: refusals map to their source rows, the rest count, nothing resent."""
     p = make_pairs(50, seed=3, first_row=101, step=3)  # rows 101, 104, ..., 248
     refused_at = [0, 17, 49]
@@ -162,7 +164,9 @@ async def test_400_without_failed_records_refuses_the_request_and_stops() -> Non
 
 
 @pytest.mark.parametrize("key", ["$insert_id", "insert_id", None])
-async def test_refusals_named_by_index_alone_map_to_their_rows(key: str | None) -> None:
+async def test_refusals_named_by_index_alone_map_to_their_rows(
+    key: Literal["$insert_id", "insert_id"] | None,
+) -> None:
     """failed_records naming a record by index only (no insert id key) still maps to its row."""
     p = make_pairs(30, seed=21, first_row=11)
     refused_ids = {p.identified[i].as_py() for i in (2, 29)}

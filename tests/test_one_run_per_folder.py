@@ -28,7 +28,6 @@ from resumekit import (
 )
 
 from backfill.errors import EXIT_USAGE, RunLocked
-from backfill.folder import lock as lock_module
 from backfill.folder.lock import LOCK_FILE, FolderLock, active_holder
 from backfill.standin import FaultRates
 
@@ -149,7 +148,7 @@ def test_a_status_probe_never_makes_a_starting_run_fail(
             starter[0].start()
             time.sleep(0.02)
 
-    monkeypatch.setattr(lock_module.fcntl, "flock", flock)
+    monkeypatch.setattr("backfill.folder.lock.fcntl.flock", flock)
     assert active_holder(tmp_path) is None
     monkeypatch.undo()
     starter[0].join(timeout=10)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,9 @@ def run_module(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+def cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``cli(*args)``: ``backfill validate ARGS`` via ``main`` in ``tmp_path``, as a process."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BACKFILL_DEBUG", raising=False)
