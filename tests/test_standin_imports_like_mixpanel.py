@@ -160,7 +160,8 @@ BAD_RECORDS: list[tuple[str, dict[str, Any], str]] = [
     ("insert_id bad chars", identify(9, **{"$insert_id": "ins_9"}), "properties.$insert_id"),
     ("insert_id missing", identify(9, **{"$insert_id": None}), "properties.$insert_id"),
     # A $anon_id that is not a UUID v4 is accepted and not merged
-    # (test_standin_merges_like_mixpanel.py); an $identify without a usable $anon_id is malformed and refused.
+    # (test_standin_merges_like_mixpanel.py); an $identify without a usable $anon_id is
+    # malformed and refused.
     ("anon_id missing", identify(9, **{"$anon_id": None}), "properties.$anon_id"),
     ("anon_id not a string", identify(9, **{"$anon_id": 42}), "properties.$anon_id"),
     ("anon_id empty", identify(9, **{"$anon_id": ""}), "properties.$anon_id"),
