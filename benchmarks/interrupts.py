@@ -8,9 +8,9 @@ their share). Each trial (``tests/interrupting.py``) starts a fresh stand-in ans
 late and a fresh run folder, sends SIGINT, and checks: exit 130 within 5 s (or 0 with the
 summary ``completed`` when the run had finished), nothing on stderr that is a traceback, an
 abort or an "error:", then a resume that exits 0 having sent exactly the pairs the checkpoint
-did not record as done, and a stand-in holding each valid pair once. ``tests/
-test_interrupts.py`` runs 20 of these. Prints one line per trial and a summary; exit 1 if any
-trial broke a promise.
+did not record as done, and a stand-in holding each valid pair once.
+``tests/test_ctrl_c_at_any_instant.py`` runs 20 of these. Prints one line per trial and a
+summary; exit 1 if any trial broke a promise.
 """
 
 from __future__ import annotations

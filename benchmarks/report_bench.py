@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import DATA, OUT, ROOT, Measured, ensure_input, fresh_dir, run_child
+from benchkit.common import DATA, OUT, ROOT, fresh_dir
+from benchkit.inputs import ensure_input
+from benchkit.measuring import Measured, run_child
 
 KIOSK = "kiosk@store-7.example.com"
 

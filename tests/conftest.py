@@ -16,14 +16,18 @@ import socket
 import tempfile
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from resumekit import Dataset, make_dataset
+
+from backfill.standin import Standin, running_standin
 
 DEFAULT_HEADER = ("anon_id", "identified_id")
 
@@ -181,3 +185,30 @@ def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Bucket:
     name = f"backfill-test-{next(_buckets)}"
     client.create_bucket(Bucket=name)
     return Bucket(name, client)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session, closed after the test."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[Standin]:
+    """A stand-in with the default config on a free port of 127.0.0.1 (files that serve the
+    stand-in from a thread of their own define their own ``standin``)."""
+    async with running_standin() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """20,000 valid pairs and 5 invalid rows: long enough to interrupt."""
+    return make_dataset(tmp_path_factory.mktemp("big"), 20_000, seed=4)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """2,000 valid pairs and 5 invalid rows: for runs that need not be caught mid-way."""
+    return make_dataset(tmp_path_factory.mktemp("small"), 2_000, seed=5)

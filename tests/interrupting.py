@@ -1,5 +1,6 @@
 """Helpers for interrupting ``backfill run`` at chosen instants, then resuming it (imported
-explicitly by ``tests/test_interrupts.py`` and ``benchmarks/interrupts.py``; not a conftest).
+explicitly by ``tests/test_ctrl_c_at_any_instant.py`` and ``benchmarks/interrupts.py``; not a
+conftest).
 
 A *trial*: a fresh stand-in and run folder, ``python -m backfill run`` started, SIGINT sent
 ``delay_s`` after it made its run folder, how and how fast it ended, then the same command

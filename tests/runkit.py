@@ -196,6 +196,32 @@ async def recording_standin(config: StandinConfig) -> AsyncIterator[Recorded]:
         await runner.cleanup()
 
 
+def rejects_lines(where: Path) -> list[list[str]]:
+    """rejects.csv as rows of strings, the header first; ``where`` is the file or its run folder.
+
+    The one place the tests open rejects.csv (the views below are built on it)."""
+    path = where if where.name == "rejects.csv" else where / "rejects.csv"
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+def rejects_dicts(where: Path) -> list[dict[str, str]]:
+    """rejects.csv as one dict per line, keyed by its header (a line of an older, shorter
+    header lacks the newer columns, as ``csv.DictReader`` would give them)."""
+    header, *lines = rejects_lines(where)
+    return [dict(zip(header, line, strict=False)) for line in lines if line]
+
+
+def rejects_by_row(where: Path, *columns: str) -> dict[int, tuple[str, ...]]:
+    """rejects.csv as source row -> the values of ``columns``; a row listed twice fails."""
+    found: dict[int, tuple[str, ...]] = {}
+    for line in rejects_dicts(where):
+        row = int(line["row"])
+        assert row not in found, f"row {row} appears twice in rejects.csv"
+        found[row] = tuple(line[c] for c in columns)
+    return found
+
+
 @dataclass
 class CliResult:
     """Exit code and decoded output of one ``python -m backfill`` run."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import uuid4s
+from runkit import rejects_by_row, uuid4s
 
 import backfill
 from backfill.commands import pipeline
@@ -72,10 +72,9 @@ def run(source: Path, out: Path, standin: Standin, **options: Any) -> backfill.S
     )
 
 
-def rejects(out: Path) -> dict[int, tuple[str, str]]:
-    """rejects.csv as row -> (reason, detail)."""
-    with (out / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        return {int(r["row"]): (r["reason"], r["detail"]) for r in csv.DictReader(f)}
+def rejects(out: Path) -> dict[int, tuple[str, ...]]:
+    """rejects.csv as row -> (reason, detail); each row once."""
+    return rejects_by_row(out, "reason", "detail")
 
 
 def test_a_row_refused_as_future_dated_stays_refused_when_its_time_has_passed(

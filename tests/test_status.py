@@ -10,10 +10,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from resumekit import (
+    LEISURELY,
+    Dataset,
+    checkpoint_done,
+    cli,
+    finish,
+    launched,
+    run_args,
+    serve,
+    until,
+)
 from runkit import CliResult, backfill_cli, clean_env, uuid4s, write_pairs
 
 from backfill.commands.rehearse import standin_thread
-from backfill.standin import Standin, StandinConfig
+from backfill.standin import FaultRates, Standin, StandinConfig
 
 
 @pytest.fixture
@@ -94,3 +105,80 @@ def test_status_imports_neither_pyarrow_nor_aiohttp(tmp_path: Path, standin: Sta
     loaded = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
     assert "backfill.report.status" in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("pyarrow", "aiohttp")}
+
+
+# --- 8. backfill status --------------------------------------------------------------------
+
+
+async def test_status_while_running_and_after(tmp_path: Path, big: Dataset) -> None:
+    """`backfill status` shows a live run's progress, then the finished run; --json parses."""
+    input_path = big.copy_to(tmp_path)
+    out = tmp_path / "runs" / "mappings-csv"  # the default --out, so status finds it alone
+    async with serve(LEISURELY) as standin:
+        args = run_args(input_path, None, standin.url)
+        async with launched(args, cwd=tmp_path) as proc:
+            await until(lambda: checkpoint_done(out) > 0, "a first checkpoint", proc)
+            text = await cli(["status", "--out", str(out)], cwd=tmp_path)
+            as_json = await cli(["status", "--out", str(out), "--json"], cwd=tmp_path)
+            listed = await cli(["status", "--json"], cwd=tmp_path)
+            assert proc.returncode is None, "the run ended before status was read"
+            standin.state.faults = FaultRates()
+            assert (await finish(proc)).code == 0
+        after = await cli(["status", "--out", str(out)], cwd=tmp_path)
+        after_json = await cli(["status", "--out", str(out), "--json"], cwd=tmp_path)
+
+    assert text.code == 0, text.stderr
+    assert f"running (run, pid {proc.pid})" in text.stdout
+    assert "pairs done" in text.stdout
+    assert f"of {len(big.valid):,}" in text.stdout
+    assert "imported" in text.stdout
+    assert "last checkpoint" in text.stdout
+    assert "events/s" in text.stdout
+    live = json.loads(as_json.stdout)
+    assert live["active"] is True
+    assert live["pid"] == proc.pid
+    assert live["pairs_total"] == len(big.valid)
+    assert 0 < live["pairs_settled"] < len(big.valid)
+    assert 0 < live["events_imported"] <= live["pairs_settled"]
+    assert live["finished"] is False
+    assert live["events_per_s"] > 0
+    assert [s["out"] for s in json.loads(listed.stdout)] == [str(out.resolve())]
+
+    assert after.code == 0, after.stderr
+    assert "finished" in after.stdout
+    assert f"pairs done       {len(big.valid):,} of {len(big.valid):,}" in after.stdout
+    done = json.loads(after_json.stdout)
+    assert done["active"] is False
+    assert done["finished"] is True
+    assert done["last_status"] == "completed"
+    assert done["events_imported"] == len(big.valid)
+    assert done["rejected"]["invalid_anon_id"] == 1
+
+
+async def test_status_without_out_and_without_runs_exits_2(tmp_path: Path) -> None:
+    """`backfill status` with no --out where there is no runs/ folder: exit 2, naming --out."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = await cli(["status"], cwd=empty)
+    assert result.code == 2
+    assert "--out" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = await cli(["status", "--out", str(tmp_path / "nope")], cwd=empty)
+    assert missing.code == 2
+    assert "--out" in missing.stderr
+
+
+async def test_status_of_an_active_first_run_before_its_first_checkpoint(
+    tmp_path: Path, small: Dataset
+) -> None:
+    """`backfill status` shows a first run as running before any of its batches settled."""
+    input_path = small.copy_to(tmp_path)
+    out = tmp_path / "out"
+    async with (
+        serve(FaultRates(p_slow=1.0, slow_s=30.0)) as standin,  # nothing settles
+        launched(run_args(input_path, out, standin.url), cwd=tmp_path) as proc,
+    ):
+        await until(lambda: standin.state.requests_count > 0, "the first request", proc)
+        result = await cli(["status", "--out", str(out)], cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert f"running (run, pid {proc.pid})" in result.stdout

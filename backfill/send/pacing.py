@@ -134,9 +134,10 @@ class PacedLimiter(AsyncLimiter):
         """Drip at ``rate_per_s`` from now on; waiting tasks are re-timed at the new rate.
 
         aiolimiter fixes its drip rate when built (``time_period`` is read only then; upstream
-        issue #98), so this reaches into its 1.2+ internals, and ``tests/test_pacing.py``
-        checks the result on a real limiter: first drain what has leaked at the old rate, then
-        change the rate, then re-arm the timer of the first waiter.
+        issue #98), so this reaches into its 1.2+ internals, and
+        ``tests/test_pacing_holds_the_rate.py`` checks the result on a real limiter: first drain
+        what has leaked at the old rate, then change the rate, then re-arm the timer of the
+        first waiter.
         """
         self._leak()
         self.time_period = self.max_rate / rate_per_s

@@ -87,13 +87,6 @@ async def post(
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session, closed after the test."""
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 async def original() -> AsyncIterator[Standin]:
     """A stand-in whose project is on Original ID Merge (the default)."""
     async with running_standin() as s:

@@ -16,11 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from runkit import sending_snapshot
+from runkit import sending_snapshot, uuid4s
 
 from backfill.report.progress import HeldRate, Progress, Snapshot, render
 from backfill.standin import DEFAULT_SERVICE_ACCOUNT, FaultRates, StandinConfig, running_standin
-from tests.runkit import uuid4s
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,325 +1,45 @@
-"""Resumable runs end to end: the real CLI as a subprocess, killed, interrupted and rerun.
+"""A run killed, interrupted or refused mid-way resumes: the rerun sends exactly the rest, every
+pair imported once, rejects.csv listing each row once; a changed input or setting is refused.
 
-Each test serves the stand-in on its own event loop and starts ``python -m backfill run``
-through ``asyncio.create_subprocess_exec``, so the stand-in keeps answering while the command
-works. Runs that must be caught mid-way use ``slow`` faults on every request; the tests poll
-the stand-in (events imported) and the run folder (checkpoint.json) to decide when to send a
-signal, never a blind sleep.
-
-Bookkeeping: every valid pair's ``$insert_id`` is computed up front, so the stand-in's request
-log says which source rows each run sent. "Resent" means sent by both the interrupted run and
-the rerun. The stand-in's clock is ``time.time`` so its arrival times compare with the
-checkpoint's ``updated_at``.
-
-The resend bound after SIGKILL: a pair resent by the rerun is not in the killed run's last
-checkpoint, whose snapshot was taken at ``updated_at``. Its batch had not settled by then, so
-it was either held by one of the ``--concurrency`` workers at that instant (at most
-``concurrency * batch_size`` pairs) or sent in a request that reached the stand-in after
-``updated_at``. Hence resends <= concurrency * batch_size + the events of the killed run's
-requests that arrived after ``updated_at``.
+The real CLI runs as a subprocess against the stand-in; helpers and the bookkeeping of which
+rows each run sent are in ``resumekit.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import json
-import os
-import random
-import shutil
 import signal
-import sys
-import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pytest
+from resumekit import (
+    BATCH,
+    CONCURRENCY,
+    SECRET,
+    Dataset,
+    assert_imported_once,
+    assert_rejects_once,
+    checkpoint_done,
+    cli,
+    done_rows,
+    environment,
+    finish,
+    launched,
+    load,
+    run_args,
+    sent_ids,
+    serve,
+    stored_rows,
+    until,
+)
+from runkit import rejects_dicts as rejects
 
-from backfill.folder.intervals import RowIntervals
 from backfill.folder.rejects import RejectRow, RejectsFile
 from backfill.read import open_dataset
-from backfill.send.events import insert_ids
 from backfill.standin import (
-    DEFAULT_PROJECT_ID,
-    DEFAULT_SERVICE_ACCOUNT,
     FaultRates,
-    Standin,
-    StandinConfig,
-    StandinState,
-    running_standin,
 )
-
-USER, SECRET = DEFAULT_SERVICE_ACCOUNT
-BATCH = 100
-CONCURRENCY = 4
-TIMEOUT_S = 2  # per request; a graceful stop waits at most this + 5 s for in-flight requests
-SLOW = FaultRates(p_slow=1.0, slow_s=0.05)  # at most 8,000 events/s: 2.5 s for 20,000 pairs
-LEISURELY = FaultRates(p_slow=1.0, slow_s=0.2)  # for tests that run other commands meanwhile
-WAIT_S = 60.0  # generous limit for every poll and every command
-
-
-# --- input ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A generated mappings CSV and everything the tests need to know about its rows."""
-
-    path: Path
-    rows_total: int
-    valid: dict[int, tuple[str, str]]  # row -> (anon, identified)
-    invalid: dict[int, str]  # row -> validation reason
-    row_of: dict[str, int]  # $insert_id -> row
-
-    def copy_to(self, folder: Path) -> Path:
-        """A private copy of the input (tests edit theirs)."""
-        target = folder / self.path.name
-        shutil.copyfile(self.path, target)
-        return target
-
-    def rows_of(self, ids: Iterable[str]) -> set[int]:
-        """The source rows of these ``$insert_id``s."""
-        return {self.row_of[i] for i in ids}
-
-    def pairs(self, rows: Iterable[int]) -> set[tuple[str, str]]:
-        """The (anon, identified) pairs of these rows."""
-        return {self.valid[r] for r in rows}
-
-
-def make_dataset(folder: Path, n_valid: int, seed: int) -> Dataset:
-    """``n_valid`` distinct valid pairs plus five invalid rows spread through the file.
-
-    Identified ids vary in length so that a batch's make-up could not leak into a pair's
-    ``$insert_id`` unnoticed. Every row has a ``merged_at`` time column (used only when a
-    test passes ``--time-column``).
-    """
-    rng = random.Random(seed)
-
-    def new_uuid() -> str:
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-    total = n_valid + 5
-    self_merge = new_uuid()
-    invalid_at = {
-        1: ("not-a-uuid", "user-x", "invalid_anon_id"),
-        total // 40: ("", "user-y", "missing_anon_id"),
-        total // 2: (new_uuid(), "null", "invalid_identified_id"),
-        total * 3 // 4: (self_merge, self_merge, "self_merge"),
-        total: (new_uuid(), "", "missing_identified_id"),
-    }
-    rows: list[tuple[str, str]] = []
-    valid: dict[int, tuple[str, str]] = {}
-    invalid: dict[int, str] = {}
-    k = 0
-    for row in range(1, total + 1):
-        if row in invalid_at:
-            anon, ident, reason = invalid_at[row]
-            invalid[row] = reason
-        else:
-            anon, ident = new_uuid(), f"user-{k}" + "-long" * (k % 5)
-            valid[row] = (anon, ident)
-            k += 1
-        rows.append((anon, ident))
-    path = folder / "mappings.csv"
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["anon_id", "identified_id", "merged_at"])
-        for anon, ident in rows:
-            writer.writerow([anon, ident, "2024-03-01T12:00:00Z"])
-    order = sorted(valid)
-    ids = insert_ids(
-        pa.array([valid[r][0] for r in order], pa.string()),
-        pa.array([valid[r][1] for r in order], pa.string()),
-    ).to_pylist()
-    return Dataset(path, total, valid, invalid, dict(zip(ids, order, strict=True)))
-
-
-@pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    """20,000 valid pairs and 5 invalid rows: long enough to interrupt."""
-    return make_dataset(tmp_path_factory.mktemp("big"), 20_000, seed=4)
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    """2,000 valid pairs and 5 invalid rows: for runs that need not be caught mid-way."""
-    return make_dataset(tmp_path_factory.mktemp("small"), 2_000, seed=5)
-
-
-# --- the stand-in and the command ----------------------------------------------------------
-
-
-@asynccontextmanager
-async def serve(faults: FaultRates = SLOW, **config: Any) -> AsyncIterator[Standin]:
-    """A stand-in on 127.0.0.1 whose request log uses wall-clock times."""
-    cfg = StandinConfig(faults=faults, **config)
-    state = StandinState(cfg, clock=time.time)
-    async with running_standin(cfg, state=state, shutdown_timeout_s=0.2) as standin:
-        yield standin
-
-
-def environment(*, secret: str = SECRET, project_id: str = DEFAULT_PROJECT_ID) -> dict[str, str]:
-    """This process's environment without MIXPANEL_*/BACKFILL_*, plus the stand-in's account."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIXPANEL_", "BACKFILL_"))}
-    env.update(
-        PYTHONUNBUFFERED="1",
-        MIXPANEL_SERVICE_ACCOUNT_USERNAME=USER,
-        MIXPANEL_SERVICE_ACCOUNT_SECRET=secret,
-        MIXPANEL_PROJECT_ID=project_id,
-    )
-    return env
-
-
-def run_args(input_path: Path, out: Path | None, url: str, *extra: str) -> list[str]:
-    """``run INPUT`` with this file's sending options (``--out`` omitted when None)."""
-    args = ["run", str(input_path)]
-    if out is not None:
-        args += ["--out", str(out)]
-    return [
-        *args,
-        "--api-url",
-        url,
-        "--batch-size",
-        str(BATCH),
-        "--concurrency",
-        str(CONCURRENCY),
-        "--timeout",
-        str(TIMEOUT_S),
-        "--retry-base-s",
-        "0.05",
-        "--no-progress",
-        *extra,
-    ]
-
-
-@dataclass
-class Result:
-    """How a command ended."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-
-@asynccontextmanager
-async def launched(
-    args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m backfill ARGS`` running; killed on the way out if it still runs."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "backfill",
-        *args,
-        cwd=cwd,
-        env=dict(env if env is not None else environment()),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def finish(proc: asyncio.subprocess.Process, timeout_s: float = WAIT_S) -> Result:
-    """Wait for the command to end (generous limit) and collect its output."""
-    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
-
-
-async def cli(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None) -> Result:
-    """Run a command to its end."""
-    async with launched(args, cwd=cwd, env=env) as proc:
-        return await finish(proc)
-
-
-async def until(
-    condition: Callable[[], bool],
-    what: str,
-    proc: asyncio.subprocess.Process | None = None,
-    timeout_s: float = WAIT_S,
-) -> None:
-    """Poll ``condition``; fail if ``proc`` ends first or after a generous timeout."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if proc is not None and proc.returncode is not None:
-            out, err = await proc.communicate()
-            pytest.fail(
-                f"the command ended ({proc.returncode}) before {what}:\n"
-                f"{out.decode()}\n{err.decode()}"
-            )
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-# --- reading the results -------------------------------------------------------------------
-
-
-def load(path: Path) -> Any:
-    """A JSON file's content."""
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def checkpoint_done(out: Path) -> int:
-    """How many rows the checkpoint on disk has settled (0 if there is none yet)."""
-    try:
-        data = load(out / "checkpoint.json")
-    except (FileNotFoundError, ValueError):
-        return 0
-    return RowIntervals.from_json(data["done"]).count()
-
-
-def done_rows(ckpt: Mapping[str, Any], rows: Iterable[int]) -> set[int]:
-    """Which of ``rows`` the checkpoint records as done."""
-    ordered = np.array(sorted(rows), dtype=np.int64)
-    inside = RowIntervals.from_json(ckpt["done"]).contains(ordered)
-    return set(ordered[inside].tolist())
-
-
-def sent_ids(standin: Standin, start: int = 0, stop: int | None = None) -> set[str]:
-    """The ``$insert_id``s of the requests ``start:stop`` in the stand-in's log."""
-    return {i for r in standin.state.requests[start:stop] for i in r.insert_ids}
-
-
-def stored_rows(standin: Standin, data: Dataset) -> set[int]:
-    """The source rows of the events the stand-in holds."""
-    return data.rows_of(key.insert_id for key in standin.state.store)
-
-
-def rejects(out: Path) -> list[dict[str, str]]:
-    """rejects.csv as dicts."""
-    with (out / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def assert_rejects_once(out: Path) -> None:
-    """Each row of rejects.csv appears once."""
-    counts = Counter(r["row"] for r in rejects(out))
-    assert [row for row, n in counts.items() if n > 1] == []
-
-
-def assert_imported_once(standin: Standin, data: Dataset, refused: Iterable[int] = ()) -> None:
-    """Every valid pair (but the refused) is stored, as one event, every resend identical."""
-    expected = data.pairs(set(data.valid) - set(refused))
-    state = standin.state
-    assert state.identify_pairs() == expected
-    assert len(state.store) == len(expected)  # one (event, time, distinct_id, $insert_id) each
-    assert state.conflicting_keys() == {}
-    assert len({key.time for key in state.store}) == 1
-
 
 # --- 1. SIGKILL ----------------------------------------------------------------------------
 
@@ -702,37 +422,6 @@ async def test_restart_resends_already_sent_pairs_as_identical_events(
     )
 
 
-# --- 6. two runs on one folder -------------------------------------------------------------
-
-
-async def test_a_second_run_on_the_same_folder_is_refused_while_the_first_completes(
-    tmp_path: Path, big: Dataset
-) -> None:
-    """While a run is active a second run (or validate) on its --out exits 2 naming it."""
-    input_path = big.copy_to(tmp_path)
-    out = tmp_path / "out"
-    async with serve(LEISURELY) as standin:
-        args = run_args(input_path, out, standin.url)
-        async with launched(args, cwd=tmp_path) as proc:
-            await until(lambda: standin.state.requests_count > 0, "the first requests", proc)
-            second = await cli(args, cwd=tmp_path)
-            validate = await cli(["validate", str(input_path), "--out", str(out)], cwd=tmp_path)
-            assert proc.returncode is None, "the first run ended before the second was tried"
-            standin.state.faults = FaultRates()
-            first = await finish(proc)
-        assert first.code == 0, first.stderr
-    for refused in (second, validate):
-        assert refused.code == 2, refused.stderr
-        assert "another backfill run" in refused.stderr
-        assert f"pid {proc.pid}" in refused.stderr
-        assert "backfill status" in refused.stderr
-        assert "Traceback" not in refused.stderr
-    assert_imported_once(standin, big)
-    summary = load(out / "summary.json")
-    assert summary["status"] == "completed"
-    assert summary["requests"] == standin.state.requests_count  # all from the first run
-
-
 # --- 7. rejects.csv across resumed runs ----------------------------------------------------
 
 
@@ -857,80 +546,3 @@ def test_refusals_of_an_older_rejects_csv_are_matched_by_name_and_kept_once(
     assert again.add_api_rejects([RejectRow(2, "c", "d", "api_rejected", "bad", spelled)]) == 0
     again.close()
     assert [(r["row"], r["file"]) for r in rejects(out)] == [("2", spelled)]
-
-
-# --- 8. backfill status --------------------------------------------------------------------
-
-
-async def test_status_while_running_and_after(tmp_path: Path, big: Dataset) -> None:
-    """`backfill status` shows a live run's progress, then the finished run; --json parses."""
-    input_path = big.copy_to(tmp_path)
-    out = tmp_path / "runs" / "mappings-csv"  # the default --out, so status finds it alone
-    async with serve(LEISURELY) as standin:
-        args = run_args(input_path, None, standin.url)
-        async with launched(args, cwd=tmp_path) as proc:
-            await until(lambda: checkpoint_done(out) > 0, "a first checkpoint", proc)
-            text = await cli(["status", "--out", str(out)], cwd=tmp_path)
-            as_json = await cli(["status", "--out", str(out), "--json"], cwd=tmp_path)
-            listed = await cli(["status", "--json"], cwd=tmp_path)
-            assert proc.returncode is None, "the run ended before status was read"
-            standin.state.faults = FaultRates()
-            assert (await finish(proc)).code == 0
-        after = await cli(["status", "--out", str(out)], cwd=tmp_path)
-        after_json = await cli(["status", "--out", str(out), "--json"], cwd=tmp_path)
-
-    assert text.code == 0, text.stderr
-    assert f"running (run, pid {proc.pid})" in text.stdout
-    assert "pairs done" in text.stdout
-    assert f"of {len(big.valid):,}" in text.stdout
-    assert "imported" in text.stdout
-    assert "last checkpoint" in text.stdout
-    assert "events/s" in text.stdout
-    live = json.loads(as_json.stdout)
-    assert live["active"] is True
-    assert live["pid"] == proc.pid
-    assert live["pairs_total"] == len(big.valid)
-    assert 0 < live["pairs_settled"] < len(big.valid)
-    assert 0 < live["events_imported"] <= live["pairs_settled"]
-    assert live["finished"] is False
-    assert live["events_per_s"] > 0
-    assert [s["out"] for s in json.loads(listed.stdout)] == [str(out.resolve())]
-
-    assert after.code == 0, after.stderr
-    assert "finished" in after.stdout
-    assert f"pairs done       {len(big.valid):,} of {len(big.valid):,}" in after.stdout
-    done = json.loads(after_json.stdout)
-    assert done["active"] is False
-    assert done["finished"] is True
-    assert done["last_status"] == "completed"
-    assert done["events_imported"] == len(big.valid)
-    assert done["rejected"]["invalid_anon_id"] == 1
-
-
-async def test_status_without_out_and_without_runs_exits_2(tmp_path: Path) -> None:
-    """`backfill status` with no --out where there is no runs/ folder: exit 2, naming --out."""
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = await cli(["status"], cwd=empty)
-    assert result.code == 2
-    assert "--out" in result.stderr
-    assert "Traceback" not in result.stderr
-    missing = await cli(["status", "--out", str(tmp_path / "nope")], cwd=empty)
-    assert missing.code == 2
-    assert "--out" in missing.stderr
-
-
-async def test_status_of_an_active_first_run_before_its_first_checkpoint(
-    tmp_path: Path, small: Dataset
-) -> None:
-    """`backfill status` shows a first run as running before any of its batches settled."""
-    input_path = small.copy_to(tmp_path)
-    out = tmp_path / "out"
-    async with (
-        serve(FaultRates(p_slow=1.0, slow_s=30.0)) as standin,  # nothing settles
-        launched(run_args(input_path, out, standin.url), cwd=tmp_path) as proc,
-    ):
-        await until(lambda: standin.state.requests_count > 0, "the first request", proc)
-        result = await cli(["status", "--out", str(out)], cwd=tmp_path)
-    assert result.code == 0, result.stderr
-    assert f"running (run, pid {proc.pid})" in result.stdout

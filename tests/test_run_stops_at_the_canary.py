@@ -6,7 +6,6 @@ test's event loop on 127.0.0.1, and reads the run folder afterwards.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,16 @@ from unittest.mock import ANY
 
 import numpy as np
 from aiohttp import web
-from runkit import STANDIN_CREDENTIALS, CliResult, clean_env, run_cli, serving, uuid4s, write_pairs
+from runkit import (
+    STANDIN_CREDENTIALS,
+    CliResult,
+    clean_env,
+    rejects_by_row,
+    run_cli,
+    serving,
+    uuid4s,
+    write_pairs,
+)
 
 from backfill.folder.intervals import RowIntervals
 from backfill.mixpanel import IdMerge
@@ -45,11 +53,9 @@ def summary(out: Path) -> dict[str, Any]:
     return data
 
 
-def rejects(out: Path) -> dict[int, tuple[str, str, str, str]]:
-    """rejects.csv as row -> (anon, identified, reason, detail)."""
-    with (out / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        lines = list(csv.reader(f))[1:]
-    return {int(r[0]): (r[1], r[2], r[3], r[4]) for r in lines}
+def rejects(out: Path) -> dict[int, tuple[str, ...]]:
+    """rejects.csv as row -> (anon, identified, reason, detail); each row once."""
+    return rejects_by_row(out, "anon_id", "identified_id", "reason", "detail")
 
 
 def no_traceback(result: CliResult) -> None:

@@ -5,7 +5,6 @@ files never outlive a run on any exit path, and a full disk is one clear line, n
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import functools
 import io
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from runkit import rejects_lines as read_rejects
 
 import backfill.commands.pipeline
 import backfill.validation.spill
@@ -236,12 +236,6 @@ def test_verdicts_close_gives_back_the_reference_file(tmp_path: Path, write_csv:
     assert os.listdir(spill) == []
     with pytest.raises(ValueError, match="closed"):
         v.first_rows(np.array([1]))
-
-
-def read_rejects(path: Path) -> list[list[str]]:
-    """rejects.csv as rows of strings."""
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.reader(f))
 
 
 def test_spilled_validation_writes_the_same_report(

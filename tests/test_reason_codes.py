@@ -65,7 +65,9 @@ def judge_rows(
     return judge(source, now_ms=NOW_MS, max_cluster_size=max_cluster_size, hasher=hasher, **options)
 
 
-def reasons_of(directory: Path, write_csv: Any, rows: Sequence[Sequence[str | None]], **kw: Any):
+def reasons_of(
+    directory: Path, write_csv: Any, rows: Sequence[Sequence[str | None]], **kw: Any
+) -> list[Reason]:
     """The reason of each row, as a list of Reason."""
     return [Reason(int(r)) for r in judge_rows(directory, write_csv, rows, **kw).reasons]
 

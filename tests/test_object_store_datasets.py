@@ -147,7 +147,7 @@ class TestS3:
         """Nothing at a prefix, or no such bucket: an InputError naming the URL."""
         with pytest.raises(InputError, match=r"nothing found at s3://.*/nope/"):
             open_dataset([bucket.url("nope/")])
-        with pytest.raises(InputError) as err:
+        with pytest.raises(InputError, match="nothing found at s3://no-such-bucket-here/") as err:
             open_dataset(["s3://no-such-bucket-here/export/"])
         assert "s3://no-such-bucket-here/export/" in str(err.value)
         assert "\n" not in str(err.value)

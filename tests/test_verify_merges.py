@@ -304,7 +304,7 @@ def test_python_api_returns_a_frozen_verification(
         result = backfill.verify(mapping, out=tmp_path / "r", export_url=standin.url)
     assert (result.merged, result.complete, result.exit_code) == (10, True, 0)
     with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign"):
-        result.merged = 0  # type: ignore[misc]
+        result.merged = 0
 
 
 def test_a_row_future_dated_at_the_run_is_not_counted_sent_once_its_time_has_passed(

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import Bucket
 from runkit import REPO, STANDIN_CREDENTIALS, CliResult, backfill_cli, clean_env, run_cli, uuid4s
+from runkit import rejects_dicts as rejects
 
 from backfill.commands.rehearse import standin_thread
 from backfill.standin import (
@@ -55,12 +56,6 @@ def write_parts(folder: Path) -> list[Path]:
     (folder / "_SUCCESS").write_bytes(b"")
     (folder / ".part-0000.parquet.crc").write_bytes(b"crc")
     return paths
-
-
-def rejects(out: Path) -> list[dict[str, str]]:
-    """rejects.csv as dicts."""
-    with (out / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def verdicts(out: Path) -> list[tuple[str, str, str, str]]:

@@ -17,12 +17,14 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from runkit import rejects_lines as read_rejects
 
 from backfill.cli import main
 
@@ -64,7 +66,9 @@ def run_module(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+def cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``cli(*args)``: ``backfill validate ARGS`` via ``main`` in ``tmp_path``, as a process."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BACKFILL_DEBUG", raising=False)
@@ -76,12 +80,6 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
         return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
 
     return run
-
-
-def read_rejects(path: Path) -> list[list[str]]:
-    """rejects.csv as rows of strings, the header first."""
-    with path.open(encoding="utf-8", newline="") as f:
-        return list(csv.reader(f))
 
 
 def sample_rows() -> list[list[str]]:
@@ -151,8 +149,7 @@ def test_out_is_honoured(sample_runs: dict[str, Any]) -> None:
 
 def rejects_but_file(folder: Path) -> list[list[str]]:
     """rejects.csv's lines without their ``file`` column (the one thing a copy changes)."""
-    with (folder / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        lines = list(csv.reader(f))
+    lines = read_rejects(folder)
     at = lines[0].index("file")
     return [line[:at] + line[at + 1 :] for line in lines]
 

@@ -3,7 +3,6 @@ stand-in project on the same system: what is refused, what is sent, what merges.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from runkit import (
     CliResult,
     backfill_cli,
     printed_command,
+    rejects_by_row,
     run_printed,
     uuid4s,
     write_pairs,
@@ -49,10 +49,9 @@ def backfill(*args: str | Path, cwd: Path) -> CliResult:
     return backfill_cli(*args, "--no-progress", cwd=cwd)
 
 
-def rejects(out: Path) -> dict[int, tuple[str, str]]:
-    """rejects.csv as row -> (reason, detail)."""
-    with (out / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        return {int(r["row"]): (r["reason"], r["detail"]) for r in csv.DictReader(f)}
+def rejects(out: Path) -> dict[int, tuple[str, ...]]:
+    """rejects.csv as row -> (reason, detail); each row once."""
+    return rejects_by_row(out, "reason", "detail")
 
 
 def events(standin: Standin) -> list[dict[str, Any]]:

@@ -151,7 +151,7 @@ class TestOneDataset:
         """Dataset rows map to (file index, row in file), skipping the empty part."""
         write_parts(tmp_path / "export", "csv")
         ds = open_dataset([tmp_path / "export"])
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="has not been read to its end yet"):
             ds.locate(np.array([1], dtype=np.int64))
         list(ds())
         index, row = ds.locate(np.array([1, 2, 3, 4, 5, 6], dtype=np.int64))

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runkit import STANDIN_CREDENTIALS, Recorded, clean_env, recording_standin, run_cli, uuid4s
+from runkit import (
+    STANDIN_CREDENTIALS,
+    Recorded,
+    clean_env,
+    recording_standin,
+    rejects_by_row,
+    rejects_lines,
+    run_cli,
+    uuid4s,
+)
 
 from backfill.config.settings import settings_for
 from backfill.standin import (
@@ -74,17 +83,10 @@ class Plan:
         return {self.rows[r - 1] for r in self.valid_rows if r not in self.refused}
 
 
-def read_rejects(out: Path) -> tuple[list[str], dict[int, tuple[str, str, str, str]]]:
+def read_rejects(out: Path) -> tuple[list[str], dict[int, tuple[str, ...]]]:
     """rejects.csv's header, and row -> (anon, identified, reason, detail); each row once."""
-    with (out / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        found: dict[int, tuple[str, str, str, str]] = {}
-        for line in reader:
-            row = int(line[0])
-            assert row not in found, f"row {row} appears twice in rejects.csv"
-            found[row] = (line[1], line[2], line[3], line[4])
-    return header, found
+    found = rejects_by_row(out, "anon_id", "identified_id", "reason", "detail")
+    return rejects_lines(out)[0], found
 
 
 def read_summary(out: Path) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""Unit tests of ``backfill/checkpoint.py``: done rows, atomic writes, identity, the run lock.
+"""The checkpoint keeps a run's progress through any crash: done rows, atomic writes never torn,
+and a resume under changed settings refused, naming --restart.
 
-The end-to-end behaviour (kill, interrupt, resume through the real CLI) is in ``test_resume.py``.
+The end-to-end behaviour (kill, interrupt, resume through the real CLI) is in
+``test_resume_after_a_crash.py``; the folder's lock in ``test_one_run_per_folder.py``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
@@ -21,17 +22,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backfill.errors import EXIT_USAGE, CheckpointMismatch, RunLocked, UsageError
-from backfill.folder import lock as lock_module
+from backfill.errors import EXIT_USAGE, CheckpointMismatch, UsageError
 from backfill.folder.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
-    RowIntervals,
     SendState,
     token_digest,
 )
 from backfill.folder.files import atomic_write_bytes
-from backfill.folder.lock import LOCK_FILE, FolderLock, active_holder
+from backfill.folder.intervals import RowIntervals
 from backfill.read import open_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -478,7 +477,7 @@ def test_a_changed_identity_is_refused_naming_what_changed_and_restart(
     """A changed input or event setting is refused, the message naming it and --restart."""
     saved_checkpoint(tmp_path)
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
-    with pytest.raises(CheckpointMismatch) as caught:
+    with pytest.raises(CheckpointMismatch, match="holds a run made with other settings") as caught:
         open_checkpoint(tmp_path, {**IDENTITY, **change})
     message = str(caught.value)
     assert named in message
@@ -511,7 +510,7 @@ def test_several_changes_are_all_named(tmp_path: Path) -> None:
     """When the input and the project both changed, the message names both."""
     saved_checkpoint(tmp_path)
     changed = {**IDENTITY, "input": {"size": 1, "sha256": "00" * 32}, "project_id": "9"}
-    with pytest.raises(CheckpointMismatch) as caught:
+    with pytest.raises(CheckpointMismatch, match="holds a run made with other settings") as caught:
         open_checkpoint(tmp_path, changed)
     assert "input files" in str(caught.value)
     assert "project id" in str(caught.value)
@@ -563,7 +562,7 @@ def test_an_unreadable_or_foreign_checkpoint_is_refused_naming_restart(
 ) -> None:
     """A torn, foreign or damaged checkpoint.json is refused (exit 2) with --restart named."""
     (tmp_path / CHECKPOINT_FILE).write_bytes(content)
-    with pytest.raises(CheckpointMismatch) as caught:
+    with pytest.raises(CheckpointMismatch, match="pass --restart to start over") as caught:
         open_checkpoint(tmp_path)
     assert words in str(caught.value)
     assert "--restart" in str(caught.value)
@@ -594,121 +593,3 @@ def test_restart_on_an_unchanged_identity_also_starts_over(tmp_path: Path) -> No
     fresh = open_checkpoint(tmp_path, restart=True)
     assert fresh.done.to_json() == []
     assert fresh.events_imported == 0
-
-
-# --- the lock ------------------------------------------------------------------------------
-
-
-def test_a_second_lock_on_the_same_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
-    """While one FolderLock is held, another on the same folder raises RunLocked naming it."""
-    with FolderLock(tmp_path, command="run"):
-        with pytest.raises(RunLocked) as caught, FolderLock(tmp_path, command="validate"):
-            pass
-        message = str(caught.value)
-        assert f"pid {os.getpid()}" in message
-        assert "run" in message
-        assert str(tmp_path) in message
-        assert "backfill status" in message
-        assert caught.value.exit_code == EXIT_USAGE
-    with FolderLock(tmp_path, command="validate"):  # released: free again
-        pass
-
-
-def test_locks_on_different_folders_do_not_interfere(tmp_path: Path) -> None:
-    """Two run folders can each be locked at once."""
-    with FolderLock(tmp_path / "a", command="run"), FolderLock(tmp_path / "b", command="run"):
-        assert (tmp_path / "a" / LOCK_FILE).exists()
-        assert (tmp_path / "b" / LOCK_FILE).exists()
-
-
-def test_active_holder_reports_the_lock_only_while_it_is_held(tmp_path: Path) -> None:
-    """``active_holder`` is None without a lock file, the holder while held, None after."""
-    assert active_holder(tmp_path) is None
-    with FolderLock(tmp_path, command="run"):
-        holder = active_holder(tmp_path)
-        assert holder is not None
-        assert holder["pid"] == os.getpid()
-        assert holder["command"] == "run"
-        assert holder["host"]
-        assert holder["since"] <= time.time()
-    assert (tmp_path / LOCK_FILE).exists()  # the stale file stays, unlocked
-    assert active_holder(tmp_path) is None
-
-
-def _lock_holder_child(folder: Path) -> subprocess.Popen[bytes]:
-    script = textwrap.dedent(
-        """
-        import sys, time
-        from pathlib import Path
-        from backfill.folder.lock import FolderLock
-        with FolderLock(Path(sys.argv[1]), command="run"):
-            print("locked", flush=True)
-            time.sleep(120)
-        """
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, str(folder)], stdout=subprocess.PIPE, cwd=REPO
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline().strip()
-    if line != b"locked":
-        child.kill()
-        child.wait()
-        pytest.fail(f"the lock-holding child did not start: {line!r}")
-    return child
-
-
-def test_a_lock_left_by_a_sigkilled_process_is_taken_over(tmp_path: Path) -> None:
-    """A lock held by a process killed with SIGKILL is free again: the next run takes it."""
-    child = _lock_holder_child(tmp_path)
-    try:
-        holder = active_holder(tmp_path)
-        assert holder is not None
-        assert holder["pid"] == child.pid
-        with (
-            pytest.raises(RunLocked, match=f"pid {child.pid}"),
-            FolderLock(tmp_path, command="run"),
-        ):
-            pass
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
-    assert active_holder(tmp_path) is None
-    with FolderLock(tmp_path, command="run"):
-        holder = active_holder(tmp_path)
-        assert holder is not None
-        assert holder["pid"] == os.getpid()  # the stale holder's details were replaced
-
-
-def test_a_status_probe_never_makes_a_starting_run_fail(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run starting while ``active_holder`` probes (as `backfill status` does) gets the lock."""
-    with FolderLock(tmp_path, command="run"):  # an earlier, finished run leaves a stale .lock
-        pass
-    real_flock = fcntl.flock
-    outcomes: list[str] = []
-    starter: list[threading.Thread] = []
-
-    def start_a_run() -> None:
-        try:
-            with FolderLock(tmp_path, command="run"):
-                outcomes.append("locked")
-        except RunLocked as e:
-            outcomes.append(f"refused: {e}")
-
-    def flock(fd: int, operation: int) -> None:
-        real_flock(fd, operation)
-        if operation & fcntl.LOCK_SH and not starter:
-            # The probe holds its shared lock right now: a run starts at this instant, in
-            # another thread, as it would in another process; the probe lets go a moment later.
-            starter.append(threading.Thread(target=start_a_run))
-            starter[0].start()
-            time.sleep(0.02)
-
-    monkeypatch.setattr(lock_module.fcntl, "flock", flock)
-    assert active_holder(tmp_path) is None
-    monkeypatch.undo()
-    starter[0].join(timeout=10)
-    assert outcomes == ["locked"]

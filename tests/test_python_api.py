@@ -7,9 +7,9 @@ event loop runs exactly as it would in a user's process.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from runkit import REPO
+from runkit import rejects_lines as rejects
 
 import backfill
 from backfill.commands.rehearse import standin_thread
@@ -52,12 +53,6 @@ def _no_mixpanel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("MIXPANEL_", "BACKFILL_")):
             monkeypatch.delenv(name)
-
-
-def rejects(folder: Path) -> list[list[str]]:
-    """rejects.csv's rows, header included."""
-    with (folder / "rejects.csv").open(encoding="utf-8", newline="") as f:
-        return list(csv.reader(f))
 
 
 def test_validate_matches_the_cli_and_prints_nothing(
@@ -214,7 +209,7 @@ def test_a_refused_run_raises_with_its_summary(tmp_path: Path, creds: backfill.C
     """An aborted run raises an Aborted subclass carrying the Summary (status aborted)."""
     with (
         standin_thread(StandinConfig(id_merge=IdMerge.SIMPLIFIED)) as simplified,
-        pytest.raises(backfill.IdentityEventsRefused) as info,
+        pytest.raises(backfill.IdentityEventsRefused, match="with id_merge='simplified'") as info,
     ):
         backfill.run(
             SAMPLE,
@@ -233,7 +228,7 @@ def test_missing_file_raises_an_input_error_and_creates_nothing(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """A missing input raises InputError (a BackfillError), never SystemExit; no folder made."""
-    with pytest.raises(backfill.InputError) as info:
+    with pytest.raises(backfill.InputError, match=r"input file not found: .*nope\.csv") as info:
         backfill.validate(tmp_path / "nope.csv", out=tmp_path / "out")
     assert isinstance(info.value, backfill.BackfillError)
     assert "not found" in str(info.value)
@@ -256,7 +251,7 @@ def test_bad_keywords_raise_config_errors_naming_the_fix(
     tmp_path: Path, options: dict[str, object], fragment: str
 ) -> None:
     """Keywords are checked like flags; unknown ones get a 'did you mean'."""
-    with pytest.raises(backfill.ConfigError) as info:
+    with pytest.raises(backfill.ConfigError, match=re.escape(fragment)) as info:
         backfill.run(SAMPLE, out=tmp_path / "o", **options)  # type: ignore[arg-type]
     assert fragment in str(info.value)
 
