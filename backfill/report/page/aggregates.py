@@ -135,27 +135,19 @@ class Collector:
     def clusters(self, rows: I64, hu: U64, ordered: U64, reasons: U8) -> None:
         """Rule 8's unit before it is applied: ``ordered`` is ``hu`` sorted (made anyway).
 
-        A cluster's size is its distinct anon ids: the rows rules 6-7 left valid.
+        A cluster's size is its distinct anon ids: the rows rules 6-7 left valid. The sizes are
+        counted a block of ``ordered`` at a time (blocks end where an identified id does), so
+        the temporaries stay a block long whatever the unit's size; each block hands on the
+        clusters that could be among the largest (every tie at its cut included), and the cut
+        over those is the cut over the whole unit.
         """
-        starts, sizes = runs(ordered)
-        keys = ordered[starts]
-        del starts
-        dead = hu[reasons[rows] != Reason.VALID]
-        if len(dead):
-            np.subtract.at(sizes, np.searchsorted(keys, dead), 1)
-        # Everything below works on the count of clusters per exact size (a short array),
-        # not on one entry per identified id: no temporaries as long as the index.
-        per_size = np.bincount(sizes)
-        per_size[0] = 0  # every row of these identified ids was refused by rules 6-7
-        if not per_size.any():
+        dead = np.sort(hu[reasons[rows] != Reason.VALID])
+        found = [self._sizes(block, dead) for block in _blocks(ordered)]
+        keys = np.concatenate([k for k, _ in found]) if found else np.zeros(0, np.uint64)
+        sizes = np.concatenate([s for _, s in found]) if found else np.zeros(0, np.int64)
+        if not len(sizes):
             return
-        self._identified += int(per_size.sum())
-        bins = np.zeros(len(per_size), dtype=np.int64)
-        bins[1:] = np.ceil(np.log2(np.arange(1, len(per_size))))
-        self._bins += np.bincount(bins, weights=per_size, minlength=_BINS)[:_BINS].astype(np.int64)
-        at_least = np.cumsum(per_size[::-1])[::-1]  # clusters of this size or more
-        big = np.flatnonzero(at_least[1:] >= TOP)
-        cut = int(big[-1]) + 1 if len(big) else 1
+        cut = _size_cut(np.bincount(sizes))
         above = np.flatnonzero(sizes > cut)
         pick = np.concatenate([above, np.flatnonzero(sizes == cut)[: TOP - len(above)]])
         wanted = np.sort(keys[pick])
@@ -164,6 +156,27 @@ class Collector:
         size_of = dict(zip(keys[pick].tolist(), sizes[pick].tolist(), strict=True))
         top = np.array([size_of[k] for k in wanted.tolist()], dtype=np.int64)
         self._clusters.offer(top, top, rows[at[first]])
+
+    def _sizes(self, block: U64, dead: U64) -> tuple[U64, I64]:
+        """Count one block's clusters into the histogram; its candidates for the largest."""
+        starts, sizes = runs(block)
+        keys = block[starts]
+        del starts
+        lo = int(np.searchsorted(dead, block[0], side="left"))
+        hi = int(np.searchsorted(dead, block[-1], side="right"))
+        if hi > lo:
+            np.subtract.at(sizes, np.searchsorted(keys, dead[lo:hi]), 1)
+        # Counts per exact size (a short array), not one entry per identified id.
+        per_size = np.bincount(sizes)
+        per_size[0] = 0  # every row of these identified ids was refused by rules 6-7
+        if not per_size.any():
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        self._identified += int(per_size.sum())
+        bins = np.zeros(len(per_size), dtype=np.int64)
+        bins[1:] = np.ceil(np.log2(np.arange(1, len(per_size))))
+        self._bins += np.bincount(bins, weights=per_size, minlength=_BINS)[:_BINS].astype(np.int64)
+        keep = sizes >= _size_cut(per_size)
+        return keys[keep], sizes[keep]
 
     # --- the rejects pass ------------------------------------------------------------------
 
@@ -250,3 +263,25 @@ def _fingerprint(dataset: Dataset) -> None:
 
 def _cut(text: str) -> str:
     return text if len(text) <= _TEXT else text[: _TEXT - 1] + "…"
+
+
+#: Rows of a unit's sorted identified hashes counted at once for the cluster histogram.
+_BLOCK_ROWS = 1 << 20
+
+
+def _blocks(ordered: U64) -> Iterator[U64]:
+    """``ordered`` (sorted) in views of about ``_BLOCK_ROWS``, each ending with a value."""
+    start, n = 0, len(ordered)
+    while start < n:
+        end = min(start + _BLOCK_ROWS, n)
+        if end < n:
+            end = int(np.searchsorted(ordered, ordered[end - 1], side="right"))
+        yield ordered[start:end]
+        start = end
+
+
+def _size_cut(per_size: I64) -> int:
+    """The largest size that at least ``TOP`` clusters reach (1 when fewer are that big)."""
+    at_least = np.cumsum(per_size[::-1])[::-1]  # clusters of this size or more
+    big = np.flatnonzero(at_least[1:] >= TOP)
+    return int(big[-1]) + 1 if len(big) else 1
