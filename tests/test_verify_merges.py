@@ -133,6 +133,11 @@ def test_original_project_planted_merges_are_not_merged_and_lag_not_found(
     assert (final["not_found"], final["not_merged"], final["merged"]) == (0, 40, 1960)
     block = json.loads((mapping.parent / "runs/m-csv/summary.json").read_text())["verify"]
     assert block["not_found"] == 0
+    page = (mapping.parent / "runs/m-csv/report.html").read_text(encoding="utf-8")
+    section = page[page.index('<section id="verification">') :]
+    assert "<td>merged</td><td class=\"num\">1,960</td>" in section
+    assert "<td>errAnonDistinctIdAlreadyMerged</td><td class=\"num\">40</td>" in section
+    assert page.count('<section id="verification">') == 1  # verified twice, shown once
 
 
 def test_simplified_project_devices_paired_elsewhere(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from backfill.folder.location import locate
 from backfill.folder.lock import FolderLock
 from backfill.mixpanel import EXPORT_LAG_S, IdMerge
 from backfill.read import Columns, Dataset
+from backfill.report.page import add_verification
 from backfill.verification.export import ExportClient, ExportConfig
 from backfill.verification.files import VerifyCsv, read_merged, write_merged, write_summary_block
 from backfill.verification.match import MERGED, NOT_MERGED, OUTCOMES, Matcher
@@ -146,6 +147,7 @@ def _verify(
         try_again_at=try_again if counts["not_found"] else None,
     )
     write_summary_block(out, result.to_json())
+    add_verification(out, result.to_json())  # report.html shows it too, when there is one
     return result
 
 

@@ -13,7 +13,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from backfill.report.page.figures import Figures, SendTrace
-from backfill.report.page.page import REPORT_FILE, document, fragment_of, render, write
+from backfill.report.page.page import (
+    REPORT_FILE,
+    add_verification,
+    document,
+    fragment_of,
+    render,
+    write,
+)
 
 if TYPE_CHECKING:
     from backfill.commands.validated import Validated
@@ -24,6 +31,7 @@ __all__ = [
     "REPORT_FILE",
     "Figures",
     "SendTrace",
+    "add_verification",
     "document",
     "fragment_of",
     "render",

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "report.html"
 FRAGMENT = ("<!-- backfill-report -->", "<!-- /backfill-report -->")
+#: Where ``backfill verify`` puts its section into a written page (``add_verification``).
+VERIFICATION = ("<!-- backfill-verification -->", "<!-- /backfill-verification -->")
 _SYSTEMS = {"original": "Original ID Merge", "simplified": "Simplified ID Merge"}
 #: One line per reason: what it means and what to do.
 EXPLAIN = {
@@ -83,9 +85,10 @@ def render(summary: Summary, figures: Figures | None) -> str:
         parts += [*_clusters(figures, summary), *_conflicts(figures), *_times(figures)]
     if summary.sent:
         parts += sending(summary, figures)
+    parts.append(VERIFICATION[0])
     if figures is not None and figures.verify:
         parts += _verification(figures.verify)
-    parts.append("</div>")
+    parts += [VERIFICATION[1], "</div>"]
     return "\n".join(parts)
 
 
@@ -104,12 +107,33 @@ def document(summary: Summary, figures: Figures | None) -> str:
 def write(out_dir: Path, summary: Summary, figures: Figures | None) -> Path:
     """Write ``report.html`` (owner-only, replaced atomically); returns its path."""
     path = out_dir / REPORT_FILE
-    tmp = out_dir / f".{REPORT_FILE}.{os.getpid()}.tmp"
+    _replace(path, document(summary, figures))
+    return path
+
+
+def add_verification(out_dir: Path, verify: Mapping[str, Any]) -> Path | None:
+    """Put (or put anew) ``backfill verify``'s section into the written page; None if there
+    is no page with a place for it (``--no-report``, or a page of an earlier version)."""
+    path = out_dir / REPORT_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    start, end = text.find(VERIFICATION[0]), text.find(VERIFICATION[1])
+    if start < 0 or end < start:
+        return None
+    section = "\n".join(_verification(verify))
+    _replace(path, f"{text[: start + len(VERIFICATION[0])]}\n{section}\n{text[end:]}")
+    return path
+
+
+def _replace(path: Path, text: str) -> None:
+    """``path`` holds ``text``: owner-only, replaced atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with open(fd, "w", encoding="utf-8", errors="replace") as f:
-        f.write(document(summary, figures))
+        f.write(text)
     os.replace(tmp, path)
-    return path
 
 
 def fragment_of(text: str) -> str | None:
@@ -264,8 +288,24 @@ def _times(figures: Figures) -> Iterator[str]:
 
 
 def _verification(verify: Mapping[str, Any]) -> Iterator[str]:
-    """The optional block of ``backfill verify`` (its summary's ``verify`` object)."""
-    yield _section("verification", "Verification")
-    rows = [(str(k), v if isinstance(v, str) else f"{v:,}" if isinstance(v, int) else str(v))
-            for k, v in verify.items()]  # fmt: skip
-    yield _table(("outcome", "value"), rows) + "</section>"
+    """What ``backfill verify`` found in Mixpanel's export (its summary's ``verify`` object):
+    the sent pairs by outcome, then Mixpanel's reasons for the ones it did not merge."""
+    yield _section("verification", "Verification: what Mixpanel merged")
+    outcomes = [
+        ("pairs sent", verify.get("pairs_sent")),
+        ("merged", verify.get("merged")),
+        ("not merged (Mixpanel's reason below)", verify.get("not_merged")),
+        ("not in the export yet", verify.get("not_found")),
+    ]
+    rows = [(label, number(n)) for label, n in outcomes if isinstance(n, int)]
+    if verify.get("try_again_at"):
+        rows.append(("verify again after", str(verify["try_again_at"])))
+    yield _table(("outcome", "pairs"), rows, 1)
+    reasons = verify.get("reasons")
+    if isinstance(reasons, Mapping) and reasons:
+        yield _table(
+            ("Mixpanel's reason", "pairs"),
+            [(str(k), number(int(v))) for k, v in reasons.items()],
+            1,
+        )
+    yield "</section>"
