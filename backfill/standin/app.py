@@ -40,7 +40,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from backfill.mixpanel import EXPORT_PATH, IdMerge
-from backfill.standin.auth import authenticate
+from backfill.standin.auth import refused_access
 from backfill.standin.config import StandinConfig
 from backfill.standin.export import ExportEndpoint
 from backfill.standin.faults import Fault, FaultRates
@@ -242,14 +242,9 @@ class ImportEndpoint:
 
     def _check_access(self, request: web.Request, record: RequestRecord) -> web.Response | None:
         """Steps 2 and 3: credentials, the forbidden mode, ``strict=1``."""
-        verdict = authenticate(
-            request.headers.get("Authorization", ""), request.query.get("project_id"), self.config
-        )
-        record.auth = verdict.kind
-        if verdict.refusal is not None:
-            return answer(401, verdict.refusal)
-        if self.state.forbidden:
-            return answer(403, "service account does not have access to this project")
+        refused = refused_access(request, self.config, self.state, record)
+        if refused is not None:
+            return answer(*refused)
         if request.query.get("strict") != "1":
             return answer(400, "strict=1 is required: this stand-in imitates strict mode only")
         return None

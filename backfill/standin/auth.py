@@ -11,9 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from backfill.standin.config import StandinConfig
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from backfill.standin.state import RequestRecord, StandinState
 
 #: Mixpanel's 401 message for credentials it does not know.
 INVALID_CREDENTIALS = "Invalid credentials"
@@ -65,3 +70,20 @@ def authenticate(header: str, project_id: str | None, config: StandinConfig) -> 
     ):
         return Verdict("api-secret", None)
     return Verdict("unknown", INVALID_CREDENTIALS)
+
+
+def refused_access(
+    request: web.Request, config: StandinConfig, state: StandinState, record: RequestRecord
+) -> tuple[int, str] | None:
+    """Every endpoint's first steps, as Mixpanel takes them: the credentials (401), then a
+    project the service account may not reach (403). The refusal's status and message, if any;
+    the record learns how the caller authenticated."""
+    verdict = authenticate(
+        request.headers.get("Authorization", ""), request.query.get("project_id"), config
+    )
+    record.auth = verdict.kind
+    if verdict.refusal is not None:
+        return 401, verdict.refusal
+    if state.forbidden:
+        return 403, "service account does not have access to this project"
+    return None

@@ -25,7 +25,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from backfill.mixpanel import EXPORT_QUERIES_PER_HOUR, EXPORT_QUERIES_PER_S, MS_THRESHOLD
-from backfill.standin.auth import authenticate
+from backfill.standin.auth import refused_access
 from backfill.standin.config import StandinConfig
 from backfill.standin.state import RequestRecord, StandinState
 
@@ -51,14 +51,9 @@ class ExportEndpoint:
         """Auth, faults, the rate limits, the parameters, then the JSON Lines."""
         if request.method != "GET":
             return _error(405, "use GET /api/2.0/export")
-        verdict = authenticate(
-            request.headers.get("Authorization", ""), request.query.get("project_id"), self.config
-        )
-        record.auth = verdict.kind
-        if verdict.refusal is not None:
-            return _error(401, verdict.refusal)
-        if self.state.forbidden:
-            return _error(403, "service account does not have access to this project")
+        refused = refused_access(request, self.config, self.state, record)
+        if refused is not None:
+            return _error(*refused)
         fault = self.state.next_fault()
         record.fault = fault
         rates = self.state.faults
