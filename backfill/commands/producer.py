@@ -10,9 +10,8 @@ reach rows never read.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -41,7 +40,7 @@ class Producer:
     generator and with it the input's readers.
     """
 
-    def __init__(self, batches: Iterator[Batch], stop: threading.Event) -> None:
+    def __init__(self, batches: Generator[Batch, None, None], stop: threading.Event) -> None:
         self._batches = batches
         self._stop = stop
         self._lock = threading.Lock()
@@ -63,16 +62,20 @@ class Producer:
     def close(self) -> None:
         """Close the generator (its readers with it), once no ``next`` is under way."""
         with self._lock:
-            self._batches.close()  # type: ignore[attr-defined]
+            self._batches.close()
 
 
 def _until(chunks: Iterator[Chunk], stop: threading.Event | None) -> Iterator[Chunk]:
     """``chunks``, until ``stop`` is set; closed on the way out either way."""
-    with contextlib.closing(chunks):  # type: ignore[type-var]
+    try:
         for chunk in chunks:
             if stop is not None and stop.is_set():
                 raise _Stopped
             yield chunk
+    finally:
+        close = getattr(chunks, "close", None)  # a generator's: its readers with it
+        if close is not None:
+            close()
 
 
 def produce_batches(
@@ -83,7 +86,7 @@ def produce_batches(
     event_time_ms: int,
     time_column: bool,
     stop: threading.Event | None = None,
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """Re-read the input and yield batches of the valid rows not yet done, spans tiling the file.
 
     Runs in a worker thread, one ``next()`` at a time; the queue it feeds bounds how far ahead
