@@ -19,7 +19,7 @@ from typing import IO, Any, NoReturn
 
 from backfill import __version__, interrupts
 from backfill.config.helptext import EXAMPLES, HELPS, INTRO, SERVE_EXAMPLES, START_HERE
-from backfill.config.options import REHEARSE, RUN, VALIDATE, VERIFY, options_for
+from backfill.config.options import REHEARSE, RUN, SERVE, VALIDATE, VERIFY, options_for
 from backfill.errors import EXIT_INTERRUPTED, EXIT_USAGE, BackfillError, Interrupted
 
 
@@ -83,6 +83,11 @@ def _table_options(p: argparse.ArgumentParser, command: str) -> None:
         "read together as one dataset",
     )
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings; flags win")
+    _flags(p, command)
+
+
+def _flags(p: argparse.ArgumentParser, command: str) -> None:
+    """``command``'s options from the table, as flags (their values checked by the table)."""
     for option in options_for(command):
         if option.kind == "bool":
             p.add_argument(option.flag, dest=option.name, action="store_true", default=None,
@@ -104,27 +109,9 @@ def _serve_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    sv.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    sv.add_argument("--port", type=int, default=8787, help="default: 8787 (0: any free port)")
-    sv.add_argument("--store", type=Path, metavar="FILE", help="append accepted events (NDJSON)")
-    sv.add_argument("--fault-rate", type=float, default=0.0, metavar="P",
-                    help="share of requests the stand-in fails (503, 429, dropped); 0 to 1 "
-                    "(default: 0)")  # fmt: skip
+    _flags(sv, SERVE)
     # The name of earlier versions (still in scripts): the same setting, not shown.
-    sv.add_argument("--error-rate", type=float, dest="fault_rate", help=argparse.SUPPRESS)
-    sv.add_argument("--rate-limit", type=float, metavar="EVENTS/S", help="answer 429 above this")
-    sv.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="per request")
-    sv.add_argument("--seed", type=int, help="make the injected faults reproducible")
-    sv.add_argument("--system", type=str.lower, default="original", metavar="original|simplified",
-                    help="the project's ID merge system: simplified refuses identity events "
-                    "and pairs $device_id with $user_id (default: original)")  # fmt: skip
-    sv.add_argument("--preload", type=Path, metavar="FILE",
-                    help="start with a project that already holds these events (JSON Lines of "
-                    "{event, properties}: SDK events, earlier merges)")  # fmt: skip
-    sv.add_argument("--export-lag", type=float, default=0.0, metavar="P",
-                    help="share of imported events /api/2.0/export does not show yet (0-1)")
-    sv.add_argument("--quiet", action="store_true",
-                    help="no line per request: the banner and summary only")  # fmt: skip
+    sv.add_argument("--error-rate", dest="fault_rate", help=argparse.SUPPRESS)
 
 
 def _status_parser(sub: Any) -> None:
@@ -257,36 +244,31 @@ def _show(summary: Any, settings: Any, command: str, note: str, extra: str = "")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from backfill.config.settings import resolve
     from backfill.errors import ConfigError
     from backfill.mixpanel import IdMerge
     from backfill.standin import FaultRates, StandinConfig, serve
 
-    if not 0.0 <= args.fault_rate <= 1.0:
-        raise ConfigError(f"--fault-rate must be from 0 to 1, got {args.fault_rate}")
-    if args.latency < 0:
-        raise ConfigError(f"--latency must be 0 or more, got {args.latency}")
-    if args.rate_limit is not None and not args.rate_limit > 0:
-        raise ConfigError(f"--rate-limit must be above 0 events/s, got {args.rate_limit}")
-    if args.system not in tuple(IdMerge):
-        raise ConfigError(f"--system {args.system!r} is not one of original, simplified")
-    if not 0.0 <= args.export_lag <= 1.0:
-        raise ConfigError(f"--export-lag must be from 0 to 1, got {args.export_lag}")
-    if args.preload is not None and not args.preload.is_file():
-        raise ConfigError(f"--preload {args.preload}: no such file")
-    faults = FaultRates.failing(args.fault_rate, latency_s=args.latency, seed=args.seed)
+    explicit = {o.name: getattr(args, o.name, None) for o in options_for(SERVE)}
+    v = resolve(SERVE, explicit=explicit, config={}, origin="flag")  # checked by the table
+    preload = None if v["preload"] is None else Path(v["preload"])
+    if preload is not None and not preload.is_file():
+        raise ConfigError(f"--preload {preload}: no such file")
+    faults = FaultRates.failing(v["fault_rate"], latency_s=v["latency"], seed=v["seed"])
     try:
         config = StandinConfig(
             faults=faults,
-            rate_limit_events_per_s=args.rate_limit,
-            store_path=args.store,
-            id_merge=IdMerge(args.system),
-            preload_path=args.preload,
-            export_lag=args.export_lag,
+            rate_limit_events_per_s=v["rate_limit"],
+            store_path=None if v["store"] is None else Path(v["store"]),
+            # Serving on its own, the stand-in is an Original project unless told otherwise.
+            id_merge=IdMerge(v["system"] or IdMerge.ORIGINAL),
+            preload_path=preload,
+            export_lag=v["export_lag"],
         )
     except ValueError as e:
         raise ConfigError(f"cannot serve: {e}") from None
     try:
-        serve(config, host=args.host, port=args.port, log_requests=not args.quiet)
+        serve(config, host=v["host"], port=v["port"], log_requests=not v["quiet"])
     except OSError as e:
         raise ConfigError(f"cannot serve: {e}") from None
     return 0

@@ -243,7 +243,7 @@ def test_missing_file_raises_an_input_error_and_creates_nothing(
         ({"rate": "fast"}, "rate= must be a number above 0"),
         ({"region": "mars"}, "region= 'mars' is not one of us, eu, in"),
         ({"dry_run": True}, "'dry_run' cannot be set here: pass `--dry-run` on the command line"),
-        ({"fault_rate": 0.1}, "'fault_rate' is a setting of rehearse, not of run"),
+        ({"fault_rate": 0.1}, "'fault_rate' is a setting of rehearse/serve, not of run"),
         ({"secret": "x"}, "credentials come from the environment only"),
     ],
 )

@@ -28,6 +28,8 @@ Kind = Literal["str", "int", "float", "bool", "choice"]
 
 VALIDATE, RUN, REHEARSE = "validate", "run", "rehearse"
 VERIFY = "verify"
+#: ``backfill serve``: the stand-in on its own; its options are flags only (no TOML, no API).
+SERVE = "serve"
 _ALL = frozenset({VALIDATE, RUN, REHEARSE})
 _SENDING = frozenset({RUN, REHEARSE})
 #: ``verify`` reads the input (its format and delimiter) and asks the export; the run's
@@ -231,11 +233,34 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("dry_run", "bool", "validate only: the same as `backfill validate`",
            commands=frozenset({RUN}), keyed=False),
     Option("fault_rate", "float", "share of requests the stand-in fails (503, 429, dropped)",
-           commands=frozenset({REHEARSE}), default=0.0, low=0, high=1, metavar="P",
+           commands=frozenset({REHEARSE, SERVE}), default=0.0, low=0, high=1, metavar="P",
            unit="0 to 1", keyed=False),
-    Option("system", "choice", "the ID merge system of the stand-in's project",
-           commands=frozenset({REHEARSE}), choices=tuple(IdMerge),
-           default_text="--id-merge", keyed=False),
+    Option("system", "choice", "the ID merge system of the stand-in's project (simplified "
+           "refuses identity events and pairs $device_id with $user_id)",
+           commands=frozenset({REHEARSE, SERVE}), choices=tuple(IdMerge),
+           default_text="--id-merge (serve: original)", keyed=False),
+    Option("host", "str", "the address the stand-in listens on", commands=frozenset({SERVE}),
+           default="127.0.0.1", metavar="HOST", unit="address", keyed=False),
+    Option("port", "int", "the stand-in's port (0: any free port)", commands=frozenset({SERVE}),
+           default=8787, low=0, high=65535, metavar="PORT", unit="0 to 65535", keyed=False),
+    Option("store", "str", "append the events the stand-in accepted to FILE (NDJSON)",
+           commands=frozenset({SERVE}), metavar="FILE", unit="file", keyed=False),
+    Option("rate_limit", "float", "the stand-in answers 429 above this rate",
+           commands=frozenset({SERVE}), above=0, metavar="EVENTS/S", unit="events/s",
+           default_text="no limit", keyed=False),
+    Option("latency", "float", "seconds the stand-in waits before each answer",
+           commands=frozenset({SERVE}), default=0.0, low=0, metavar="SECONDS", unit="seconds",
+           keyed=False),
+    Option("seed", "int", "makes the stand-in's injected faults reproducible",
+           commands=frozenset({SERVE}), metavar="N", unit="whole number", keyed=False),
+    Option("preload", "str", "start with a project that already holds these events (JSON "
+           "Lines of {event, properties}: SDK events, earlier merges)",
+           commands=frozenset({SERVE}), metavar="FILE", unit="file", keyed=False),
+    Option("export_lag", "float", "share of imported events /api/2.0/export does not show yet",
+           commands=frozenset({SERVE}), default=0.0, low=0, high=1, metavar="P", unit="0 to 1",
+           keyed=False),
+    Option("quiet", "bool", "no line per request: the banner and the summary only",
+           commands=frozenset({SERVE}), keyed=False),
 )  # fmt: skip
 
 BY_NAME: Final = {o.name: o for o in OPTIONS}
@@ -312,7 +337,7 @@ def markdown_table() -> str:
         "| `--config FILE` | `config` (Python) | none | TOML file of these keys; flags win "
         "| validate, run, rehearse, verify |",
     ]
-    order = (VALIDATE, RUN, REHEARSE, VERIFY)
+    order = (VALIDATE, RUN, REHEARSE, VERIFY, SERVE)
     for o in OPTIONS:
         key = (
             f"`{o.name}`"
