@@ -1,7 +1,7 @@
 """The command line: a thin face over the library, with the exception tree mapped to exit codes.
 
-The flags of ``validate``, ``run`` and ``rehearse`` are generated from ``options.OPTIONS``;
-``serve`` and ``status`` have flags of their own. Only this module prints errors or chooses
+The flags of ``validate``, ``run``, ``rehearse``, ``verify`` and ``serve`` are generated from
+the options table (``config.options.OPTIONS``); ``status`` has flags of its own. Only this module prints errors or chooses
 exit codes; everything below raises. Heavy modules are imported inside the commands, so
 ``backfill --help`` answers at once.
 """
