@@ -1,9 +1,9 @@
 """The command line: a thin face over the library, with the exception tree mapped to exit codes.
 
 The flags of ``validate``, ``run``, ``rehearse``, ``verify`` and ``serve`` are generated from
-the options table (``config.options.OPTIONS``); ``status`` has flags of its own. Only this module prints errors or chooses
-exit codes; everything below raises. Heavy modules are imported inside the commands, so
-``backfill --help`` answers at once.
+the options table (``config.options.OPTIONS``); ``status`` has flags of its own. Only this
+module prints errors or chooses exit codes; everything below raises. Heavy modules are
+imported inside the commands, so ``backfill --help`` answers at once.
 """
 
 from __future__ import annotations
