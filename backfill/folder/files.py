@@ -125,3 +125,17 @@ def read_json_dict(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+#: What a spreadsheet runs as a formula when a cell starts with it (OWASP's CSV injection list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as text: a leading ``'`` where it would run it."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def formula_unsafe(text: str) -> str:
+    """The cell as it was before ``formula_safe``: without the ``'`` that marks it as text."""
+    return text[1:] if text.startswith("'") and text[1:2].startswith(FORMULA_STARTS) else text

@@ -32,7 +32,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from backfill.folder.files import disk_errors, fsync_dir, open_private
+from backfill.folder.files import (
+    FORMULA_STARTS,
+    disk_errors,
+    formula_safe,
+    formula_unsafe,
+    fsync_dir,
+    open_private,
+)
 from backfill.validation.reasons import Reason
 
 if TYPE_CHECKING:
@@ -185,7 +192,7 @@ class RejectsFile:
         ids = self.file_ids()
         fingerprint = fingerprint or ids.get(line[5], "")
         if fingerprint in self._names:
-            line[5] = _cell(self._names[fingerprint])
+            line[5] = formula_safe(self._names[fingerprint])
         return [*line, fingerprint]
 
 
@@ -200,34 +207,22 @@ def _where(line: list[str]) -> _Where:
     return (line[6] or line[5], int(line[0]))
 
 
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
 def _safe(row: RejectRow) -> RejectRow:
     """The row with every text cell a spreadsheet would run as a formula neutralised."""
     # Tested together first: a million rejects mostly need nothing, and this stays cheap.
     if not (
-        row.anon_id.startswith(_FORMULA_STARTS)
-        or row.identified_id.startswith(_FORMULA_STARTS)
-        or row.detail.startswith(_FORMULA_STARTS)
-        or row.file.startswith(_FORMULA_STARTS)
+        row.anon_id.startswith(FORMULA_STARTS)
+        or row.identified_id.startswith(FORMULA_STARTS)
+        or row.detail.startswith(FORMULA_STARTS)
+        or row.file.startswith(FORMULA_STARTS)
     ):
         return row
     return row._replace(
-        anon_id=_cell(row.anon_id),
-        identified_id=_cell(row.identified_id),
-        detail=_cell(row.detail),
-        file=_cell(row.file),
+        anon_id=formula_safe(row.anon_id),
+        identified_id=formula_safe(row.identified_id),
+        detail=formula_safe(row.detail),
+        file=formula_safe(row.file),
     )
-
-
-def _cell(text: str) -> str:
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _raw(text: str) -> str:
-    """A cell as it was before ``_cell``: without the ``'`` that marks a formula as text."""
-    return text[1:] if text.startswith("'") and text[1:2].startswith(_FORMULA_STARTS) else text
 
 
 def read_rejects(path: Path, index_labels: Any = None) -> pd.DataFrame:
@@ -238,7 +233,7 @@ def read_rejects(path: Path, index_labels: Any = None) -> pd.DataFrame:
 
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     for column in ("anon_id", "identified_id", "detail", "file"):
-        frame[column] = frame[column].map(_raw).astype(str)
+        frame[column] = frame[column].map(formula_unsafe).astype(str)
     frame["row"] = frame["row"].astype("int64")
     if index_labels is not None:
         positions = frame["row"].to_numpy() - 1

@@ -21,6 +21,7 @@ import numpy as np
 from backfill.folder.files import (
     atomic_write_json,
     disk_errors,
+    formula_safe,
     fsync_dir,
     open_private,
     read_json_dict,
@@ -31,13 +32,6 @@ from backfill.verification.pairs import U64
 VERIFY_FILE = "verify.csv"
 MERGED_FILE = "verify-merged.npy"
 VERIFY_HEADER = ("row", "file", "anon_id", "identified_id", "outcome", "reason", "detail")
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(text: str) -> str:
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
 class VerifyCsv:
     """Writes ``verify.csv`` through a temp file; ``commit`` moves it into place."""
 
@@ -52,7 +46,7 @@ class VerifyCsv:
     def write(self, rows: Iterable[tuple[int, str, str, str, str, str, str]]) -> None:
         """Add lines (row, file, anon id, identified id, outcome, reason, detail)."""
         with disk_errors(self._tmp):
-            self._csv.writerows((row, *(_cell(text) for text in texts)) for row, *texts in rows)
+            self._csv.writerows((row, *map(formula_safe, texts)) for row, *texts in rows)
 
     def commit(self) -> None:
         """Sync and rename into place."""
