@@ -344,3 +344,21 @@ def test_a_row_future_dated_at_the_run_is_not_counted_sent_once_its_time_has_pas
                 monkeypatch.setenv(key, value)
         result = backfill.verify(mapping, out=tmp_path / "r", export_url=standin.url)
     assert (result.merged, result.not_found, result.exit_code) == (5, 0, 0)
+
+
+def test_pairs_mixpanel_refused_stay_out_however_the_file_is_spelled(tmp_path: Path) -> None:
+    """verify of x/../x/m.csv after a run of x/m.csv whose 3 pairs Mixpanel refused: those
+    pairs are known by the file's fingerprint, not its spelling, and are no sent pair."""
+    (tmp_path / "x").mkdir()
+    pairs = [(a, f"u{i}") for i, a in enumerate(uuids(12, 21))]
+    write_pairs(tmp_path / "x" / "m.csv", pairs)
+    refused = frozenset({"u1", "u5", "u9"})
+    with standin_thread(StandinConfig(refuse_distinct_ids=refused)) as standin:
+        sent = backfill_cli("run", "x/m.csv", "--api-url", standin.url, "--no-progress",
+                            "--out", tmp_path / "r", cwd=tmp_path, env=ENV)  # fmt: skip
+        assert sent.code == 0, sent.stderr
+        checked = backfill_cli("verify", "x/../x/m.csv", "--export-url", standin.url, "--json",
+                               "--out", tmp_path / "r", cwd=tmp_path, env=ENV)  # fmt: skip
+    assert checked.code == 0, checked.stderr
+    result = json.loads(checked.stdout)
+    assert (result["pairs_sent"], result["merged"], result["not_found"]) == (9, 9, 0)

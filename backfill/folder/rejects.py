@@ -28,7 +28,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -130,11 +130,7 @@ class RejectsFile:
         """Each file's name as this run spells it -> its fingerprint (computed once, on need:
         a dry run with no refusal to carry never reads its files a third time)."""
         if self._ids is None:
-            entries = self._dataset.fingerprint()["files"]
-            self._ids = {
-                f.name: file_id(entry)
-                for f, entry in zip(self._dataset.files, entries, strict=True)
-            }
+            self._ids = file_ids(self._dataset)
             self._names = {v: k for k, v in self._ids.items()}
         return self._ids
 
@@ -161,27 +157,12 @@ class RejectsFile:
             self._tmp.unlink()
 
     def _read_api_rejects(self) -> list[list[str]]:
-        """Mixpanel's refusals recorded by earlier runs, each (file, row) once.
-
-        A crash or a full disk can leave the last line torn: only lines with every column,
-        before the file's last line break, count (the refusal of a torn line belongs to a
-        batch never marked done, which the run meets again). A line of an older version
-        (no fingerprint) is matched by its file's name.
-        """
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
-        next(reader, None)
+        """Mixpanel's refusals recorded by earlier runs, each (file, row) once; a line of an
+        older version (no fingerprint) is matched by its file's name."""
         seen: set[_Where] = set()
         rows = []
-        for r in reader:
-            if len(r) not in (6, len(REJECTS_HEADER)) or r[3] != Reason.API_REJECTED.code:
-                continue
-            if not r[0].isdigit():
-                continue
-            line = self._as_of_now(r[:6], r[6] if len(r) > 6 else "")
+        for r in recorded_refusals(self.path):
+            line = self._as_of_now(r[:6], r[6])
             if _where(line) not in seen:
                 seen.add(_where(line))
                 rows.append(line)
@@ -194,6 +175,33 @@ class RejectsFile:
         if fingerprint in self._names:
             line[5] = formula_safe(self._names[fingerprint])
         return [*line, fingerprint]
+
+
+def recorded_refusals(path: Path) -> Iterator[list[str]]:
+    """Mixpanel's refusals in the ``rejects.csv`` at ``path``, as written, seven cells each (a
+    line of an older version, which has no fingerprint, gets an empty one).
+
+    A crash or a full disk can leave the last line torn: only lines with every column, before
+    the file's last line break, count (the refusal of a torn line belongs to a batch never
+    marked done, which the run meets again).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    reader = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
+    next(reader, None)
+    for r in reader:
+        if len(r) not in (6, len(REJECTS_HEADER)) or r[3] != Reason.API_REJECTED.code:
+            continue
+        if r[0].isdigit():
+            yield r if len(r) == len(REJECTS_HEADER) else [*r, ""]
+
+
+def file_ids(dataset: Dataset) -> dict[str, str]:
+    """Each file of ``dataset``, by its name as this run spells it -> its fingerprint's id."""
+    entries = dataset.fingerprint()["files"]
+    return {f.name: file_id(entry) for f, entry in zip(dataset.files, entries, strict=True)}
 
 
 def file_id(entry: Mapping[str, object]) -> str:

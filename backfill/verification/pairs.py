@@ -11,7 +11,6 @@ would take over 8 GB), with the UTC day of its event time.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ import pyarrow as pa
 from backfill.commands.pipeline import judge_as_run
 from backfill.config.settings import Settings
 from backfill.folder.checkpoint import Checkpoint
-from backfill.folder.rejects import REJECTS_FILE
+from backfill.folder.files import formula_unsafe
+from backfill.folder.rejects import REJECTS_FILE, file_ids, recorded_refusals
 from backfill.read import Chunk, Dataset
 from backfill.send.events import insert_ids, merge_mask
 from backfill.validation.details import chunk_reasons
@@ -90,17 +90,15 @@ def judge_again(settings: Settings, dataset: Dataset, out_dir: Path, started_ms:
 
 
 def refused_rows(out_dir: Path) -> set[tuple[str, int]]:
-    """(file, row) of each pair Mixpanel refused by name: those stay in rejects.csv only."""
-    refused: set[tuple[str, int]] = set()
-    try:
-        with (out_dir / REJECTS_FILE).open(encoding="utf-8", newline="") as f:
-            for line in csv.reader(f):
-                if len(line) >= 6 and line[3] == Reason.API_REJECTED.code and line[0].isdigit():
-                    name = line[5][1:] if line[5].startswith("'") else line[5]
-                    refused.add((name, int(line[0])))
-    except FileNotFoundError:
-        pass
-    return refused
+    """(file, row) of each pair Mixpanel refused by name: those stay in rejects.csv only.
+
+    A file is known by its fingerprint, as the run knows it (``rejects.file_ids``), so another
+    spelling of its path still matches; a line of an older version, by its file's name.
+    """
+    return {
+        (line[6] or formula_unsafe(line[5]), int(line[0]))
+        for line in recorded_refusals(out_dir / REJECTS_FILE)
+    }
 
 
 def sent_chunks(
@@ -108,6 +106,7 @@ def sent_chunks(
 ) -> Iterator[SentChunk]:
     """The pairs the run sent, chunk by chunk, in row order."""
     refused = refused_rows(out_dir)
+    ids = file_ids(dataset) if refused else {}
     started = ckpt.started_ms  # as the run parsed its times
     for chunk in dataset():
         rows = np.arange(chunk.first_row, chunk.end_row, dtype=np.int64)
@@ -116,7 +115,9 @@ def sent_chunks(
         name = dataset.files[chunk.file_index].name
         if refused:
             within = rows - chunk.first_row + chunk.file_row
-            ok &= ~np.array([(name, int(r)) in refused for r in within.tolist()], dtype=bool)
+            fid = ids.get(name, "")
+            gone = [(fid, r) in refused or (name, r) in refused for r in within.tolist()]
+            ok &= ~np.array(gone, dtype=bool)
         if ok.any():
             yield _sent(settings, chunk, np.flatnonzero(ok), name, ckpt.event_time_ms, started)
 
