@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from backfill.folder.files import (
+    atomic_write_bytes,
     atomic_write_json,
     disk_errors,
     formula_safe,
@@ -74,16 +76,9 @@ def read_merged(out_dir: Path) -> U64:
 
 def write_merged(out_dir: Path, keys: U64) -> None:
     """Replace the merged set with ``keys`` (sorted, unique), atomically, owner-only."""
-    path = out_dir / MERGED_FILE
-    tmp = out_dir / f".{MERGED_FILE}.{os.getpid()}.tmp"
-    with disk_errors(path):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, keys, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    fsync_dir(out_dir)
+    data = io.BytesIO()
+    np.save(data, keys, allow_pickle=False)
+    atomic_write_bytes(out_dir / MERGED_FILE, data.getvalue())
 
 
 def write_summary_block(out_dir: Path, block: dict[str, Any]) -> None:
