@@ -51,7 +51,7 @@ def validate(
     ``rejects.csv``). Raises ``InputError``/``ConfigError`` (``UsageError``s) for bad input or
     options.
     """
-    with _api_errors(source):
+    with api_errors(source):
         settings = _settings("validate", source, out, config, progress, options)
         summary = pipeline.validate(settings, progress=_progress(settings, progress))
     return _with_labels(summary, source)
@@ -73,7 +73,7 @@ def run(
     with the same source and ``out`` resumes. Raises ``Aborted`` (the run stopped; its
     ``summary`` attribute holds the Summary) or ``Interrupted``.
     """
-    with _api_errors(source):
+    with api_errors(source):
         settings = _settings("run", source, out, config, progress, options)
         if credentials is None:
             creds = credentials_from_env(os.environ, settings.project_id)
@@ -89,7 +89,7 @@ def run(
 
 
 @contextlib.contextmanager
-def _api_errors(source: SourceLike) -> Iterator[None]:
+def api_errors(source: SourceLike) -> Iterator[None]:
     """Every BackfillError's message in keywords; a stopped run's summary with the labels."""
     try:
         yield

@@ -362,3 +362,15 @@ def test_pairs_mixpanel_refused_stay_out_however_the_file_is_spelled(tmp_path: P
     assert checked.code == 0, checked.stderr
     result = json.loads(checked.stdout)
     assert (result["pairs_sent"], result["merged"], result["not_found"]) == (9, 9, 0)
+
+
+def test_python_verify_speaks_in_keywords(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """backfill.verify's errors name keywords, not flags, as validate's and run's do."""
+    import backfill
+
+    for key, value in ENV.items():
+        if key.startswith("MIXPANEL_"):
+            monkeypatch.setenv(key, value)
+    mapping = write_pairs(tmp_path / "m.csv", [(a, f"u{i}") for i, a in enumerate(uuids(2, 3))])
+    with pytest.raises(backfill.InputError, match=r"no run found in .*: .*pass out with the"):
+        backfill.verify(mapping, out=tmp_path / "nowhere", export_url="http://127.0.0.1:9")

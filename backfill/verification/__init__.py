@@ -88,21 +88,23 @@ def verify(
     environment, as for ``run``. Writes ``verify.csv`` and the ``verify`` block of
     ``summary.json``; returns a ``Verification`` (``.complete`` when every pair merged).
     """
-    from backfill.api import normalize_source
+    from backfill.api import api_errors, normalize_source
 
     explicit = dict(options)
     if out is not None:
         explicit["out"] = os.fspath(out)
     explicit.setdefault("no_progress", True)
-    settings, url = verify_settings(
-        normalize_source(source),
-        explicit=explicit,
-        config_path=None if config is None else Path(config),
-        origin="keyword",
-        env=os.environ,
-    )
-    if credentials is not None and not isinstance(credentials, Credentials):
-        raise ConfigError(
-            f"credentials= must be a backfill.Credentials, got {type(credentials).__name__}"
+    # Its errors speak in keywords, as validate's and run's do.
+    with api_errors(source):
+        settings, url = verify_settings(
+            normalize_source(source),
+            explicit=explicit,
+            config_path=None if config is None else Path(config),
+            origin="keyword",
+            env=os.environ,
         )
-    return run_verify(settings, url, credentials)
+        if credentials is not None and not isinstance(credentials, Credentials):
+            raise ConfigError(
+                f"credentials= must be a backfill.Credentials, got {type(credentials).__name__}"
+            )
+        return run_verify(settings, url, credentials)
