@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -63,6 +64,13 @@ def read_verify(folder: Path) -> list[dict[str, str]]:
 def original_project(tmp_path: Path) -> Iterator[tuple[Standin, Path, list[str]]]:
     """An Original project already holding 40 merges of this file's anon ids to other users,
     its SDKs' $identify events on the same days, and 1% of imported events lagging."""
+    with planted_original(tmp_path) as project:
+        yield project
+
+
+@contextlib.contextmanager
+def planted_original(tmp_path: Path) -> Iterator[tuple[Standin, Path, list[str]]]:
+    """The stand-in of ``original_project``, its mapping file and the file's anon ids."""
     anon = uuids(2000, 1)
     rows = [(a, f"user-{i}") for i, a in enumerate(anon)]
     planted = [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,12 +64,18 @@ def open_private(path: Path, mode: str) -> Any:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably (0600)."""
+    atomic_write_blocks(path, [data])
+
+
+def atomic_write_blocks(path: Path, blocks: Iterable[bytes]) -> None:
+    """Replace ``path`` with ``blocks`` one after another, atomically and durably (0600)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with disk_errors(path):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for block in blocks:
+                    f.write(block)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

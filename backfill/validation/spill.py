@@ -97,6 +97,7 @@ class Store:
         limit_bytes: int,
         spill_dir: Path | None,
         bucket_rows: int | None = None,
+        purpose: str = "validation",
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -107,6 +108,8 @@ class Store:
         self._limit = max(limit_bytes, 0)
         self._dir = spill_dir
         self._bucket_rows = bucket_rows
+        #: What the data is for, as errors name it ("no space left for temporary ... data").
+        self._purpose = purpose
         self._record_bytes = sum(d.itemsize for d in self._dtypes)
         self._capacity = self._limit // self._record_bytes
         self._columns: list[npt.NDArray[Any]] | None = None
@@ -221,13 +224,13 @@ class Store:
         where = self._dir if self._dir is not None else Path(tempfile.gettempdir())
         if e.errno in _DISK_FULL:
             return TempSpaceError(
-                f"no space left for temporary validation data in {where} "
+                f"no space left for temporary {self._purpose} data in {where} "
                 f"({self._end / 2**20:,.0f} MiB written by this store when it ran out): "
                 "free some space there, or choose a folder on a bigger disk (the run folder "
                 "--out for the command line, spill_dir for the library)"
             )
         return TempSpaceError(
-            f"cannot write temporary validation data in {where}: {e.strerror or e}: choose a "
+            f"cannot write temporary {self._purpose} data in {where}: {e.strerror or e}: choose a "
             "writable folder (the run folder --out for the command line, spill_dir for the "
             "library)"
         )
@@ -296,7 +299,7 @@ class Store:
             raise self._error(e) from None
         if got != len(buffer):
             raise TempSpaceError(
-                f"temporary validation data in {self._dir} was cut short (read {got} of "
+                f"temporary {self._purpose} data in {self._dir} was cut short (read {got} of "
                 f"{len(buffer)} bytes): run the command again"
             )
         numbers: list[npt.NDArray[Any]] = []

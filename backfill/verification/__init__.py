@@ -10,7 +10,8 @@ reason quoted) or ``not_found`` (not in the export yet). Pairs refused before or
 sending stay in ``rejects.csv``; the project's own events never count.
 
 Modules: ``pairs`` (the run's pairs as 64-bit keys), ``export`` (the streaming client),
-``match`` (keys to outcomes), ``files`` (``verify.csv``, the merged set, summary block),
+``match`` (the export's lines as keys and reasons), ``index`` (the join of both, within a
+memory budget), ``files`` (``verify.csv``, the merged set, summary block),
 ``result`` (the frozen ``Verification``), ``check`` (one verification, start to end).
 """
 
@@ -33,6 +34,7 @@ from backfill.config.settings import (
 from backfill.errors import ConfigError
 from backfill.mixpanel import EXPORT_REGIONS
 from backfill.verification.check import check
+from backfill.verification.index import DEFAULT_BUDGET, Budget
 from backfill.verification.result import Verification, render_verification
 
 __all__ = ["Verification", "render_verification", "run_verify", "verify", "verify_settings"]
@@ -68,9 +70,13 @@ def run_verify(
     *,
     env: Mapping[str, str] | None = None,
     note: Any = None,
+    budget: Budget | None = None,
 ) -> Verification:
-    """Verify the run of ``settings`` against the export at ``export_url``."""
-    return check(settings, export_url, credentials, os.environ if env is None else env, note=note)
+    """Verify the run of ``settings`` against the export at ``export_url``; ``budget``: the
+    memory its key index may hold before it uses the run folder's disk (``index.Budget``)."""
+    environ = os.environ if env is None else env
+    budget = budget or DEFAULT_BUDGET
+    return check(settings, export_url, credentials, environ, note=note, budget=budget)
 
 
 def verify(

@@ -4,12 +4,15 @@
    run's settings from it (columns, ID merge system, event names, event time): ``verify``
    needs only the input and the credentials. A changed input is refused.
 2. Judge the input again (deterministic) and derive the keys of the pairs the run sent
-   (``pairs``); drop those an earlier verify found merged (``files.read_merged``).
-3. Ask the export for the run's event names over the UTC days those pairs' times span, in at
-   most ``MAX_RANGES`` queries (a day wider on each side: projects created before 2023 count
-   days in their own time zone), and match every line (``match``).
-4. Read the input once more to write ``verify.csv`` in row order, update the merged set and
-   ``summary.json``'s ``verify`` block.
+   (``pairs``) into the key index (``index``), with the keys an earlier verify found merged
+   (``files.read_merged``).
+3. Ask the export for the run's event names over the UTC days the pairs still to find span,
+   in at most ``MAX_RANGES`` queries (a day wider on each side: projects created before 2023
+   count days in their own time zone), and add every line's key to the index (``match``).
+4. Join the index unit by unit into each pair's outcome, then read the input once more to
+   write ``verify.csv`` in row order, the new merged set and ``summary.json``'s ``verify``
+   block. Memory stays within ``index.Budget`` plus a byte a row (the verdicts), whatever
+   the number of pairs: past the budget, the index and the outcomes use the run folder's disk.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,9 +38,10 @@ from backfill.mixpanel import EXPORT_LAG_S, IdMerge
 from backfill.read import Columns, Dataset
 from backfill.report.page import add_verification
 from backfill.verification.export import ExportClient, ExportConfig
-from backfill.verification.files import VerifyCsv, read_merged, write_merged, write_summary_block
-from backfill.verification.match import MERGED, NOT_MERGED, OUTCOMES, Matcher
-from backfill.verification.pairs import I64, U64, event_names, judge_again, sent_chunks
+from backfill.verification.files import MergedSet, VerifyCsv, read_merged, write_summary_block
+from backfill.verification.index import DEFAULT_BUDGET, Budget, KeyIndex, Outcomes
+from backfill.verification.match import NOT_MERGED, OUTCOMES, Matcher
+from backfill.verification.pairs import I64, event_names, judge_again, sent_chunks
 from backfill.verification.result import Verification
 
 #: Export queries per verify, at most (before retries): the export allows 60 an hour.
@@ -53,8 +56,10 @@ def check(
     env: Mapping[str, str],
     *,
     note: Note | None = None,
+    budget: Budget = DEFAULT_BUDGET,
 ) -> Verification:
-    """Verify the run of ``settings.source`` (see the module docstring)."""
+    """Verify the run of ``settings.source`` (see the module docstring); ``budget``: the
+    memory its key index may hold before it uses the run folder's disk."""
     say = note or (lambda _: None)
     dataset = open_source(settings)
     settings, moved = locate(settings, env, dataset, command="verify")
@@ -83,7 +88,7 @@ def check(
     out = settings.out
     assert out is not None
     with FolderLock(out, command="verify"):
-        return _verify(settings, dataset, ckpt, ExportClient(config), say)
+        return _verify(settings, dataset, ckpt, ExportClient(config), say, budget)
 
 
 def _as_run(settings: Settings, identity: Mapping[str, Any]) -> Settings:
@@ -114,25 +119,36 @@ def _as_run(settings: Settings, identity: Mapping[str, Any]) -> Settings:
 
 
 def _verify(
-    settings: Settings, dataset: Dataset, ckpt: Checkpoint, client: ExportClient, say: Note
+    settings: Settings,
+    dataset: Dataset,
+    ckpt: Checkpoint,
+    client: ExportClient,
+    say: Note,
+    budget: Budget,
 ) -> Verification:
     assert settings.out is not None
     out = settings.out
     verdicts = judge_again(settings, dataset, out, ckpt.started_ms)
     try:
-        keys, days = _collect(settings, dataset, verdicts, ckpt, out)
-        merged_before = read_merged(out)
-        known = _member(keys, merged_before)
-        matcher = Matcher(np.unique(keys[~known]))
-        ranges = plan_ranges(days[~known], _today())
-        _query(client, ranges, event_names(settings), matcher, say)
-        try_again = _try_again(ckpt)
-        counts, reasons = _write(settings, dataset, verdicts, ckpt, matcher, merged_before,
-                                 try_again)  # fmt: skip
+        with KeyIndex(budget, out) as index:
+            for sent in sent_chunks(settings, dataset, verdicts, ckpt, out):
+                index.add_sent(sent.keys, sent.days)
+            for keys in read_merged(out):
+                index.add_before(keys)
+            known, days = index.still_to_find()
+            ranges = plan_ranges(days, _today())
+            matcher = Matcher(index.add_exported)
+            if index.sent > known:
+                _query(client, ranges, event_names(settings), matcher, say)
+            with Outcomes(index.sent, budget, out) as outcomes, MergedSet(out) as merged:
+                index.resolve(outcomes, merged)
+                index.close()  # its temp file is not needed any more
+                try_again = _try_again(ckpt)
+                counts, reasons = _write(settings, dataset, verdicts, ckpt, outcomes,
+                                         matcher.reasons, try_again)  # fmt: skip
+                merged.commit()
     finally:
         verdicts.close()
-    found = matcher.keys[matcher.outcome == MERGED]
-    write_merged(out, np.union1d(merged_before, found))
     result = Verification(
         out=out,
         pairs_sent=sum(counts.values()),
@@ -143,31 +159,12 @@ def _verify(
         queries=client.requests,
         export_lines=matcher.lines,
         days=(ranges[0][0].isoformat(), ranges[-1][1].isoformat()) if ranges else None,
-        already_merged=int(known.sum()),
+        already_merged=known,
         try_again_at=try_again if counts["not_found"] else None,
     )
     write_summary_block(out, result.to_json())
     add_verification(out, result.to_json())  # report.html shows it too, when there is one
     return result
-
-
-def _collect(
-    settings: Settings, dataset: Dataset, verdicts: Any, ckpt: Checkpoint, out: Path
-) -> tuple[U64, I64]:
-    keys, days = [], []
-    for sent in sent_chunks(settings, dataset, verdicts, ckpt, out):
-        keys.append(sent.keys)
-        days.append(sent.days)
-    if not keys:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(keys), np.concatenate(days)
-
-
-def _member(keys: U64, sorted_set: U64) -> np.ndarray[Any, np.dtype[np.bool_]]:
-    if len(sorted_set) == 0:
-        return np.zeros(len(keys), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_set, keys), len(sorted_set) - 1)
-    return np.asarray(sorted_set[pos] == keys)
 
 
 def plan_ranges(days: I64, today: int) -> list[tuple[date, date]]:
@@ -211,8 +208,6 @@ def _query(
     matcher: Matcher,
     say: Note,
 ) -> None:
-    if len(matcher.keys) == 0:
-        return
     shown = [time.monotonic()]
 
     def on_line(raw: bytes) -> None:
@@ -250,8 +245,8 @@ def _write(
     dataset: Dataset,
     verdicts: Any,
     ckpt: Checkpoint,
-    matcher: Matcher,
-    merged_before: U64,
+    outcomes: Outcomes,
+    reason_texts: list[tuple[str, str]],
     try_again: str,
 ) -> tuple[Counter[str], Counter[str]]:
     assert settings.out is not None
@@ -259,20 +254,18 @@ def _write(
     reasons: Counter[str] = Counter()
     csv_file = VerifyCsv(settings.out)
     missing = f"not in Mixpanel's export yet: run backfill verify again after {try_again}"
+    ordinal = 0
     try:
         for sent in sent_chunks(settings, dataset, verdicts, ckpt, settings.out):
-            known = _member(sent.keys, merged_before)
-            last = max(len(matcher.keys) - 1, 0)
-            pos = np.minimum(np.searchsorted(matcher.keys, sent.keys), last)
-            outcome = np.where(known, MERGED, matcher.outcome[pos] if len(matcher.keys) else 0)
-            why = np.where(known, 0, matcher.reason[pos] if len(matcher.keys) else 0)
+            outcome, why = outcomes.of(ordinal, len(sent.keys))
+            ordinal += len(sent.keys)
             lines = []
             anons, idents = sent.anon.to_pylist(), sent.identified.to_pylist()
             rows = sent.file_rows.tolist()
             for i, (o, w) in enumerate(zip(outcome.tolist(), why.tolist(), strict=True)):
                 name = OUTCOMES[o]
                 counts[name] += 1
-                reason, description = matcher.reasons[w] if o == NOT_MERGED else ("", "")
+                reason, description = reason_texts[w] if o == NOT_MERGED else ("", "")
                 if o == NOT_MERGED:
                     reasons[reason] += 1
                 detail = (description or "Mixpanel gave no description") if o == NOT_MERGED \

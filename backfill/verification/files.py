@@ -4,23 +4,27 @@
 * ``verify.csv``: one line per pair the run sent: ``row,file,anon_id,identified_id,outcome,
   reason,detail``; cells a spreadsheet would run as formulas get a leading ``'`` as in
   ``rejects.csv``; written to a temp file and renamed, readable by the owner only.
-* ``verify-merged.npy``: the sorted 64-bit keys of the pairs found merged, so that the next
-  verify asks the export only for the rest (a merge is never undone).
+* ``verify-merged.npy``: the 64-bit keys of the pairs found merged (a one-dimensional
+  uint64 array, each key once, in no particular order), so that the next verify asks the
+  export only for the rest (a merge is never undone). Read and written a block at a time.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from backfill.folder.files import (
-    atomic_write_bytes,
+    atomic_write_blocks,
     atomic_write_json,
     disk_errors,
     formula_safe,
@@ -34,6 +38,11 @@ from backfill.verification.pairs import U64
 VERIFY_FILE = "verify.csv"
 MERGED_FILE = "verify-merged.npy"
 VERIFY_HEADER = ("row", "file", "anon_id", "identified_id", "outcome", "reason", "detail")
+_KEY = np.dtype("<u8")
+#: Keys read or copied at a time (8 MiB).
+_MERGED_BLOCK = 1 << 20
+
+
 class VerifyCsv:
     """Writes ``verify.csv`` through a temp file; ``commit`` moves it into place."""
 
@@ -65,20 +74,74 @@ class VerifyCsv:
         self._tmp.unlink(missing_ok=True)
 
 
-def read_merged(out_dir: Path) -> U64:
-    """The keys found merged by earlier verifications (sorted), or none."""
+def read_merged(out_dir: Path, block: int = _MERGED_BLOCK) -> Iterator[U64]:
+    """The keys found merged by earlier verifications, ``block`` at a time; none when the
+    file is missing, is not a one-dimensional array of uint64, or is cut short (the set
+    only saves asking the export again: without it, everything is asked again)."""
     try:
-        keys = np.load(out_dir / MERGED_FILE, allow_pickle=False)
-    except (OSError, ValueError):
-        return np.zeros(0, dtype=np.uint64)
-    return np.asarray(keys, dtype=np.uint64)
+        f = (out_dir / MERGED_FILE).open("rb")
+    except OSError:
+        return
+    with f:
+        try:
+            version = npformat.read_magic(f)
+            read_header = npformat.read_array_header_1_0
+            if version != (1, 0):
+                read_header = npformat.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(f)
+            start = f.tell()
+            size = os.fstat(f.fileno()).st_size
+        except (OSError, ValueError, SyntaxError):
+            return
+        if dtype != _KEY or len(shape) != 1 or fortran_order or size != start + 8 * shape[0]:
+            return
+        left = int(shape[0])
+        while left:
+            keys = np.fromfile(f, dtype=_KEY, count=min(left, block))
+            if len(keys) == 0:
+                return
+            left -= len(keys)
+            yield keys.astype(np.uint64, copy=False)
 
 
-def write_merged(out_dir: Path, keys: U64) -> None:
-    """Replace the merged set with ``keys`` (sorted, unique), atomically, owner-only."""
-    data = io.BytesIO()
-    np.save(data, keys, allow_pickle=False)
-    atomic_write_bytes(out_dir / MERGED_FILE, data.getvalue())
+class MergedSet:
+    """A new merged set, added in blocks of distinct keys (no key in two blocks), kept in an
+    unnamed temp file in the run folder until ``commit`` writes it as ``verify-merged.npy``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / MERGED_FILE
+        self.count = 0
+        with disk_errors(self.path):
+            # Closed by close(); unnamed, so even a kill leaves nothing behind.
+            self._file = tempfile.TemporaryFile(dir=out_dir, prefix="backfill-")  # noqa: SIM115
+
+    def add(self, keys: U64) -> None:
+        """Add keys none of the earlier blocks held."""
+        with disk_errors(self.path):
+            self._file.write(keys.astype(_KEY, copy=False).tobytes())
+        self.count += len(keys)
+
+    def commit(self) -> None:
+        """Replace the merged set with the keys added, atomically, owner-only."""
+        header = io.BytesIO()
+        npformat.write_array_header_1_0(
+            header, {"descr": _KEY.str, "fortran_order": False, "shape": (self.count,)}
+        )
+        with disk_errors(self.path):
+            self._file.flush()
+            self._file.seek(0)
+        blocks = iter(lambda: self._file.read(_MERGED_BLOCK * 8), b"")
+        atomic_write_blocks(self.path, itertools.chain([header.getvalue()], blocks))
+
+    def close(self) -> None:
+        """Give back the temp file (its disk space returns at once)."""
+        self._file.close()
+
+    def __enter__(self) -> MergedSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def write_summary_block(out_dir: Path, block: dict[str, Any]) -> None:

@@ -1,16 +1,17 @@
-"""Matching exported events to the run's pairs by ``$insert_id``, and what each line says.
+"""Reading the export's lines: the key of each event shaped like ours, and what it says.
 
-The run's pairs are a sorted array of 64-bit keys (``pairs``); each gets an outcome byte:
-``NOT_FOUND`` until an exported event with its key is read, then ``MERGED``, or ``NOT_MERGED``
-when the event carries a failure property (``$failure_reason`` on Original ID Merge,
-``$identity_failure_reason`` on Simplified). A raw export is not deduplicated and a broken
-query is read again, so a key may be read many times: ``NOT_MERGED`` wins over ``MERGED``
-(any stored copy that says it did not merge is believed), and nothing else changes. Events
-whose key is not one of the run's are the project's own and are ignored.
+Each line is one stored event. Its ``$insert_id`` gives a key (``pairs.key_of``) when it has
+the shape of the run's; other events are the project's own and are skipped here. An event
+carrying a failure property (``$failure_reason`` on Original ID Merge,
+``$identity_failure_reason`` on Simplified) says its merge was not done: its code is the
+index of (reason, description) in ``reasons``; an event without one has code 0. Keys and
+codes go on in batches to a sink (``index.KeyIndex.add_exported``), which joins them to the
+run's pairs: the outcomes are ``NOT_FOUND``, ``MERGED`` and ``NOT_MERGED``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
@@ -27,22 +28,26 @@ NOT_FOUND: Final = 0
 MERGED: Final = 1
 NOT_MERGED: Final = 2
 OUTCOMES: Final = ("not_found", "merged", "not_merged")
-#: Keys of events without a failure property, looked up together every this many lines.
+#: Lines' keys passed on together.
 _BATCH = 1 << 16
 #: Distinct (reason, description) pairs kept; past this only the reason is kept.
 _MAX_REASONS = 60_000
+#: Codes are 16-bit; past this many distinct reasons the rest share one.
+_MAX_CODES = 65_000
+_TOO_MANY = ("other", "one of more distinct failure reasons than verify keeps apart")
+
+Sink = Callable[[U64, npt.NDArray[np.int32]], None]
 
 
 class Matcher:
-    """Outcomes of the pairs whose keys are ``keys`` (sorted, unique)."""
+    """Reads exported lines and passes their keys and codes to ``sink``; see the docstring."""
 
-    def __init__(self, keys: U64) -> None:
-        self.keys = keys
-        self.outcome = np.zeros(len(keys), dtype=np.uint8)
-        self.reason = np.zeros(len(keys), dtype=np.uint16)
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
         self.reasons: list[tuple[str, str]] = [("", "")]
         self._reason_index: dict[tuple[str, str], int] = {}
-        self._pending: list[int] = []
+        self._keys: list[int] = []
+        self._codes: list[int] = []
         self.lines = 0
 
     def line(self, raw: bytes) -> None:
@@ -57,32 +62,25 @@ class Matcher:
         if key is None:
             return
         reason = props.get(FAILURE_REASON) or props.get(IDENTITY_FAILURE_REASON)
-        if not reason:
-            self._pending.append(key)
-            if len(self._pending) >= _BATCH:
-                self.flush()
-            return
-        at = self._find(np.array([key], dtype=np.uint64))
-        if len(at):
-            self.outcome[at] = NOT_MERGED
-            self.reason[at] = self._reason_of(str(reason), str(props.get(FAILURE_DESCRIPTION, "")))
+        self._keys.append(key)
+        self._codes.append(
+            self._reason_of(str(reason), str(props.get(FAILURE_DESCRIPTION, ""))) if reason else 0
+        )
+        if len(self._keys) >= _BATCH:
+            self.flush()
 
     def flush(self) -> None:
-        """Look up the keys read since the last flush."""
-        if not self._pending:
+        """Pass on the keys read since the last flush."""
+        if not self._keys:
             return
-        at = self._find(np.array(self._pending, dtype=np.uint64))
-        self._pending = []
-        self.outcome[at] = np.maximum(self.outcome[at], MERGED)
-
-    def _find(self, keys: U64) -> npt.NDArray[np.intp]:
-        pos = np.searchsorted(self.keys, keys)
-        inside = pos < len(self.keys)
-        pos, keys = pos[inside], keys[inside]
-        found: npt.NDArray[np.intp] = pos[self.keys[pos] == keys]
-        return found
+        keys = np.array(self._keys, dtype=np.uint64)
+        codes = np.array(self._codes, dtype=np.int32)
+        self._keys, self._codes = [], []
+        self._sink(keys, codes)
 
     def _reason_of(self, reason: str, description: str) -> int:
+        if len(self.reasons) >= _MAX_CODES:
+            reason, description = _TOO_MANY
         pair = (reason, description if len(self.reasons) < _MAX_REASONS else "")
         index = self._reason_index.get(pair)
         if index is None:

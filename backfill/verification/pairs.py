@@ -4,9 +4,9 @@ A run sends, for each valid row its checkpoint records as done and Mixpanel did 
 name (``api_rejected`` in ``rejects.csv``), one event whose ``$insert_id`` is a function of the
 pair and the event kind alone (``events.insert_ids``). So the run's events can be named again
 from the input: validation is deterministic, the done rows and the event time are in the
-checkpoint. Each pair is kept as a 64-bit key, the first 16 hex digits of its ``$insert_id``
-read as a number (8 bytes a pair: 800 MB for 10^8 pairs, where the ids as Python strings
-would take over 8 GB), with the UTC day of its event time.
+checkpoint. Each pair is named by a 64-bit key, the first 16 hex digits of its
+``$insert_id`` read as a number, with the UTC day of its event time: a chunk at a time, for
+the key index (``index``), which keeps them on disk past its budget.
 """
 
 from __future__ import annotations

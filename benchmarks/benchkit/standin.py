@@ -45,6 +45,16 @@ class StandinProcess:
         self.port = int(match.group(1))
         self.url = f"http://127.0.0.1:{self.port}"
         self.cpu_at_ready = proc_cpu_s(self.proc.pid) or 0.0
+        # What it prints after the banner is read as it comes: a pipe nobody reads fills up
+        # (64 KiB) and the stand-in then blocks in print(), stalling every request.
+        self._printed: list[bytes] = []
+        self._drain = threading.Thread(target=self._read_rest, daemon=True)
+        self._drain.start()
+
+    def _read_rest(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._printed.append(line)
 
     def _read_line(self, timeout_s: float) -> str:
         assert self.proc.stdout is not None
@@ -60,7 +70,8 @@ class StandinProcess:
         """SIGTERM, then reap with ``wait4``: the measurement and what it printed after."""
         assert self.proc.stdout is not None
         self.proc.send_signal(signal.SIGTERM)
-        rest = self.proc.stdout.read().decode(errors="replace")  # until it closes stdout
+        self._drain.join(timeout=30.0)  # until it closes stdout
+        rest = b"".join(self._printed).decode(errors="replace")
         watchdog = threading.Timer(30.0, self.proc.kill)
         watchdog.start()
         try:
