@@ -29,6 +29,7 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
+from backfill.arrays.groups import members
 from backfill.validation.spill import Records, Store
 from backfill.verification.files import MergedSet
 from backfill.verification.match import MERGED, NOT_MERGED
@@ -253,4 +254,6 @@ def _find(sorted_keys: U64, keys: U64) -> tuple[npt.NDArray[np.intp], npt.NDArra
 
 
 def _isin(keys: U64, sorted_keys: U64) -> npt.NDArray[np.bool_]:
-    return _find(sorted_keys, keys)[1]
+    mask = np.zeros(len(keys), dtype=bool)
+    mask[members(keys, sorted_keys)] = True
+    return mask
