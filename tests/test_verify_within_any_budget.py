@@ -4,6 +4,7 @@ the key index, the outcomes by row and the merged set agree with a plain referen
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -183,8 +184,8 @@ def read_merged_bytes(data: bytes, scratch: Path) -> list[np.ndarray]:
 def test_full_disk_while_verifying_is_one_line_and_keeps_the_last_verification(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No room for the key index's temp file: TempSpaceError naming verification's data and
-    the run folder; the verify.csv and merged set of the verify before stay as they were."""
+    """No room for the key index's temp file: TempSpaceError naming verification's data, the
+    run folder and the fix; the verify before stays as it was; the fix, followed, works."""
     mapping = write_pairs(tmp_path / "m.csv", [(a, f"u{i}") for i, a in enumerate(uuids(30, 4))])
     folder = tmp_path / "r"
     with standin_thread(StandinConfig()) as standin:
@@ -198,8 +199,18 @@ def test_full_disk_while_verifying_is_one_line_and_keeps_the_last_verification(
         before = {name: (folder / name).read_bytes() for name in ("verify.csv", MERGED_FILE)}
         monkeypatch.setattr(backfill.validation.spill, "_temp_file", lambda folder: FullDisk())
         where = re.escape(str(folder))
-        said = rf"^no space left for temporary verification data in {where} .*--out"
+        said = (rf"^no space left for temporary verification data in {where} .*: free some "
+                r"space there, or move the run folder to a disk with room and pass it as --out")
         with pytest.raises(TempSpaceError, match=said):
             run_verify(chosen, url, env=ENV, budget=TINY)
-    assert {name: (folder / name).read_bytes() for name in before} == before
-    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+        assert {name: (folder / name).read_bytes() for name in before} == before
+        assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+        # The advice, followed as given: the moved folder, passed as --out, verifies.
+        monkeypatch.undo()
+        moved = tmp_path / "bigger" / "r"
+        moved.parent.mkdir()
+        shutil.move(folder, moved)
+        again = backfill_cli("verify", mapping, "--out", moved, "--export-url", standin.url,
+                             "--json", cwd=tmp_path, env=ENV)  # fmt: skip
+    assert again.code == 0, again.stderr
+    assert json.loads(again.stdout)["merged"] == 30

@@ -66,6 +66,26 @@ class Records:
         return len(self.numbers[0])
 
 
+@dataclass(frozen=True)
+class SpillAdvice:
+    """How a store's errors name its data and the fix, which depend on who uses it."""
+
+    purpose: str
+    #: After "free some space there, or ": where else the data can go.
+    elsewhere: str
+    #: The fix for a folder that cannot hold files.
+    writable: str
+
+
+VALIDATION_ADVICE = SpillAdvice(
+    "validation",
+    "choose a folder on a bigger disk (the run folder --out for the command line, spill_dir "
+    "for the library)",
+    "choose a writable folder (the run folder --out for the command line, spill_dir for the "
+    "library)",
+)
+
+
 def key_mix(keys: npt.NDArray[Any]) -> U64:
     """A bijective mix of 64-bit keys, so that partitions split any key set evenly.
 
@@ -97,7 +117,7 @@ class Store:
         limit_bytes: int,
         spill_dir: Path | None,
         bucket_rows: int | None = None,
-        purpose: str = "validation",
+        advice: SpillAdvice | None = None,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -108,8 +128,7 @@ class Store:
         self._limit = max(limit_bytes, 0)
         self._dir = spill_dir
         self._bucket_rows = bucket_rows
-        #: What the data is for, as errors name it ("no space left for temporary ... data").
-        self._purpose = purpose
+        self._advice = advice or VALIDATION_ADVICE
         self._record_bytes = sum(d.itemsize for d in self._dtypes)
         self._capacity = self._limit // self._record_bytes
         self._columns: list[npt.NDArray[Any]] | None = None
@@ -222,17 +241,16 @@ class Store:
 
     def _error(self, e: OSError) -> TempSpaceError:
         where = self._dir if self._dir is not None else Path(tempfile.gettempdir())
+        advice = self._advice
         if e.errno in _DISK_FULL:
             return TempSpaceError(
-                f"no space left for temporary {self._purpose} data in {where} "
+                f"no space left for temporary {advice.purpose} data in {where} "
                 f"({self._end / 2**20:,.0f} MiB written by this store when it ran out): "
-                "free some space there, or choose a folder on a bigger disk (the run folder "
-                "--out for the command line, spill_dir for the library)"
+                f"free some space there, or {advice.elsewhere}"
             )
         return TempSpaceError(
-            f"cannot write temporary {self._purpose} data in {where}: {e.strerror or e}: choose a "
-            "writable folder (the run folder --out for the command line, spill_dir for the "
-            "library)"
+            f"cannot write temporary {advice.purpose} data in {where}: {e.strerror or e}: "
+            f"{advice.writable}"
         )
 
     def _partition_of(self, keys: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -299,8 +317,8 @@ class Store:
             raise self._error(e) from None
         if got != len(buffer):
             raise TempSpaceError(
-                f"temporary {self._purpose} data in {self._dir} was cut short (read {got} of "
-                f"{len(buffer)} bytes): run the command again"
+                f"temporary {self._advice.purpose} data in {self._dir} was cut short (read "
+                f"{got} of {len(buffer)} bytes): run the command again"
             )
         numbers: list[npt.NDArray[Any]] = []
         at = 0

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from backfill.arrays.groups import members
-from backfill.validation.spill import Records, Store
+from backfill.validation.spill import Records, SpillAdvice, Store
 from backfill.verification.files import MergedSet
 from backfill.verification.match import MERGED, NOT_MERGED
 from backfill.verification.pairs import I64, U64
@@ -41,6 +41,13 @@ I32 = npt.NDArray[np.int32]
 #: ``tag`` of a key an earlier verify found merged, and of an exported event.
 BEFORE = -1
 EXPORTED = -2
+#: verify's temp files go in the run folder and nowhere else: the fix is to move the folder.
+_ADVICE = SpillAdvice(
+    "verification",
+    "move the run folder to a disk with room and pass it as --out (out= for backfill.verify)",
+    "make the run folder writable, or copy it to a folder you can write and pass that as "
+    "--out (out= for backfill.verify)",
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ class KeyIndex:
             partitions=budget.partitions,
             limit_bytes=budget.index_bytes,
             spill_dir=spill_dir,
-            purpose="verification",
+            advice=_ADVICE,
         )
         #: Pairs added by ``add_sent``; their ordinals are 0 to ``sent - 1``.
         self.sent = 0
@@ -179,7 +186,7 @@ class Outcomes:
             limit_bytes=budget.outcome_bytes,
             spill_dir=spill_dir,
             bucket_rows=self._range,
-            purpose="verification",
+            advice=_ADVICE,
         )
         #: (range, outcomes, reasons) of the range last read; range -1: all of them.
         self._table: tuple[int, U8, U16] | None = None
